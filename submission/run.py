@@ -523,7 +523,8 @@ class Runner:
         views = self.opts.smoke_views if self.mode == "smoke" else self.opts.views_target
         attempts = []
         cal = None
-        limit = max(min(30.0, 0.5 * self.left()), min(0.15 * self.left(), 1200.0))
+        # a cold start (imports, numba compilation) on a loaded CPU can take most of a minute
+        limit = max(min(60.0, 0.5 * self.left()), min(0.15 * self.left(), 1200.0))
         for attempt in range(self.opts.max_attempts):
             kill_at = min(self.clock() + limit, self.run_deadline - self.final_reserve)
             if kill_at - self.clock() < 1.0:
