@@ -9,7 +9,8 @@ dry run. Field names (JSON):
                      ((actual - planned) / planned), within_10pct
   throughput         train_samples_per_s, train_steps_per_s, predict_views_per_s, calibration (unit
                      times, warm-up and launch seconds measured on one device), achieved_gflops
-  training           steps planned/done, stop reason, re-plans
+  training           steps planned/done, stop reason, re-plans, fit (loss and accuracy on the
+                     demonstration pairs: first and last logged interval)
   accuracy           per model ("post-trained", "un-adapted"; "post-trained (same views)" when the
                      baseline was cut short): pass@1, pass@2, oracle (Kaggle way, per test input),
                      passed/total, views; submission_score (Kaggle's metric on the file)
@@ -59,13 +60,23 @@ def timing_report(run: dict[str, Any], *, accuracy: dict[str, Any] | None = None
                        "predict_views_per_s": views_per_s, "calibration": cal, "achieved_gflops": gflops},
         "training": {"steps_planned": (plan or {}).get("steps"), "steps_done": train.get("steps_done"),
                      "stop_reason": train.get("stop_reason"), "replans": len(train.get("replans") or []),
-                     "views": predict.get("views")},
+                     "views": predict.get("views"), "fit": _fit(train)},
         "accuracy": accuracy,
         "projection": projections or [],
         "assumptions": assumptions or [],
         "problems": run.get("problems", []),
         **(extra or {}),
     }
+
+
+def _fit(train: dict[str, Any]) -> dict[str, Any] | None:
+    """How the demonstration pairs were fitted: the first and last logged interval (loss, token and
+    exact accuracy over the training rows). Shows adaptation even when no test answer is right yet."""
+    first, last = train.get("first_metrics") or {}, train.get("last_metrics") or {}
+    if not first or not last:
+        return None
+    keys = ("step", "loss", "accuracy", "exact_accuracy")
+    return {"first": {k: first.get(k) for k in keys}, "last": {k: last.get(k) for k in keys}}
 
 
 def _s(x: float | None) -> str:
@@ -115,6 +126,12 @@ def render(report: dict[str, Any]) -> str:
     tr = r["training"]
     lines.append(f"training: {tr.get('steps_done')} steps done of {tr.get('steps_planned')} planned, "
                  f"{tr.get('replans')} re-plan(s); stop: {tr.get('stop_reason')}; K = {tr.get('views')} views")
+    fit = tr.get("fit")
+    if fit:
+        a, b = fit["first"], fit["last"]
+        lines.append(f"demonstration pairs (training rows): loss {a['loss']:.3f} -> {b['loss']:.3f}, token accuracy "
+                     f"{a['accuracy']:.3f} -> {b['accuracy']:.3f}, exact {a['exact_accuracy']:.3f} -> "
+                     f"{b['exact_accuracy']:.3f} (steps {a['step']} -> {b['step']})")
     acc = r.get("accuracy")
     if acc:
         lines.append("")

@@ -660,7 +660,8 @@ class Runner:
         self.record["train"] = {"steps_planned": self.plan.steps, "steps_done": result.get("steps_done",
                                                                                           _saved_step(ckpt.parent) if ckpt else 0),
                                 "stopped_early": result.get("stopped_early"), "samples_per_s": result.get("samples_per_s"),
-                                "seconds": result.get("seconds"), "last_metrics": result.get("last_metrics"),
+                                "seconds": result.get("seconds"), "first_metrics": result.get("first_metrics"),
+                                "last_metrics": result.get("last_metrics"),
                                 "checkpoint": str(ckpt) if ckpt else None, "replans": watch.get("replans", []),
                                 "stop_reason": watch.get("stop_reason"),
                                 "measured_step_s": watch.get("measured_step_s")}

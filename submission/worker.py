@@ -176,7 +176,8 @@ class _Job:
             self.result.update(world=world, steps_done=res.steps_done, stopped_early=res.stopped_early,
                                seconds=res.seconds, samples_per_s=res.samples_per_s,
                                checkpoint=str(res.checkpoint) if res.checkpoint else None,
-                               last_metrics=res.last_metrics, watchdog=dog.to_json())
+                               first_metrics=res.first_metrics, last_metrics=res.last_metrics,
+                               watchdog=dog.to_json())
 
     def predict(self) -> None:
         from trm_core.predict import PredictConfig, predict

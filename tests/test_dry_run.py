@@ -79,6 +79,9 @@ def test_timing_report_fields(result) -> None:
     assert t["planned_s"] > 0 and t["actual_s"] > 0 and t["deviation"] is not None
     assert isinstance(t["within_10pct"], bool) and t["finished_before_deadline"]
     assert r["throughput"]["calibration"]["train_step_s"] > 0 and r["throughput"]["train_samples_per_s"] > 0
+    fit = r["training"]["fit"]  # how the demonstration pairs were fitted, first and last logged interval
+    assert 1 <= fit["first"]["step"] <= fit["last"]["step"] == r["training"]["steps_done"]
+    assert all(0.0 <= fit[w]["accuracy"] <= 1.0 and fit[w]["loss"] > 0 for w in ("first", "last"))
     acc = r["accuracy"]
     assert acc["test_inputs"] == 13
     for model in ("post-trained", "un-adapted"):
@@ -90,7 +93,8 @@ def test_timing_report_fields(result) -> None:
         assert p["limit_s"] == 12 * 3600 and p["plan"]["views"] >= 0
     assert any("240 tasks" in a for a in r["assumptions"])
     text = (res.out / "timing-report.txt").read_text()
-    for needle in ("planned s", "actual s", "total", "pass@2", "projection for the hidden rerun", "fits"):
+    for needle in ("planned s", "actual s", "total", "pass@2", "projection for the hidden rerun", "fits",
+                   "demonstration pairs"):
         assert needle in text, needle
 
 

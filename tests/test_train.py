@@ -109,7 +109,8 @@ def test_modes_change_exactly_their_parameters(mode: str) -> None:
     assert rows_changed == seen_ids - {0}
 
 
-def _run(out_dir: Path | None, steps: int, stop_at: int | None = None, explore: float = 0.5) -> dict[str, torch.Tensor]:
+def _run(out_dir: Path | None, steps: int, stop_at: int | None = None, explore: float = 0.5,
+         results: list | None = None) -> dict[str, torch.Tensor]:
     variants = Variants(synthetic_tasks(), 2, seed=0)
     model = _model(small_config(variants, halt_exploration_prob=explore))
     sampler = TrainSampler(variants, 8, seed=3, canvas=CANVAS)
@@ -117,11 +118,14 @@ def _run(out_dir: Path | None, steps: int, stop_at: int | None = None, explore: 
     stop = (lambda s: s >= stop_at) if stop_at else None
     result = train(model, sampler, tc, out_dir=out_dir, stop=stop, **QUIET)
     assert result.stopped_early == (stop_at is not None)
+    if results is not None:
+        results.append(result)
     return _snapshot(model)
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
-    straight = _run(tmp_path / "a", 8)
+    results: list = []
+    straight = _run(tmp_path / "a", 8, results=results)
     _run(tmp_path / "b", 8, stop_at=3)
     state = torch.load(tmp_path / "b" / STATE_FILE, weights_only=True)
     assert state["step"] == 3 and "carry" in state
@@ -136,6 +140,9 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in (tmp_path / "a" / METRICS_FILE).read_text().splitlines()]
     assert [m["step"] for m in lines] == [2, 4, 6, 8]
     assert all(np.isfinite(m["loss"]) and 0 <= m["accuracy"] <= 1 for m in lines)
+    # the result carries the first and last logged intervals (what the timing report shows as the fit)
+    assert pytest.approx(lines[0], nan_ok=True) == results[0].first_metrics
+    assert pytest.approx(lines[-1], nan_ok=True) == results[0].last_metrics
 
 
 def test_deadline_in_the_past_stops_before_any_step(tmp_path: Path) -> None:

@@ -101,6 +101,7 @@ class TrainResult:
     samples_per_s: float  # over this call's steps
     last_metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None  # kit checkpoint written by rank 0
+    first_metrics: dict[str, float] = field(default_factory=dict)  # the first logged interval of this call
 
 
 def _dist() -> tuple[int, int]:
@@ -295,6 +296,7 @@ class _Trainer:
         t_log, steps_at_log, first_step = t_start, self.step, self.step
         timed_from: tuple[float, int] | None = None  # (time, step) after warm-up/compile, for the ETA
         last: dict[str, float] = {}
+        first: dict[str, float] = {}
         stopped = False
         frozen = None
         flops = flops_per_sample(model.config, train=True) * cfg.global_batch_size
@@ -339,6 +341,7 @@ class _Trainer:
 
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 last = self._log(sums, t_log, steps_at_log, flops, timed_from, scale)
+                first = first or last
                 t_log, steps_at_log, sums = time.perf_counter(), self.step, {}
                 if timed_from is None:  # the first interval includes warm-up and compilation
                     timed_from = (t_log, self.step)
@@ -347,10 +350,12 @@ class _Trainer:
 
         if sums:
             last = self._log(sums, t_log, steps_at_log, flops, timed_from, None)
+            first = first or last
         seconds = time.perf_counter() - t_start
         path = self.save()
         done = self.step - first_step
-        return TrainResult(self.step, stopped, seconds, done * cfg.global_batch_size / max(seconds, 1e-9), last, path)
+        return TrainResult(self.step, stopped, seconds, done * cfg.global_batch_size / max(seconds, 1e-9), last, path,
+                           first)
 
     def _log(self, sums: dict[str, torch.Tensor], t0: float, step0: int, flops: float,
              timed_from: tuple[float, int] | None, scale: float | None) -> dict[str, float]:
