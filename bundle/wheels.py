@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.parser import Parser
 from pathlib import Path
 from typing import Callable
@@ -217,6 +217,7 @@ def fetch_wheels(decisions: list[WheelDecision], target: TargetImage, dest: Path
     installed = target.installed()
     env = marker_environment(target.python_version)
     todo = [d.requirement for d in decisions if d.action == "vendor"]
+    asked = {r.key: r for r in todo}  # the requirement each vendored wheel was fetched for
     have: dict[str, WheelFile] = {}
     for _ in range(MAX_ROUNDS):
         if not todo:
@@ -225,13 +226,26 @@ def fetch_wheels(decisions: list[WheelDecision], target: TargetImage, dest: Path
             have[wheel.name] = wheel
         todo = []
         for wheel in list(have.values()):
+            if have.get(wheel.name) is not wheel:  # dropped above for a narrower version
+                continue
             for req in wheel_requirements(wheel.path):
                 if req.marker and not evaluate_marker(req.marker, env):
                     continue
                 if req.key in have:
                     if not req.contains(have[req.key].version):
-                        raise BundleError(f"{wheel.path.name} needs {req} but the bundle has "
-                                          f"{have[req.key].path.name}: pin a compatible version")
+                        # Wheels are fetched one package at a time (--no-deps), so the newest numpy can
+                        # exceed numba's cap: fetch it again under both constraints.
+                        old = have[req.key]
+                        both = replace(asked[req.key], specifiers=tuple(dict.fromkeys(
+                            asked[req.key].specifiers + req.specifiers)))
+                        if both.specifiers == asked[req.key].specifiers:
+                            raise BundleError(f"{wheel.path.name} needs {req} but the bundle has "
+                                              f"{old.path.name}: pin a compatible version")
+                        log(f"{wheel.name} needs {req}, not {old.path.name}: fetching {both}")
+                        old.path.unlink(missing_ok=True)
+                        del have[req.key]
+                        asked[req.key] = both
+                        todo = [t for t in todo if t.key != req.key] + [both]
                     continue
                 on_image = installed.get(req.key)
                 if on_image is not None and req.contains(on_image):
@@ -248,6 +262,7 @@ def fetch_wheels(decisions: list[WheelDecision], target: TargetImage, dest: Path
                 if all(t.key != req.key for t in todo):
                     log(f"{wheel.name} needs {req}: {target.name} has {on_image or 'none'}, vendoring it")
                     todo.append(req)
+                    asked[req.key] = req
     raise BundleError(f"dependency closure did not settle after {MAX_ROUNDS} rounds: {', '.join(map(str, todo))}")
 
 

@@ -101,6 +101,28 @@ def test_fetch_from_wheels_dir_follows_dependencies(tmp_path, snapshot):
     assert [str(r) for r in wheel_requirements(src / names[2])] == ["llvmlite<0.48,>=0.47.0dev0", "numpy<2.5,>=1.24"]
 
 
+def test_a_capped_dependency_is_fetched_again_within_the_cap(tmp_path):
+    # one package at a time: the newest numpy (2.6) exceeds numba's cap (<2.5), so numpy is fetched again
+    image = tmp_path / "image.txt"
+    image.write_text("# python-version: 3.12\ntorch==2.10.0\n")
+    target = get_target(image)
+    src = tmp_path / "wheels-src"
+    src.mkdir()
+    make_wheel(src, "numba", "0.65.1", tags="cp312-cp312-manylinux2014_x86_64", requires=["numpy<2.5,>=1.24"])
+    for version in ("2.4.6", "2.6.0"):
+        make_wheel(src, "numpy", version, tags="cp312-cp312-manylinux2014_x86_64")
+    log: list[str] = []
+    got = fetch_wheels(plan_wheels(["numba>=0.59", "numpy>=1.24"], target), target, tmp_path / "out",
+                       wheels_dir=src, log=log.append)
+    assert sorted((w.name, str(w.version)) for w in got) == [("numba", "0.65.1"), ("numpy", "2.4.6")]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(w.path.name for w in got)
+    assert any("fetching numpy>=1.24,<2.5" in line for line in log)
+    # when no wheel satisfies both, the error names what is missing
+    (src / "numpy-2.4.6-cp312-cp312-manylinux2014_x86_64.whl").unlink()
+    with pytest.raises(BundleError, match="numpy>=1.24,<2.5"):
+        fetch_wheels(plan_wheels(["numba>=0.59", "numpy>=1.24"], target), target, tmp_path / "out2", wheels_dir=src)
+
+
 def test_a_dependency_never_replaces_an_image_package(tmp_path, snapshot):
     src = tmp_path / "wheels-src"
     src.mkdir()
