@@ -137,6 +137,9 @@ def main() -> None:
     p.add_argument("--compile", choices=["off", "on", "both"], default="off")
     p.add_argument("--reference", metavar="DIR", help="checkout of the reference code to time side by side")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat every configuration this many times, alternating the order, and report the "
+                        "median round (a shared machine's load drifts; one run of each is not a comparison)")
     args = p.parse_args()
 
     if args.threads:
@@ -155,15 +158,25 @@ def main() -> None:
     flops = flops_per_sample(cfg, train=True) * args.batch
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     runs = [("trm-kit", c) for c in compiles] + ([("reference", c) for c in compiles] if args.reference else [])
+    results: dict[tuple[str, bool], list[tuple[float, float]]] = {r: [] for r in runs}
+    for rnd in range(args.rounds):
+        for name, c in (runs if rnd % 2 == 0 else runs[::-1]):  # alternate who goes first
+            if name == "trm-kit":
+                results[(name, c)].append(bench_ours(cfg, args.batch, device, args.steps, args.warmup, c))
+            else:
+                results[(name, c)].append(bench_reference(args.reference, cfg, args.batch, device, args.steps,
+                                                          args.warmup, c))
     for name, c in runs:
-        if name == "trm-kit":
-            warm, sec = bench_ours(cfg, args.batch, device, args.steps, args.warmup, c)
-        else:
-            warm, sec = bench_reference(args.reference, cfg, args.batch, device, args.steps, args.warmup, c)
+        warm = statistics.median(w for w, _ in results[(name, c)])
+        sec = statistics.median(s for _, s in results[(name, c)])
         util = mfu(flops / sec, device, cfg.dtype)
         util_s = f"{100 * util:.1f}%" if util is not None else "n/a"
+        spread = ""
+        if args.rounds > 1:
+            rates = sorted(args.batch / s for _, s in results[(name, c)])
+            spread = f"  rounds {args.rounds}: {rates[0]:.1f}-{rates[-1]:.1f} samples/s"
         print(f"{name:10s} compile={'on ' if c else 'off'} {1e3 * sec:10.1f} ms/step {args.batch / sec:9.1f} samples/s "
-              f"{flops / sec / 1e12:8.4f} TFLOP/s  MFU {util_s}  (warm-up {warm:.1f} s)")
+              f"{flops / sec / 1e12:8.4f} TFLOP/s  MFU {util_s}  (warm-up {warm:.1f} s){spread}")
 
 
 if __name__ == "__main__":
