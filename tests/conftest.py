@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: where the reference golden fixtures live, and the repository root.
+"""Shared pytest fixtures: where the reference golden fixtures live, the repository root, and a
+very small kit checkpoint for the runner and dry-run tests.
 
 The fixture root comes from TRM_REFERENCE_FIXTURES (default ../shared/fixtures/reference beside
 the repository), so the same tests run against any other fixture set with the same layout.
@@ -39,3 +40,18 @@ def fixture_root() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def micro_checkpoint(tmp_path_factory) -> Path:
+    """A kit checkpoint of a very small random TRM (canvas 12): steps take milliseconds."""
+    import torch
+
+    from trm_core import checkpoint
+    from trm_core.model import TRM, TRMConfig
+
+    cfg = TRMConfig.from_name("tiny", hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, halt_max_steps=2,
+                              puzzle_emb_ndim=16, num_puzzle_identifiers=3)
+    out = tmp_path_factory.mktemp("ckpt") / "micro"
+    checkpoint.save(checkpoint.slim(checkpoint.from_model(TRM(cfg, generator=torch.Generator().manual_seed(0)))), out)
+    return out

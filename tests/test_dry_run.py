@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from submission.dry_run import DryRunError, DryRunOptions, dry_run, resolve_data
@@ -21,23 +20,11 @@ PLACEHOLDER = REPO / "submission" / "placeholder"
 
 
 @pytest.fixture(scope="module")
-def small_checkpoint(tmp_path_factory) -> Path:
-    from trm_core import checkpoint
-    from trm_core.model import TRM, TRMConfig
-
-    cfg = TRMConfig.from_name("tiny", hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, halt_max_steps=2,
-                              puzzle_emb_ndim=16, num_puzzle_identifiers=3)
-    out = tmp_path_factory.mktemp("ckpt") / "small"
-    checkpoint.save(checkpoint.slim(checkpoint.from_model(TRM(cfg, generator=torch.Generator().manual_seed(0)))), out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def result(tmp_path_factory, small_checkpoint):
+def result(tmp_path_factory, micro_checkpoint):
     out = tmp_path_factory.mktemp("dry") / "out"
     # a generous budget with a step cap: the run ends as soon as the work is done, and still has time
     # to train when other processes slow this machine down
-    opts = DryRunOptions(checkpoint=small_checkpoint, budget_s=120.0, out=out, cpu_procs=2, train_batch=8,
+    opts = DryRunOptions(checkpoint=micro_checkpoint, budget_s=120.0, out=out, cpu_procs=2, train_batch=8,
                          predict_batch=16, views=(2, 4, 8), extra_args=("--max-steps", "30"))
     lines: list[str] = []
     res = dry_run(opts, echo=lines.append)

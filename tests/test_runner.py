@@ -31,19 +31,6 @@ CHALLENGES = json.loads((PLACEHOLDER / "arc-agi_test_challenges.json").read_text
 
 
 @pytest.fixture(scope="module")
-def micro_checkpoint(tmp_path_factory) -> Path:
-    """A kit checkpoint of a very small random TRM (canvas 12): steps take milliseconds."""
-    from trm_core import checkpoint
-    from trm_core.model import TRM, TRMConfig
-
-    cfg = TRMConfig.from_name("tiny", hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, halt_max_steps=2,
-                              puzzle_emb_ndim=16, num_puzzle_identifiers=3)
-    out = tmp_path_factory.mktemp("ckpt") / "micro"
-    checkpoint.save(checkpoint.slim(checkpoint.from_model(TRM(cfg, generator=torch.Generator().manual_seed(0)))), out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def small_input(tmp_path_factory) -> Path:
     """Four placeholder tasks (six test inputs) in a competition folder."""
     folder = tmp_path_factory.mktemp("input") / "competitions" / "arc"
