@@ -67,6 +67,15 @@ def _time_steps(step_fn, batches, warmup: int, device: torch.device) -> tuple[fl
     return warm, statistics.median(times)
 
 
+def _optimise(loss: torch.Tensor, batch: int, sign, adam) -> None:
+    """Backward and both optimiser steps, the same for both implementations."""
+    (loss / batch).backward()
+    sign.step()
+    sign.zero_grad()
+    adam.step()
+    adam.zero_grad(set_to_none=True)
+
+
 def bench_ours(cfg: TRMConfig, batch: int, device: torch.device, steps: int, warmup: int, compile_: bool):
     model = TRM(cfg, generator=torch.Generator().manual_seed(0)).to(device).train()
     adam = AdamAtan2(model.parameters(), lr=1e-4)
@@ -80,11 +89,7 @@ def bench_ours(cfg: TRMConfig, batch: int, device: torch.device, steps: int, war
             state["carry"] = model.initial_carry(b)
         state["carry"], out = model(state["carry"], b)
         loss, _, _ = act_loss(state["carry"], out)
-        (loss / batch).backward()
-        sign.step()
-        sign.zero_grad()
-        adam.step()
-        adam.zero_grad(set_to_none=True)
+        _optimise(loss, batch, sign, adam)
 
     return _time_steps(step, _batches(cfg, batch, warmup + steps, device), warmup, device)
 
@@ -116,11 +121,7 @@ def bench_reference(ref_dir: str, cfg: TRMConfig, batch: int, device: torch.devi
             with torch.device(device):
                 state["carry"] = head.initial_carry(b)
         state["carry"], loss, _, _, _ = fn(carry=state["carry"], batch=b, return_keys=[])
-        (loss / batch).backward()
-        sign.step()
-        sign.zero_grad()
-        adam.step()
-        adam.zero_grad(set_to_none=True)
+        _optimise(loss, batch, sign, adam)
 
     return _time_steps(step, _batches(cfg, batch, warmup + steps, device), warmup, device)
 
