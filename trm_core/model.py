@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -345,6 +346,9 @@ class TRM(nn.Module):
         self.L_level = ReasoningModule(cfg)
         self.register_buffer("H_init", torch.zeros(D, dtype=dtype), persistent=True)
         self.register_buffer("L_init", torch.zeros(D, dtype=dtype), persistent=True)
+        # Training only: recompute the gradient-carrying module calls in backward instead of keeping
+        # their activations (less memory, about one more forward of compute). Not architecture.
+        self.checkpoint_activations = False
         self.reset_parameters(generator)
 
     @torch.no_grad()
@@ -397,9 +401,13 @@ class TRM(nn.Module):
                 for _ in range(cfg.L_cycles):
                     z_L = self.L_level(z_L, z_H + x, cos, sin)
                 z_H = self.L_level(z_H, z_L, cos, sin)
+        level = self.L_level
+        if self.checkpoint_activations and torch.is_grad_enabled():
+            def level(h: torch.Tensor, inj: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+                return activation_checkpoint(self.L_level, h, inj, cos, sin, use_reentrant=False)
         for _ in range(cfg.L_cycles):
-            z_L = self.L_level(z_L, z_H + x, cos, sin)
-        z_H = self.L_level(z_H, z_L, cos, sin)
+            z_L = level(z_L, z_H + x, cos, sin)
+        z_H = level(z_H, z_L, cos, sin)
         return z_H, z_L
 
     def heads(self, z_H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -417,8 +425,21 @@ class TRM(nn.Module):
                      halted=torch.ones(B, dtype=torch.bool, device=device),
                      current_data={k: torch.zeros_like(v) for k, v in batch.items()})
 
+    def exploration_draws(self, rows: int, generator: torch.Generator | None = None,
+                          device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uniforms (B,) and minimum steps (B,) int32 one training step's halting exploration uses.
+
+        Drawn for a whole batch at once, so a batch split into micro-batches halts exactly as it would
+        in one forward (slice the draws with the rows)."""
+        u = torch.rand((rows,), generator=generator, device=device)
+        min_steps = torch.randint(2, self.config.halt_max_steps + 1, (rows,), generator=generator, device=device,
+                                  dtype=torch.int32)
+        return u, min_steps
+
     def forward(self, carry: Carry, batch: dict[str, torch.Tensor],
-                generator: torch.Generator | None = None) -> tuple[Carry, dict[str, torch.Tensor]]:
+                generator: torch.Generator | None = None,
+                draws: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[Carry, dict[str, torch.Tensor]]:
+        """One ACT step. In training, `draws` (from exploration_draws) replaces drawing from `generator`."""
         cfg = self.config
         halted = carry.halted
         # Halted rows restart from H_init/L_init on the new batch row; the others keep their example.
@@ -440,9 +461,10 @@ class TRM(nn.Module):
                 q_halt = outputs["q_halt_logits"]
                 halted = halted | (q_halt > 0)
                 # Exploration: with some probability a row must run at least U{2..max} steps.
-                explore = torch.rand(q_halt.shape, generator=generator, device=q_halt.device) < cfg.halt_exploration_prob
-                min_steps = torch.randint(2, cfg.halt_max_steps + 1, steps.shape, generator=generator,
-                                          device=steps.device, dtype=steps.dtype)
+                if draws is None:
+                    draws = self.exploration_draws(q_halt.shape[0], generator, q_halt.device)
+                u, min_steps = draws
+                explore = u < cfg.halt_exploration_prob
                 halted = halted & (steps >= explore * min_steps)
         new_carry = Carry(z_H=z_H.detach(), z_L=z_L.detach(), steps=steps, halted=halted, current_data=data)
         return new_carry, outputs

@@ -61,7 +61,9 @@ class TrainConfig:
     seed: int = 0  # exploration randomness (data order is the sampler's own seed)
     log_every: int = 50  # steps between log lines (and the only host synchronisations)
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = only at the end or on stop
-    compile: bool = False  # torch.compile the recursion
+    micro_batch_size: int = 0  # rows per forward/backward on each process (gradients accumulate); 0 = the whole local batch
+    compile: bool | None = None  # torch.compile the recursion; None = on CUDA only. A failure falls back to eager
+    checkpoint_activations: bool = False  # recompute the gradient-carrying cycle in backward (memory, not speed)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -77,6 +79,9 @@ class TrainConfig:
             raise ValueError("TrainConfig.lora_rank must be >= 1")
         if self.log_every < 1 or self.warmup_steps < 0 or self.checkpoint_every < 0:
             raise ValueError("TrainConfig: log_every >= 1, warmup_steps >= 0 and checkpoint_every >= 0 are required")
+        if self.micro_batch_size < 0:
+            raise ValueError(f"TrainConfig.micro_batch_size must be >= 0 (0 = the whole local batch), "
+                             f"got {self.micro_batch_size}")
 
     @property
     def frozen_steps(self) -> int:
@@ -102,6 +107,8 @@ class TrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None  # kit checkpoint written by rank 0
     first_metrics: dict[str, float] = field(default_factory=dict)  # the first logged interval of this call
+    micro_batch: int = 0  # rows per forward/backward on each process
+    compile: str = "off"  # off | on | fallback: <why> (compiled, then eager after the compiled step failed)
 
 
 def _dist() -> tuple[int, int]:
@@ -140,6 +147,29 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def micro_split(rows: int, max_rows: int) -> list[int]:
+    """Split `rows` into as few micro-batches of at most `max_rows` as possible, as even as possible
+    (192 rows at most 80 -> [64, 64, 64]), so a compiled step sees one shape, two at most."""
+    if max_rows <= 0 or max_rows >= rows:
+        return [rows]
+    n = -(-rows // max_rows)
+    size = -(-rows // n)
+    return [size] * (rows // size) + ([rows % size] if rows % size else [])
+
+
+def _slice_carry(c: Carry, lo: int, hi: int) -> Carry:
+    return Carry(z_H=c.z_H[lo:hi], z_L=c.z_L[lo:hi], steps=c.steps[lo:hi], halted=c.halted[lo:hi],
+                 current_data={k: v[lo:hi] for k, v in c.current_data.items()})
+
+
+def _cat_carries(parts: list[Carry]) -> Carry:
+    if len(parts) == 1:
+        return parts[0]
+    return Carry(z_H=torch.cat([c.z_H for c in parts]), z_L=torch.cat([c.z_L for c in parts]),
+                 steps=torch.cat([c.steps for c in parts]), halted=torch.cat([c.halted for c in parts]),
+                 current_data={k: torch.cat([c.current_data[k] for c in parts]) for k in parts[0].current_data})
+
+
 def _gather_rows(t: torch.Tensor, world: int) -> torch.Tensor:
     """Concatenate each rank's rows (rank order) on every rank."""
     if world == 1:
@@ -147,6 +177,13 @@ def _gather_rows(t: torch.Tensor, world: int) -> torch.Tensor:
     out = t.new_empty((world * t.shape[0], *t.shape[1:]))
     dist.all_gather_into_tensor(out, t.contiguous())
     return out
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Host batch to the device: through pinned memory and a non-blocking copy on CUDA."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: (v if v.is_cuda else v.pin_memory()).to(device, non_blocking=True) for k, v in batch.items()}
 
 
 class _Trainer:
@@ -161,6 +198,7 @@ class _Trainer:
         if cfg.global_batch_size % self.world:
             raise ValueError(f"global_batch_size {cfg.global_batch_size} is not divisible by {self.world} processes")
         self.local_batch = cfg.global_batch_size // self.world
+        self.micro = micro_split(self.local_batch, cfg.micro_batch_size)  # row counts of one step's micro-batches
         # CPU flags (stop decisions, metric sums) travel on a gloo group so the GPU queue never waits.
         self.cpu_group = None
         if self.world > 1:
@@ -184,8 +222,12 @@ class _Trainer:
         self.step = 0
         self.carry: Carry | None = None
         self.pending_carry: dict[str, torch.Tensor] | None = None
-        if cfg.compile:
+        model.checkpoint_activations = cfg.checkpoint_activations
+        self.compile = "off"
+        self.eager_recursion = model.recursion
+        if cfg.compile if cfg.compile is not None else device.type == "cuda":
             model.recursion = torch.compile(model.recursion)
+            self.compile = "on"
 
     # ---- persistence -----------------------------------------------------------------------
 
@@ -204,10 +246,12 @@ class _Trainer:
         else:
             gens = [self.generator.get_state()]
         state["generators"] = gens
+        parts: dict[str, torch.Tensor] | None = self.pending_carry  # restored but no step taken yet: keep it
         if self.carry is not None:
             c = self.carry
             parts = {"z_H": c.z_H, "z_L": c.z_L, "steps": c.steps, "halted": c.halted}
             parts.update({f"data.{k}": v for k, v in c.current_data.items()})
+        if parts is not None:
             state["carry"] = {k: _gather_rows(v, self.world).cpu() for k, v in parts.items()}
         return state
 
@@ -300,6 +344,7 @@ class _Trainer:
         stopped = False
         frozen = None
         flops = flops_per_sample(model.config, train=True) * cfg.global_batch_size
+        first_step_of_call = True
 
         while self.step < cfg.steps:
             if self._agree_to_stop(bool(stop and stop(self.step))):
@@ -314,12 +359,16 @@ class _Trainer:
                 batch = next(batches)
             except StopIteration:
                 raise RuntimeError(f"the batch iterator ran out at step {self.step} of {cfg.steps}") from None
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            batch = _to_device(batch, self.device)
             if self.carry is None:
                 self.carry = self._carry_for(batch)
-            self.carry, out = model(self.carry, batch, generator=self.generator)
-            loss, metrics, _ = act_loss(self.carry, out)
-            (loss / cfg.global_batch_size).backward()
+            draws = model.exploration_draws(self.local_batch, self.generator, self.device) \
+                if model.config.halt_max_steps > 1 else None
+            if self.compile == "on" and first_step_of_call:
+                loss, metrics = self._first_compiled_step(batch, draws)
+            else:
+                loss, metrics = self._forward_backward(batch, draws)
+            first_step_of_call = False
 
             self._all_reduce_grads()
             scale = lr_at(self.step, 1.0, cfg.warmup_steps, cfg.steps, cfg.lr_min_ratio)
@@ -335,7 +384,7 @@ class _Trainer:
             if self.ema is not None:
                 self.ema.update()
 
-            metrics["loss"] = loss.detach()
+            metrics["loss"] = loss
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + v.detach().double()
 
@@ -355,7 +404,66 @@ class _Trainer:
         path = self.save()
         done = self.step - first_step
         return TrainResult(self.step, stopped, seconds, done * cfg.global_batch_size / max(seconds, 1e-9), last, path,
-                           first)
+                           first, micro_batch=max(self.micro), compile=self.compile)
+
+    def _forward_backward(self, batch: dict[str, torch.Tensor], draws: tuple[torch.Tensor, torch.Tensor] | None
+                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One ACT step on the local batch, as micro-batches whose gradients accumulate.
+
+        The carry stays one local-batch carry (saved and resumed whatever the micro-batch), the
+        exploration draws are made for the whole local batch, each micro-batch's loss is scaled by
+        1/global batch, and the puzzle-embedding row gradients of all micro-batches are joined for
+        SignSGD: the step is one big batch's, up to the order of float sums."""
+        model, cfg = self.model, self.cfg
+        carries: list[Carry] = []
+        grads: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        sums: dict[str, torch.Tensor] = {}
+        lo = 0
+        for rows in self.micro:
+            hi = lo + rows
+            whole = len(self.micro) == 1
+            carry = self.carry if whole else _slice_carry(self.carry, lo, hi)
+            part = batch if whole else {k: v[lo:hi] for k, v in batch.items()}
+            part_draws = None if draws is None else (draws[0][lo:hi], draws[1][lo:hi])
+            carry, out = model(carry, part, generator=self.generator, draws=part_draws)
+            loss, metrics, _ = act_loss(carry, out)
+            (loss / cfg.global_batch_size).backward()
+            carries.append(carry)
+            emb = model.puzzle_emb
+            if not whole and emb.local_weights.grad is not None:
+                grads.append((emb.local_weights.detach(), emb.local_weights.grad, emb.local_ids))
+            metrics["loss"] = loss.detach()
+            for k, v in metrics.items():
+                sums[k] = sums[k] + v.detach() if k in sums else v.detach()
+            lo = hi
+        if len(grads) > 1:  # SignSGD sees the whole local batch's rows, in batch order
+            emb = model.puzzle_emb
+            emb.local_weights = torch.cat([w for w, _, _ in grads]).requires_grad_(True)
+            emb.local_weights.grad = torch.cat([g for _, g, _ in grads])
+            emb.local_ids = torch.cat([i for _, _, i in grads])
+        self.carry = _cat_carries(carries)
+        loss = sums.pop("loss")
+        return loss, sums
+
+    def _first_compiled_step(self, batch: dict[str, torch.Tensor], draws: tuple[torch.Tensor, torch.Tensor] | None
+                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The first step of a compiled run; if compiling or running the compiled code fails, the
+        same step runs again eagerly (nothing of the failed attempt is kept) and the run goes on."""
+        carry = self.carry
+        try:
+            return self._forward_backward(batch, draws)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: eager is always available
+            if isinstance(e, torch.OutOfMemoryError):  # memory, not the compiler: the caller decides
+                raise
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+            self.log(f"torch.compile failed ({why}); training eagerly")
+            self.compile = f"fallback: {why}"
+            self.model.recursion = self.eager_recursion
+            self.carry = carry
+            for p in self.model.parameters():
+                p.grad = None
+            self.model.puzzle_emb.local_weights = self.model.puzzle_emb.local_weights.detach()
+            return self._forward_backward(batch, draws)
 
     def _log(self, sums: dict[str, torch.Tensor], t0: float, step0: int, flops: float,
              timed_from: tuple[float, int] | None, scale: float | None) -> dict[str, float]:
