@@ -130,3 +130,23 @@ def test_a_compile_failure_falls_back_to_eager_and_the_run_completes(monkeypatch
 def test_compile_defaults_to_cuda_only() -> None:
     _, res = _train(0, steps=1)
     assert res.compile == "off"  # on CPU the default is eager
+
+
+def test_cli_posttrain_takes_micro_batch_compile_and_checkpointing(tmp_path: Path, micro_checkpoint: Path) -> None:
+    from click.testing import CliRunner
+
+    from trm_core import checkpoint
+    from trm_core.cli import main
+
+    challenges = Path(__file__).resolve().parent.parent / "submission" / "placeholder" / "arc-agi_test_challenges.json"
+    result = CliRunner().invoke(main, ["posttrain", "--checkpoint", str(micro_checkpoint), "--data", str(challenges),
+                                       "--mode", "full", "--steps", "2", "--batch-size", "8", "--micro-batch", "3",
+                                       "--no-compile", "--checkpoint-activations", "--variants", "1", "--warmup", "1",
+                                       "--device", "cpu", "--out", str(tmp_path / "post")])
+    assert result.exit_code == 0, result.output
+    assert "micro-batch 3, compile off" in result.output
+    train_cfg = checkpoint.load(tmp_path / "post" / "checkpoint").manifest["train"]
+    assert train_cfg["micro_batch_size"] == 3 and train_cfg["compile"] is False and train_cfg["checkpoint_activations"]
+    result = CliRunner().invoke(main, ["posttrain", "--checkpoint", str(micro_checkpoint), "--data", str(challenges),
+                                       "--steps", "1", "--micro-batch", "-2", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--micro-batch" in result.output

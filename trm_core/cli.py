@@ -238,7 +238,14 @@ def _train_options(f):
         click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
                      help="Run folder: checkpoint/, train_state.pt (resumable), metrics.jsonl."),
         click.option("--device", default=None, help="cpu, cuda (default: cuda when available)."),
-        click.option("--compile", "compile_", is_flag=True, help="torch.compile the recursion."),
+        click.option("--micro-batch", "micro_batch", type=click.IntRange(min=0), default=None,
+                     help="Rows per forward/backward on each process; gradients accumulate to the global batch "
+                          "[default: the most that fits the GPU's memory, measured; CPU: the whole local batch]."),
+        click.option("--compile/--no-compile", "compile_", default=None,
+                     help="torch.compile the recursion, falling back to eager if compiling fails "
+                          "[default: on CUDA only]."),
+        click.option("--checkpoint-activations", is_flag=True,
+                     help="Recompute the gradient-carrying cycle in backward: less memory, about 30% more compute."),
         click.option("--log-every", type=int, default=50, show_default=True),
         click.option("--checkpoint-every", type=int, default=0, show_default=True,
                      help="Steps between resumable checkpoints (0: at the end or on stop only)."),
@@ -279,6 +286,8 @@ def _run_training(recipe, tasks, mode: str, opts: dict, **recipe_kwargs) -> None
                         warmup_steps=opts["warmup"], lr_min_ratio=opts["lr_min_ratio"], optimizer=opts["optimizer"],
                         ema=opts["ema"], ema_rate=opts["ema_rate"], seed=opts["seed"], log_every=opts["log_every"],
                         checkpoint_every=opts["checkpoint_every"], compile=opts["compile_"],
+                        micro_batch_size=-1 if opts["micro_batch"] is None else opts["micro_batch"],
+                        checkpoint_activations=opts["checkpoint_activations"],
                         **recipe_kwargs.pop("train_extra", {}))
     deadline = time.time() + 60 * opts["max_minutes"] if opts["max_minutes"] else None
     with process_group(opts["device"]) as (rank, world, device):
@@ -290,7 +299,8 @@ def _run_training(recipe, tasks, mode: str, opts: dict, **recipe_kwargs) -> None
         if rank == 0:
             state = "stopped early" if result.stopped_early else "done"
             click.echo(f"{result.checkpoint}  (step {result.steps_done}, {state}, "
-                       f"{result.samples_per_s:.1f} samples/s)")
+                       f"{result.samples_per_s:.1f} samples/s, micro-batch {result.micro_batch}, "
+                       f"compile {result.compile})")
 
 
 @main.command("pretrain")

@@ -61,7 +61,9 @@ class TrainConfig:
     seed: int = 0  # exploration randomness (data order is the sampler's own seed)
     log_every: int = 50  # steps between log lines (and the only host synchronisations)
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = only at the end or on stop
-    micro_batch_size: int = 0  # rows per forward/backward on each process (gradients accumulate); 0 = the whole local batch
+    # rows per forward/backward on each process (gradients accumulate); 0 = the whole local batch;
+    # -1 = the most rows that fit this GPU's memory, from a peak-memory fit at two small batches (CPU: whole batch)
+    micro_batch_size: int = 0
     compile: bool | None = None  # torch.compile the recursion; None = on CUDA only. A failure falls back to eager
     checkpoint_activations: bool = False  # recompute the gradient-carrying cycle in backward (memory, not speed)
 
@@ -79,8 +81,8 @@ class TrainConfig:
             raise ValueError("TrainConfig.lora_rank must be >= 1")
         if self.log_every < 1 or self.warmup_steps < 0 or self.checkpoint_every < 0:
             raise ValueError("TrainConfig: log_every >= 1, warmup_steps >= 0 and checkpoint_every >= 0 are required")
-        if self.micro_batch_size < 0:
-            raise ValueError(f"TrainConfig.micro_batch_size must be >= 0 (0 = the whole local batch), "
+        if self.micro_batch_size < -1:
+            raise ValueError(f"TrainConfig.micro_batch_size must be >= -1 (0 = the whole local batch, -1 = fit to memory), "
                              f"got {self.micro_batch_size}")
 
     @property
@@ -109,6 +111,7 @@ class TrainResult:
     first_metrics: dict[str, float] = field(default_factory=dict)  # the first logged interval of this call
     micro_batch: int = 0  # rows per forward/backward on each process
     compile: str = "off"  # off | on | fallback: <why> (compiled, then eager after the compiled step failed)
+    memory_fit: dict[str, Any] | None = None  # the peak-memory fit that chose the micro-batch (CUDA, micro -1)
 
 
 def _dist() -> tuple[int, int]:
@@ -223,11 +226,32 @@ class _Trainer:
         self.carry: Carry | None = None
         self.pending_carry: dict[str, torch.Tensor] | None = None
         model.checkpoint_activations = cfg.checkpoint_activations
+        self.memory_fit: dict[str, Any] | None = None
+        if cfg.micro_batch_size == -1 and device.type == "cuda":
+            self.micro = micro_split(self.local_batch, self._fit_micro_batch())
         self.compile = "off"
         self.eager_recursion = model.recursion
         if cfg.compile if cfg.compile is not None else device.type == "cuda":
             model.recursion = torch.compile(model.recursion)
             self.compile = "on"
+
+    def _fit_micro_batch(self) -> int:
+        """Peak memory of eager steps at two small batches, fitted per row; the largest micro-batch
+        that fits the GPU with the stated headroom (compiled steps need less: fusion keeps fewer
+        intermediates)."""
+        from trm_core import memory
+
+        rows = (min(2, self.local_batch), min(4, self.local_batch))
+        if rows[0] == rows[1]:
+            return self.local_batch
+        fit = memory.measure_peak(lambda r: memory.train_step_peak(self.model, r, self.device), rows, self.device)
+        budget = memory.device_budget(self.device) or 0
+        extra = memory.optimiser_bytes(self.model)
+        micro = memory.choose_micro_batch(fit, self.local_batch, budget, self.model.config, extra)
+        self.memory_fit = {**fit.to_json(), "budget_bytes": budget, "headroom": memory.HEADROOM, "micro_batch": micro}
+        if self.rank == 0:
+            self.log(f"memory: {fit.render(budget)}; micro-batch {micro} of {self.local_batch} local rows")
+        return micro
 
     # ---- persistence -----------------------------------------------------------------------
 
@@ -404,7 +428,8 @@ class _Trainer:
         path = self.save()
         done = self.step - first_step
         return TrainResult(self.step, stopped, seconds, done * cfg.global_batch_size / max(seconds, 1e-9), last, path,
-                           first, micro_batch=max(self.micro), compile=self.compile)
+                           first, micro_batch=max(self.micro), compile=self.compile,
+                           memory_fit=self.memory_fit)
 
     def _forward_backward(self, batch: dict[str, torch.Tensor], draws: tuple[torch.Tensor, torch.Tensor] | None
                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
