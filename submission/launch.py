@@ -69,6 +69,18 @@ class _ProcessHandle:
         self.reader.join(timeout=2)
 
 
+def gpu_env(env: dict[str, str]) -> dict[str, str]:
+    """A GPU worker's environment: expandable allocator segments (a planned peak does not fail on
+    fragmentation) and NCCL settings that turn a hung collective into an error. Set before the
+    worker starts, since both are read when CUDA and NCCL initialise."""
+    from trm_core.distributed import hang_settings
+    from trm_core.memory import set_alloc_conf
+
+    set_alloc_conf(env)
+    hang_settings(env)
+    return env
+
+
 class SubprocessLauncher:
     """Workers as child processes of this interpreter."""
 
@@ -94,6 +106,7 @@ class SubprocessLauncher:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH", "")) if p)
         if gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpus
+            gpu_env(env)
         proc = subprocess.Popen(self.command(job_path, nprocs, distributed), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1, env=env, start_new_session=True)
         return _ProcessHandle(name, proc, self.echo)

@@ -45,6 +45,9 @@ from submission.scheduler import Budget, Calibration, Plan, Workload, plan as ma
 
 ATTEMPT_KEYS = ("attempt_1", "attempt_2")
 RUN_DIR = "trm-run"
+# calibration beats at every step and batch, but one unit may hold a cold start or a compilation:
+# its heartbeat may pause 10 x this (or min_stall, if longer) before the job counts as hung
+CALIBRATION_UNIT_S = 3.0
 LINGER_S = 2.0  # a worker that wrote its result but has not exited after this long is stopped
 FORMAT = "trm-kit-run/1"
 
@@ -466,10 +469,10 @@ class Runner:
     def _stall(self, job: dict[str, Any], launched: float, unit_s: float | None) -> Callable[[], bool]:
         """True once the job's heartbeat (a file touched every step or batch) is older than allowed:
         10 steps/batches and at least min_stall; before the first beat, also launch and warm-up."""
-        if unit_s is None or "heartbeat" not in job:
+        if "heartbeat" not in job:
             return lambda: False
         beat = Path(job["heartbeat"])
-        limit = max(self.min_stall, 10 * unit_s)
+        limit = max(self.min_stall, 10 * (unit_s or 0.0))  # no unit time known (calibration): min_stall
         cal = self.calibration
         first = limit + 3 * ((cal.launch_s + cal.train_warmup_s + cal.predict_warmup_s) if cal else 60.0)
 
@@ -530,7 +533,7 @@ class Runner:
             if kill_at - self.clock() < 1.0:
                 break
             out = self.run_one("calibrate", f"calibrate-a{attempt}", "calibrate", kill_at, train_batch=local_t,
-                               predict_batch=local_p, views=views, attempt=attempt)
+                               predict_batch=local_p, views=views, attempt=attempt, unit_s=CALIBRATION_UNIT_S)
             attempts.append(out.summary())
             if out.ok:
                 c = out.results[0]["calibration"]
@@ -576,9 +579,10 @@ class Runner:
 
     # ---- training ------------------------------------------------------------------------------
 
-    def _train_config(self, p: Plan) -> dict[str, Any]:
+    def _train_config(self, p: Plan, micro: int = 0) -> dict[str, Any]:
         steps, ceiling = p.steps - p.steps_done, p.steps_ceiling
         return {"steps": ceiling, "global_batch_size": p.train_batch, "mode": self.opts.train_mode,
+                "micro_batch_size": micro,
                 "lr": self.opts.lr, "puzzle_emb_lr": self.opts.puzzle_emb_lr,
                 "warmup_steps": min(2000, max(1, round(0.1 * p.steps))),
                 # a constant rate after warm-up: stopping early never leaves the schedule half-way
@@ -598,6 +602,7 @@ class Runner:
             self._phase("train", 0.0, t0, "skipped", reason=p.reason if p else "no plan")
             return None
         world, batch = self.world, p.train_batch
+        micro = cal.train_micro_batch  # from the memory fit (0: the whole local batch fits)
         attempts: list[dict[str, Any]] = []
         adapted: Path | None = None
         partial: Path | None = None
@@ -623,11 +628,13 @@ class Runner:
             self.log(f"{name}: {p.steps - resume_at} steps of {batch} on {world} x {self.device}"
                      + (f", resuming at step {resume_at}" if resume_at else ""))
             out = self.run_one("train", name, "train", kill_at, nprocs=world, distributed=world > 1,
-                               plan=p.to_json(), train=self._train_config(p),
+                               plan=p.to_json(), train=self._train_config(p, micro),
+                               pg_timeout_s=_group_timeout(self.left()),
                                data={"num_variants": max(0, data_views - 1), "variant_seed": self.opts.seed,
                                      "sampler_seed": self.opts.seed},
                                out_dir=str(out_dir), deadline=p.train_deadline, attempt=attempt, unit_s=p.step_s)
-            attempts.append({**out.summary(), "world": world, "train_batch": batch, "resume_at": resume_at})
+            attempts.append({**out.summary(), "world": world, "train_batch": batch, "micro_batch": micro,
+                             "resume_at": resume_at})
             wfile = Path(self.scratch / "jobs" / name / "watchdog.json")
             if wfile.is_file():
                 try:
@@ -644,9 +651,17 @@ class Runner:
             if out.error == "timeout":
                 break  # a hang: no time to lose on another try
             if out.error == "oom":
+                # the same global batch in smaller micro-batches resumes the same run folder; only
+                # single-row micro-batches that still do not fit change the batch (a fresh run)
+                local = batch // world
+                rows = micro or local
+                if rows > 1:
+                    micro = rows // 2
+                    self.log(f"out of memory: retrying with micro-batches of {micro} (global batch {batch} kept)")
+                    continue
                 if batch // 2 < world:
                     break
-                batch = max(world, (batch // 2) // world * world)
+                batch, micro = max(world, (batch // 2) // world * world), 0
                 self.log(f"out of memory: retrying with a global batch of {batch}")
             elif attempt >= 1 and world > 1:
                 world = max(1, world // 2)
@@ -664,7 +679,8 @@ class Runner:
                                 "last_metrics": result.get("last_metrics"),
                                 "checkpoint": str(ckpt) if ckpt else None, "replans": watch.get("replans", []),
                                 "stop_reason": watch.get("stop_reason"),
-                                "measured_step_s": watch.get("measured_step_s")}
+                                "measured_step_s": watch.get("measured_step_s"),
+                                "micro_batch": result.get("micro_batch"), "compile": result.get("compile")}
         self._phase("train", planned, t0, status, attempts=attempts)
         return ckpt
 
@@ -704,7 +720,8 @@ class Runner:
             retry: list[list[list[int]]] = []
             for (handle, launched), how, (name, job, shards) in zip(handles, ended, jobs):
                 out = self._outcome(name, Path(job["job_dir"]), handle.poll(), how, launched)
-                attempts.append({**out.summary(), "shards": shards})
+                attempts.append({**out.summary(), "shards": shards,
+                                 "compile": next((r["compile"] for r in out.results if "compile" in r), None)})
                 files.update(str(f) for f in prefix.parent.glob(f"{tag}-a{attempt}-r*of*.npz"))
                 if out.ok:
                     continue
@@ -871,6 +888,12 @@ def dedupe(preds: Any) -> Any:
     for i in sorted(first.tolist()):
         out.append(*preds.record(i))
     return out
+
+
+def _group_timeout(left_s: float) -> float:
+    """A process group's timeout: a hung rendezvous or collective must fail while time is left to
+    recover (a tenth of what is left, between 60 s and 10 minutes)."""
+    return max(60.0, min(600.0, 0.1 * left_s))
 
 
 def _saved_step(out_dir: Path | None) -> int:

@@ -125,6 +125,15 @@ class Calibration:
     train_flops_per_step: float = 0.0  # model FLOPs of one measured step (for MFU and projections)
     predict_flops_per_batch: float = 0.0
     source: str = "measured"  # measured | projected | assumed
+    # Memory (CUDA; None elsewhere): peak bytes fitted per row at two small batches (memory.MemoryFit JSON),
+    # the bytes the process may use and the share kept free; the micro-batch and prediction batch they chose.
+    train_memory: dict[str, Any] | None = None
+    predict_memory: dict[str, Any] | None = None
+    memory_budget_bytes: int | None = None
+    memory_headroom: float = 0.0
+    train_micro_batch: int = 0  # rows per forward/backward (0 = the whole local batch)
+    train_compile: str = "off"  # how the timed steps ran: off | on | fallback: <why> (warm-up includes compiling)
+    predict_compile: str = "off"
 
     def __post_init__(self) -> None:
         if self.train_batch < 1 or self.predict_batch < 1:
@@ -514,8 +523,15 @@ def calibrate(ckpt: Any, tasks: Any, *, train_batch: int, predict_batch: int, vi
               train_mode: str = "full", warmup_steps: int = 2, timed_steps: int = 3, timed_batches: int = 2,
               seed: int = 0, clock: Callable[[], float] = time.perf_counter,
               hook: Callable[[str, int], None] | None = None, log: Callable[[str], None] | None = None,
-              scratch: str | os.PathLike | None = None) -> Calibration:
+              scratch: str | os.PathLike | None = None, peak_bytes: Callable[[str, int], int] | None = None,
+              budget_bytes: float | None = None) -> Calibration:
     """Time post-training steps and prediction batches of `ckpt` on `tasks` on one device.
+
+    On CUDA (or with a fake `peak_bytes(kind, rows)` and `budget_bytes`, as in tests) peak memory is
+    measured first at two small batches for training and for prediction and fitted per row
+    (trm_core.memory); the timed steps then run at the largest micro-batch that fits (the local
+    batch stays `train_batch`, as gradient accumulation) and prediction at the largest batch up to
+    `predict_batch` that fits. No step is sized by running out of memory.
 
     Training runs warmup_steps + timed_steps + 1 steps of `train_batch` rows in `train_mode`
     ("full" is the most expensive post-training step, so the plan errs on the safe side) with an
@@ -537,14 +553,33 @@ def calibrate(ckpt: Any, tasks: Any, *, train_batch: int, predict_batch: int, vi
     from trm_core.recipes import DataConfig, model_for_tasks, prepare_posttrain
     from trm_core.train import TrainConfig, train
 
+    from trm_core import memory
+
     device = torch.device(device)
     cfg = ckpt.config
     quiet = log or (lambda line: None)
+    sized = peak_bytes is not None or device.type == "cuda"
+    budget = budget_bytes if budget_bytes is not None else memory.device_budget(device)
+
+    def fit_memory(kind: str, model: Any, rows: tuple[int, int]) -> memory.MemoryFit:
+        if peak_bytes is not None:
+            return memory.fit([(r, peak_bytes(kind, r)) for r in rows])
+        step = memory.train_step_peak if kind == "train" else memory.predict_batch_peak
+        return memory.measure_peak(lambda r: (hook and hook(kind, 0), step(model, r, device)), rows, device)
 
     # ---- training steps
     model, variants = prepare_posttrain(ckpt, tasks, DataConfig(num_variants=max(0, views - 1), variant_seed=seed),
                                         seed=seed)
     sampler = TrainSampler(variants, train_batch, seed=seed, canvas=cfg.canvas)
+    micro, train_fit = 0, None
+    if sized and budget:
+        model.to(device)
+        train_fit = fit_memory("train", model, (2, 4))
+        # Adam's two moments and the EMA copy come after the fit: 3 x the trunk in fp32
+        extra = 1.5 * memory.optimiser_bytes(model)
+        micro = memory.choose_micro_batch(train_fit, train_batch, budget, cfg, extra)
+        micro = 0 if micro >= train_batch else micro
+        quiet(f"memory: training {train_fit.render(budget)}; micro-batch {micro or train_batch} of {train_batch}")
     marks: list[float] = []
 
     def on_step(step: int) -> bool:
@@ -555,8 +590,8 @@ def calibrate(ckpt: Any, tasks: Any, *, train_batch: int, predict_batch: int, vi
 
     n_steps = warmup_steps + timed_steps + 1
     tc = TrainConfig(steps=n_steps, global_batch_size=train_batch, mode=train_mode, warmup_steps=1,
-                     log_every=10**9, seed=seed)
-    train(model, sampler, tc, device=device, stop=on_step, log=quiet)
+                     log_every=10**9, seed=seed, micro_batch_size=micro)
+    train_res = train(model, sampler, tc, device=device, stop=on_step, log=quiet)
     step_times = [b - a for a, b in zip(marks, marks[1:])]  # step 1 .. n_steps-1
     step_s, train_warm = _steady(step_times, warmup_steps)
 
@@ -570,7 +605,19 @@ def calibrate(ckpt: Any, tasks: Any, *, train_batch: int, predict_batch: int, vi
     test_inputs = sum(len(t.test_inputs) for t in tasks)
     need = math.ceil((1 + timed_batches) * predict_batch / max(1, test_inputs))
     model, variants, _ = model_for_tasks(ckpt, tasks, max(1, min(need, 1000)), seed)
+    predict_fit = None
+    if sized and budget:
+        model.to(device)
+        predict_fit = fit_memory("predict", model, (2, 4))
+        fits = predict_fit.largest_batch(budget)
+        if fits < 1:
+            raise RuntimeError(f"calibration: not one prediction row fits ({predict_fit.render(budget)})")
+        if fits < predict_batch:
+            quiet(f"memory: prediction {predict_fit.render(budget)}; batch {fits} instead of {predict_batch}")
+            predict_batch = fits
+            need = math.ceil((1 + timed_batches) * predict_batch / max(1, test_inputs))
     pmarks: list[float] = []
+    pstatus: dict[str, str] = {}
     done_batches = [0]
 
     def before_batch() -> bool:
@@ -585,7 +632,7 @@ def calibrate(ckpt: Any, tasks: Any, *, train_batch: int, predict_batch: int, vi
     pmarks.append(clock())
     predict(model, variants, PredictConfig(num_views=max(1, min(need, 1000)), batch_size=predict_batch,
                                            order="variant"),
-            device=device, stop=before_batch, on_batch=after_batch)
+            device=device, stop=before_batch, on_batch=after_batch, status=pstatus)
     batch_times = [b - a for a, b in zip(pmarks, pmarks[1:])]
     if not batch_times:
         raise RuntimeError("calibration: prediction ran no batch")
@@ -596,4 +643,10 @@ def calibrate(ckpt: Any, tasks: Any, *, train_batch: int, predict_batch: int, vi
                        predict_warmup_s=predict_warm, launch_s=0.0, save_s=save_s,
                        steps_timed=max(0, len(step_times) - warmup_steps), batches_timed=max(0, len(batch_times) - 1),
                        train_flops_per_step=flops_per_sample(cfg, train=True) * train_batch,
-                       predict_flops_per_batch=flops_per_sample(cfg, train=False) * halt * predict_batch)
+                       predict_flops_per_batch=flops_per_sample(cfg, train=False) * halt * predict_batch,
+                       train_memory=train_fit.to_json() if train_fit else None,
+                       predict_memory=predict_fit.to_json() if predict_fit else None,
+                       memory_budget_bytes=int(budget) if sized and budget else None,
+                       memory_headroom=memory.HEADROOM if sized and budget else 0.0,
+                       train_micro_batch=micro, train_compile=train_res.compile,
+                       predict_compile=pstatus.get("compile", "off"))

@@ -8,9 +8,9 @@ Input: a job file written by submission.run. Common fields: kind (calibrate | tr
 phase (for fault injection: calibrate, train, predict, baseline), name, job_dir, challenges,
 task_ids (the tasks to use, in order), canvas, checkpoint, device (cpu | cuda), seed, attempt,
 fault (a spec as in submission.faults; $TRM_FAULT otherwise). Per kind:
-  calibrate  train_batch, predict_batch, views
+  calibrate  train_batch, predict_batch, views (and heartbeat, touched at every step and batch)
   train      plan (scheduler.Plan JSON), train (TrainConfig fields), data (DataConfig fields),
-             out_dir, deadline, init
+             out_dir, deadline, init, pg_timeout_s (the process group's timeout)
   predict    shards [[rank, world], ...], views, predict_batch, deadline, prefix, save_every_s
 and, for train and predict, heartbeat (a file touched at every step or batch, at most every 0.5 s).
 Output: `result.rank<r>.json` in job_dir: ok, error (oom | checkpoint | tasks | cancelled | crash),
@@ -132,7 +132,12 @@ class _Job:
 
     def calibrate(self) -> None:
         job = self.job
-        point = self.hook(self.injector(self.rank))
+        inject = self.hook(self.injector(self.rank))
+
+        def point(part: str, index: int) -> None:  # every calibration step and batch is a heartbeat
+            self.beat()
+            inject(part, index)
+
         point("start", 0)
         ckpt, tasks = self.load()
         cal = calibrate(ckpt, tasks, train_batch=int(job["train_batch"]), predict_batch=int(job["predict_batch"]),
@@ -146,7 +151,7 @@ class _Job:
         from trm_core.train import TrainConfig
 
         job = self.job
-        with process_group(job["device"]) as (rank, world, device):
+        with process_group(job["device"], job.get("pg_timeout_s")) as (rank, world, device):
             self.rank = self.result["rank"] = rank
             point = self.hook(self.injector(rank))
             point("start", 0)
@@ -177,6 +182,7 @@ class _Job:
                                seconds=res.seconds, samples_per_s=res.samples_per_s,
                                checkpoint=str(res.checkpoint) if res.checkpoint else None,
                                first_metrics=res.first_metrics, last_metrics=res.last_metrics,
+                               micro_batch=res.micro_batch, compile=res.compile, memory_fit=res.memory_fit,
                                watchdog=dog.to_json())
 
     def predict(self) -> None:
@@ -210,8 +216,11 @@ class _Job:
 
             self.part = "predict"
             t0 = time.time()
+            status: dict[str, str] = {}
             preds = predict(model, variants, PredictConfig(num_views=views, batch_size=batch, order="variant"),
-                            device=device, stop=stop, deadline=deadline, on_batch=on_batch, shard=(rank, world))
+                            device=device, stop=stop, deadline=deadline, on_batch=on_batch, shard=(rank, world),
+                            status=status)
+            self.result["compile"] = status.get("compile", "off")
             _save_predictions(preds, path)
             self.result["shards"].append({"rank": rank, "world": world, "path": str(path), "records": len(preds),
                                           "batches_done": state["done"], "batches_total": state["total"],

@@ -100,3 +100,34 @@ def test_train_step_peak_runs_on_cpu_and_leaves_no_gradient() -> None:
     memory.predict_batch_peak(model, 2, "cpu")
     assert model.training
     assert memory.optimiser_bytes(model) == 8 * sum(p.numel() for p in model.parameters())
+
+
+def test_calibration_sizes_micro_batch_and_prediction_batch_from_the_fit(micro_checkpoint) -> None:
+    import json
+    from pathlib import Path
+
+    from submission.scheduler import Calibration, calibrate
+    from trm_core import checkpoint
+    from trm_core.tasks import load_tasks
+
+    challenges = Path(__file__).resolve().parent.parent / "submission" / "placeholder" / "arc-agi_test_challenges.json"
+    ckpt = checkpoint.load(micro_checkpoint)
+    tasks = load_tasks(challenges, max_side=ckpt.config.canvas)
+    per_row = {"train": 100 * MIB, "predict": 10 * MIB}
+    asked = []
+
+    def peak(kind: str, rows: int) -> int:  # a fake allocator: 1 GiB of weights plus the rows
+        asked.append((kind, rows))
+        return memory.GIB + per_row[kind] * rows
+
+    budget = 2 * memory.GIB  # 0.9 x 2 GiB - 1 GiB - the carry: 8 training rows, 81 prediction rows
+    cal = calibrate(ckpt, tasks, train_batch=16, predict_batch=128, views=2, peak_bytes=peak, budget_bytes=budget,
+                    warmup_steps=1, timed_steps=1, timed_batches=1)
+    assert asked == [("train", 2), ("train", 4), ("predict", 2), ("predict", 4)]  # two small points each
+    extra = 1.5 * memory.optimiser_bytes(checkpoint.build_model(ckpt, num_puzzle_identifiers=3))
+    fit = memory.MemoryFit.from_json(cal.train_memory)
+    assert cal.train_micro_batch == memory.choose_micro_batch(fit, 16, budget, ckpt.config, extra) == 8
+    assert cal.train_batch == 16  # the local batch is kept: micro-batches accumulate to it
+    assert cal.predict_batch == int((0.9 * budget - memory.GIB) // (10 * MIB)) == 81
+    assert cal.memory_budget_bytes == budget and cal.memory_headroom == memory.HEADROOM
+    assert Calibration.from_json(json.loads(json.dumps(cal.to_json()))) == cal  # what plan.json holds

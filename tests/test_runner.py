@@ -157,10 +157,12 @@ def test_failed_training_is_retried(kind: str, tmp_path: Path, small_input: Path
     sub, record, _ = _run(opts)
     attempts = next(p for p in record["phases"] if p["name"] == "train")["attempts"]
     assert attempts[0]["error"] == kind and attempts[1]["ok"]
-    if kind == "oom":  # half the batch, a fresh run
-        assert attempts[1]["train_batch"] == attempts[0]["train_batch"] // 2 and attempts[1]["resume_at"] == 0
-    else:  # the same batch, resumed from the last checkpoint it saved
-        assert attempts[1]["train_batch"] == attempts[0]["train_batch"] and attempts[1]["resume_at"] > 0
+    # the same global batch, resumed from the last checkpoint it saved; out of memory: in half-size micro-batches
+    assert attempts[1]["train_batch"] == attempts[0]["train_batch"] and attempts[1]["resume_at"] > 0
+    if kind == "oom":
+        assert attempts[0]["micro_batch"] == 0 and attempts[1]["micro_batch"] == attempts[0]["train_batch"] // 2
+    else:
+        assert attempts[1]["micro_batch"] == attempts[0]["micro_batch"] == 0
     assert validate(sub, _challenges(small_input)) == [] and record["predict"]["tag"] == "adapted"
 
 

@@ -29,7 +29,7 @@ class PredictConfig:
     batch_size: int = 256  # rows per forward over all ranks
     halt_steps: int | None = None  # ACT steps per view; None = the model's halt_max_steps
     order: str = "variant"  # "variant": a run cut short has seen every task under its first views
-    compile: bool = False  # torch.compile the recursion
+    compile: bool | None = None  # torch.compile the recursion; None = on CUDA only. A failure falls back to eager
 
     def __post_init__(self) -> None:
         if self.num_views < 1 or self.batch_size < 1:
@@ -56,18 +56,25 @@ def predict_batch(model: TRM, batch: dict[str, torch.Tensor], steps: int) -> tup
 def predict(model: TRM, variants: Variants, cfg: PredictConfig, *, device: torch.device | str = "cpu",
             stop: Callable[[], bool] | None = None, deadline: float | None = None,
             on_batch: Callable[[Predictions, int, int], None] | None = None,
-            log: Callable[[str], None] | None = None, shard: tuple[int, int] | None = None) -> Predictions:
+            log: Callable[[str], None] | None = None, shard: tuple[int, int] | None = None,
+            status: dict[str, str] | None = None) -> Predictions:
     """This rank's predictions, in view order. Stops cleanly between batches on `stop()` or `deadline`.
 
     on_batch(predictions, batches_done, batches_total) runs after every batch, e.g. to write a
     provisional submission. shard=(rank, world_size) predicts that shard without a process group
     (independent processes, so one failing loses only its own shard); default: the torchrun rank.
+    `status["compile"]` tells how it ran: off, on, or "fallback: <why>" (compiling failed, eager after).
     """
+    status = {} if status is None else status
     rank, world = _dist() if shard is None else shard
     device = torch.device(device)
     model.to(device).eval()
-    if cfg.compile:
+    compiled = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    already = hasattr(model.recursion, "_torchdynamo_orig_callable")  # a second shard reuses the first's
+    eager = getattr(model.recursion, "_torchdynamo_orig_callable", model.recursion) if compiled else None
+    if compiled and not already:
         model.recursion = torch.compile(model.recursion)
+    status["compile"] = "on" if compiled else "off"
     steps = cfg.halt_steps or model.config.halt_max_steps
     canvas = model.config.canvas
     views = PredictViews(variants, cfg.num_views, cfg.batch_size, canvas=canvas, rank=rank, world_size=world,
@@ -80,8 +87,22 @@ def predict(model: TRM, variants: Variants, cfg: PredictConfig, *, device: torch
             if log:
                 log(f"prediction stopped after {done - 1}/{total} batches")
             break
-        tensors = {k: v.to(device, non_blocking=True) for k, v in batch.tensors().items()}
-        tokens, q = predict_batch(model, tensors, steps)
+        tensors = {k: (v.pin_memory() if device.type == "cuda" else v).to(device, non_blocking=True)
+                   for k, v in batch.tensors().items()}
+        if compiled and done == 1:
+            try:
+                tokens, q = predict_batch(model, tensors, steps)
+            except Exception as e:  # noqa: BLE001 - a compiler failure: eager is always available
+                if isinstance(e, torch.OutOfMemoryError):
+                    raise
+                why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                if log:
+                    log(f"torch.compile failed ({why}); predicting eagerly")
+                status["compile"] = f"fallback: {why}"
+                model.recursion = eager
+                tokens, q = predict_batch(model, tensors, steps)
+        else:
+            tokens, q = predict_batch(model, tensors, steps)
         tokens, q = tokens.cpu().numpy(), q.cpu().numpy()
         for grid, view, q_halt in zip(crop_batch(tokens, canvas), batch.views, q):
             if view is None:  # padding row
