@@ -118,14 +118,17 @@ def project(cfg: Any, target_gpu: str = "L4", gpus: int = 4, *, budget: Budget |
             mfu_train: float | None = None, mfu_predict: float | None = None,
             measured: Calibration | None = None, model_name: str | None = None, tasks: int = HIDDEN_TASKS,
             launch_s: float = LAUNCH_S, warmup_s: float = WARMUP_S, save_s: float = SAVE_S,
-            setup_s: float = SETUP_S) -> Projection:
+            setup_s: float = SETUP_S, roofline: bool = True) -> Projection:
     """Project the hidden rerun for model config `cfg` (a TRMConfig) on `gpus` x `target_gpu`.
 
     measured: the calibration of this run; when it was measured on a GPU with a known peak and
     mfu_* are not given, its MFU is used (the same model runs at the same utilisation there).
+    Otherwise (and with `roofline`) the MFU is the eager code's roofline bound on the target, from
+    the model's measured bytes and FLOPs per row (trm_core.roofline); DEFAULT_MFU only for a GPU
+    whose bandwidth is not in the table.
     """
     from trm_core.model import flops_per_sample
-    from trm_core.perf import PEAK_BF16, gpu_key
+    from trm_core.perf import BANDWIDTH, PEAK_BF16, gpu_key
 
     key = gpu_key(target_gpu) or (target_gpu if target_gpu in PEAK_BF16 else None)
     if key is None:
@@ -141,6 +144,16 @@ def project(cfg: Any, target_gpu: str = "L4", gpus: int = 4, *, budget: Budget |
             mfu_train = mfu_train if mfu_train is not None else mt
             mfu_predict = mfu_predict if mfu_predict is not None else mp
             source = f"measured here on {measured.device}"
+    if (mfu_train is None or mfu_predict is None) and key in BANDWIDTH and roofline:
+        from trm_core import roofline as roof
+
+        traffic = roof.measure(cfg, rows=max(1, budget.train_batch // gpus))
+        bw = BANDWIDTH[key]
+        mfu_train = mfu_train if mfu_train is not None else roof.roofline_mfu(traffic.train_intensity, peak, bw)
+        mfu_predict = mfu_predict if mfu_predict is not None else roof.roofline_mfu(traffic.predict_intensity, peak, bw)
+        source = (f"eager roofline: {traffic.train_intensity:.0f} / {traffic.predict_intensity:.0f} FLOP per byte "
+                  f"(train / predict, measured traffic) at {bw / 1e9:.0f} GB/s; an upper bound for eager code, "
+                  f"compiled code moves fewer bytes")
     if mfu_train is None:
         mfu_train = DEFAULT_MFU
     if mfu_predict is None:
@@ -177,7 +190,9 @@ def assumptions() -> list[str]:
             f"{EVAL_TEST_INPUTS} test inputs, {EVAL_TRAIN_PAIRS} demonstration pairs): {w.test_inputs} test inputs, "
             f"{w.train_pairs} pairs",
             "time per step/batch = model FLOPs (trm_core.model.flops_per_sample) / (dense bf16 peak x MFU); "
-            f"MFU {DEFAULT_MFU:.0%} unless measured here on a GPU of the peak table",
+            "MFU measured here when this run was on a GPU of the peak table, else the eager roofline bound "
+            "(bandwidth x measured FLOP per byte / peak, trm_core.roofline), "
+            f"else {DEFAULT_MFU:.0%}",
             f"fixed costs on the target: launch {LAUNCH_S:.0f} s and warm-up {WARMUP_S:.0f} s per process start, "
             f"checkpoint save {SAVE_S:.0f} s, {SETUP_S / 60:.0f} min before planning (offline install, calibration)",
             "budget: the runner's defaults (Kaggle limit 12 h, 30 min margin, views 64-256-512, step cap 12,500 "

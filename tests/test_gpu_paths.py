@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from trm_core.data import Variants
@@ -114,3 +115,28 @@ def test_group_timeout_and_nccl_settings() -> None:
     assert env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1" and env["TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC"] == "30"
     env = gpu_env({})
     assert env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True" and env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
+
+
+def test_roofline_traffic_extrapolates_from_two_small_canvases() -> None:
+    from trm_core import roofline
+    from trm_core.model import ReasoningModule
+    from trm_core.perf import BANDWIDTH, PEAK_BF16
+
+    cfg = TRMConfig.from_name("tiny", canvas=8)
+    direct_fwd = roofline._call(ReasoningModule(cfg), cfg, grad=False)[1]
+    direct_grad = roofline._call(ReasoningModule(cfg), cfg, grad=True)[1]
+    t = roofline.measure(cfg, rows=1)
+    calls, grad_calls = cfg.H_cycles * (cfg.L_cycles + 1), cfg.L_cycles + 1
+    assert t.predict_bytes == pytest.approx(calls * direct_fwd, rel=0.01)
+    assert t.train_bytes == pytest.approx((calls - grad_calls) * direct_fwd + grad_calls * direct_grad, rel=0.01)
+    assert roofline.measure(cfg, rows=64).train_bytes < t.train_bytes  # the weights' casts are shared by the rows
+    mfu = roofline.roofline_mfu(t.train_intensity, PEAK_BF16["L4"], BANDWIDTH["L4"])
+    assert 0 < mfu < 1 and roofline.roofline_mfu(1e6, 1.0, 1.0) == 1.0
+
+
+def test_projection_without_a_measurement_uses_the_roofline_and_says_so() -> None:
+    from submission.projection import project
+
+    p = project(TRMConfig.from_name("tiny"), "L4", 4)
+    assert p.mfu_source.startswith("eager roofline") and p.mfu_train < 0.2
+    assert project(TRMConfig.from_name("tiny"), "L4", 4, roofline=False).mfu_source == "assumed"

@@ -23,6 +23,10 @@ PEAK_BF16 = {
 PEAK_FP32 = {"L4": 30.3e12, "T4": 8.1e12, "A10G": 31.2e12, "A100": 19.5e12, "L40S": 91.6e12,
              "H100 PCIe": 51e12, "H100": 67e12, "H200": 67e12, "RTX PRO 6000": 125e12}
 
+# Memory bandwidth from the same datasheets, bytes/s (the roofline of memory-bound eager kernels).
+BANDWIDTH = {"L4": 300e9, "T4": 320e9, "A10G": 600e9, "A100": 1555e9, "L40S": 864e9, "H100 PCIe": 2000e9,
+             "H100": 3350e9, "H200": 4800e9, "RTX PRO 6000": 1792e9}
+
 
 def gpu_key(device_name: str) -> str | None:
     """Map a torch device name ("NVIDIA H100 80GB HBM3", "NVIDIA L4") to a table key."""
