@@ -113,6 +113,7 @@ def render(report: dict[str, Any]) -> str:
                      f"{cal.get('predict_batch')}; warm-up {cal.get('train_warmup_s', 0):.1f} s (train) / "
                      f"{cal.get('predict_warmup_s', 0):.1f} s (predict), process launch {cal.get('launch_s', 0):.1f} s "
                      "(all excluded from the unit times)")
+        lines.append(memory_line(cal))
     parts = []
     if th.get("train_samples_per_s"):
         parts.append(f"train {th['train_samples_per_s']:.1f} samples/s ({th['train_steps_per_s']:.2f} steps/s)")
@@ -177,3 +178,18 @@ def render(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"dry run wall time: {r['wall_s']:.1f} s")
     return "\n".join(lines)
+
+
+def memory_line(cal: dict[str, Any]) -> str:
+    """How the calibration sized the batches: the peak-memory fits per row (CUDA), or why not."""
+    compile_ = f"compile: train {cal.get('train_compile', 'off')}, predict {cal.get('predict_compile', 'off')}"
+    if not cal.get("train_memory"):
+        return f"memory: not measured on {cal.get('device')} (peak memory is fitted on CUDA only); {compile_}"
+    from trm_core.memory import MemoryFit
+
+    budget, head = cal.get("memory_budget_bytes"), cal.get("memory_headroom", 0.0)
+    train = MemoryFit.from_json(cal["train_memory"]).render(budget, head)
+    pred = MemoryFit.from_json(cal["predict_memory"]).render(budget, head) if cal.get("predict_memory") else "n/a"
+    micro = cal.get("train_micro_batch") or cal.get("train_batch")
+    return (f"memory fit (peak at two small batches): training {train}; prediction {pred}; micro-batch {micro} of "
+            f"{cal.get('train_batch')} local rows, prediction batch {cal.get('predict_batch')}; {compile_}")

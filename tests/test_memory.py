@@ -131,3 +131,17 @@ def test_calibration_sizes_micro_batch_and_prediction_batch_from_the_fit(micro_c
     assert cal.predict_batch == int((0.9 * budget - memory.GIB) // (10 * MIB)) == 81
     assert cal.memory_budget_bytes == budget and cal.memory_headroom == memory.HEADROOM
     assert Calibration.from_json(json.loads(json.dumps(cal.to_json()))) == cal  # what plan.json holds
+
+
+def test_the_timing_report_shows_the_fit() -> None:
+    from submission.report import memory_line
+
+    fit = memory.MemoryFit(216 * MIB, 1536 * MIB, ((2, 0), (4, 0)))
+    cal = {"device": "NVIDIA L4", "train_batch": 192, "predict_batch": 300, "train_memory": fit.to_json(),
+           "predict_memory": memory.MemoryFit(20 * MIB, 1536 * MIB, ((2, 0), (4, 0))).to_json(),
+           "memory_budget_bytes": 22 * memory.GIB, "memory_headroom": 0.1, "train_micro_batch": 64,
+           "train_compile": "on", "predict_compile": "fallback: RuntimeError: x"}
+    line = memory_line(cal)
+    assert "training 216.0 MiB/row + 1536 MiB; 86 rows fit 22.0 GiB with 10% headroom" in line
+    assert "micro-batch 64 of 192 local rows" in line and "predict fallback: RuntimeError" in line
+    assert "not measured on cpu" in memory_line({"device": "cpu"})
