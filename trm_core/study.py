@@ -390,7 +390,7 @@ def render_table(study: dict[str, Any]) -> str:
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for arm, a in study["arms"].items():
         if a["curve"]:
-            lines.append(row(arm, a["curve"][-1])[:-1] + f" {_fmt(a['wall_s'])} |")
+            lines.append(row(arm, a["curve"][-1]) + f" {_fmt(a['wall_s'])} |")
     return "\n".join(lines) + "\n"
 
 
