@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
 
 
 def _check(*extra: str, timeout: int) -> str:
@@ -37,8 +36,12 @@ def test_gpu_check_compiled_and_rehearsal_on_cpu() -> None:
 
 
 def test_bench_memory_counts_saved_activations_per_row() -> None:
-    import bench_memory
+    import importlib.util
 
+    # loaded from its file: putting tools/ on sys.path would let tools/bundle.py shadow the bundle package
+    spec = importlib.util.spec_from_file_location("bench_memory", ROOT / "tools" / "bench_memory.py")
+    bench_memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_memory)
     figures = bench_memory.main(["--preset", "tiny", "--dtype", "float32", "--checkpoint-activations"])
     kit, ck = figures["trm-kit"], figures["trm-kit checkpointed"]
     # tiny: 145 tokens x 64 wide; a step keeps several block activations per layer call: megabytes per row
