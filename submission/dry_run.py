@@ -214,7 +214,9 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
     from trm_core.submission import challenge_inputs, validate
 
     from submission import projection as proj
-    from submission.report import render, timing_report
+    from trm_core.report import write_report
+
+    from submission.report import render, timing_report, timing_section
     from submission.scheduler import Calibration
 
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -318,12 +320,56 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
         (out / "timing-report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
         (out / "timing-report.txt").write_text(text + "\n")
         files.update({"timing-report.json": out / "timing-report.json", "timing-report.txt": out / "timing-report.txt"})
+        files.update(_report_files(out, run, challenges, solutions))
+        try:
+            files["report.html"] = write_report(out, sections=[timing_section(report)],
+                                                title=f"trm-kit dry run: {label}")
+        except Exception as e:  # noqa: BLE001 - the page is a view of the files above, never worth the run
+            echo(f"report.html not written: {type(e).__name__}: {e}")
         return DryRunResult(report, text, out, not problems, wall, files)
     finally:
         if opts.keep:
             echo(f"kept the dry-run tree at {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _report_files(out: Path, run: dict[str, Any], challenges: Path, solutions: Path | None) -> dict[str, Path]:
+    """Copy what the HTML report draws out of the temporary tree: the tasks, both passes' predictions
+    (merged, as voted) and the training log."""
+    from trm_core.report import BASELINE_FILE, PREDICTIONS_FILE
+    from trm_core.train import METRICS_FILE
+    from trm_core.vote import Predictions
+
+    from submission.run import dedupe
+
+    files = {}
+    for name in ("challenges.json", "solutions.json", PREDICTIONS_FILE, BASELINE_FILE, METRICS_FILE):
+        (out / name).unlink(missing_ok=True)  # an earlier run's, in a reused folder
+    for name, src in (("challenges.json", challenges), ("solutions.json", solutions)):
+        if src is not None and src.is_file():
+            shutil.copy2(src, out / name)
+            files[name] = out / name
+    predict = run.get("predict") or {}
+    adapted = predict.get("tag") == "adapted"
+    sources = [(PREDICTIONS_FILE, predict.get("files") or [])]
+    if adapted:  # without an adapted checkpoint the predictions are the un-adapted model's: no baseline
+        sources.append((BASELINE_FILE, (run.get("baseline") or {}).get("files") or []))
+    for name, parts in sources:
+        loaded = []
+        for f in parts:
+            try:
+                loaded.append(Predictions.load(f))
+            except (OSError, ValueError):
+                continue
+        if loaded:
+            dedupe(Predictions.merge(loaded)).save(out / name)
+            files[name] = out / name
+    ckpt = (run.get("train") or {}).get("checkpoint")
+    if ckpt and (Path(ckpt).parent / METRICS_FILE).is_file():
+        shutil.copy2(Path(ckpt).parent / METRICS_FILE, out / METRICS_FILE)
+        files[METRICS_FILE] = out / METRICS_FILE
+    return files
 
 
 def _gpu_seen() -> bool:

