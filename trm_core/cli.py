@@ -243,6 +243,12 @@ def _train_options(f):
         click.option("--checkpoint-every", type=int, default=0, show_default=True,
                      help="Steps between resumable checkpoints (0: at the end or on stop only)."),
         click.option("--max-minutes", type=float, default=None, help="Stop cleanly after this long."),
+        click.option("--log-to", "log_to", multiple=True, type=click.Choice(["tensorboard", "wandb"]),
+                     help="Also send the metrics to TensorBoard (OUT/tensorboard/) or W&B (OUT/wandb/); "
+                          "repeatable. metrics.jsonl is always written."),
+        click.option("--wandb-project", default="trm-kit", show_default=True, help="W&B project name."),
+        click.option("--wandb-mode", type=click.Choice(["offline", "online"]), default="offline", show_default=True,
+                     help="offline: the run stays in OUT/wandb/ (upload it later with `wandb sync`)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -285,12 +291,30 @@ def _run_training(recipe, tasks, mode: str, opts: dict, **recipe_kwargs) -> None
         if rank == 0:
             click.echo(f"{mode}: {len(tasks)} tasks, {cfg.steps} steps of {cfg.global_batch_size} on {world} x {device}",
                        err=True)
-        result = recipe(tasks=tasks, train_cfg=cfg, data=data, out_dir=opts["out_dir"], device=device,
-                        deadline=deadline, **recipe_kwargs)
+        logger = _open_logger(opts, mode, cfg, data, len(tasks)) if rank == 0 else None
+        try:
+            result = recipe(tasks=tasks, train_cfg=cfg, data=data, out_dir=opts["out_dir"], device=device,
+                            deadline=deadline, logger=logger, **recipe_kwargs)
+        finally:
+            if logger is not None:
+                logger.close()
         if rank == 0:
             state = "stopped early" if result.stopped_early else "done"
             click.echo(f"{result.checkpoint}  (step {result.steps_done}, {state}, "
                        f"{result.samples_per_s:.1f} samples/s)")
+
+
+def _open_logger(opts: dict, mode: str, cfg, data, n_tasks: int):
+    from dataclasses import asdict
+
+    from trm_core.loggers import open_logger
+
+    config = {"mode": mode, "tasks": n_tasks, "train": asdict(cfg), "data": asdict(data)}
+    try:
+        return open_logger(opts["log_to"], opts["out_dir"], config, wandb_project=opts["wandb_project"],
+                           wandb_mode=opts["wandb_mode"], name=os.path.basename(os.path.normpath(opts["out_dir"])))
+    except ImportError as e:
+        raise click.ClickException(str(e)) from None
 
 
 @main.command("pretrain")
