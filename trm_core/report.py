@@ -9,6 +9,8 @@ Inputs: a run folder, from which it reads whichever of these files exist:
   baseline-predictions.npz                the un-adapted model's predictions, for the comparison
   metrics.jsonl                           the training log (one JSON object per logged interval)
   study.json                              a study's curves per arm (`study_section` gives the layout)
+Callers add their own sections after the summary (`trm report` and the dry run add the timing
+report's, from submission/report.py, when the folder holds timing-report.json).
 Output: report.html (`write_report`), or the page as a string (`render_page`).
 
 The page references nothing outside itself: styles are inline, grids are PNG data URIs drawn by
