@@ -199,7 +199,7 @@ def test_study_section_from_a_hand_made_study_json(tmp_path: Path, no_matplotlib
     folder.mkdir()
     (folder / "study.json").write_text(json.dumps(STUDY))
     text, page = _page(folder)  # only study.json: the library call a study makes
-    assert page.sections == ["summary", "study"]
+    assert page.sections == ["study"]
     cells = page.cells
     i = cells.index("full")
     # arm, last step, pass@1, pass@2, oracle, best pass@2, demo loss, demo exact, test inputs, wall s
@@ -233,6 +233,16 @@ def test_load_run_notes_unreadable_files(tmp_path: Path, no_matplotlib) -> None:
 
 
 # ---- the commands -----------------------------------------------------------------------------
+
+
+def test_trm_report_of_a_training_folder(tmp_path: Path, no_matplotlib) -> None:
+    folder = make_run(tmp_path / "run")
+    for name in ("challenges.json", "solutions.json", "submission.json", "predictions.npz", "baseline-predictions.npz"):
+        (folder / name).unlink()
+    r = CliRunner().invoke(main, ["report", str(folder)])
+    assert r.exit_code == 0, r.output
+    page = Page((folder / "report.html").read_text())
+    assert page.sections == ["training"] and page.cells[:2] == ["10", "0.2000"]
 
 
 def test_trm_report_command(run_dir: Path, tmp_path: Path, no_matplotlib) -> None:

@@ -503,7 +503,8 @@ def render_page(title: str, sections: Sequence[Section]) -> str:
 
 def run_sections(run: RunData, extra: Sequence[Section] = (), top: int = TOP_CANDIDATES) -> list[Section]:
     """Summary, the extra sections (e.g. the dry run's timing), training curves, study, tasks."""
-    found = [summary_section(run), *extra, curves_section(run.metrics),
+    summary = summary_section(run) if run.tasks or run.notes else None  # a training folder has no tasks
+    found = [summary, *extra, curves_section(run.metrics),
              study_section(run.study) if run.study else None, tasks_section(run, top)]
     return [s for s in found if s is not None]
 
