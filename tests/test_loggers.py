@@ -8,6 +8,7 @@ import glob
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,8 @@ class Recorder:
 
 def _train(out: Path, logger=None) -> dict[str, torch.Tensor]:
     variants = Variants(_tasks(), 2, seed=0)
-    cfg = TRMConfig.from_name("tiny", hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, halt_max_steps=2, puzzle_emb_ndim=16,
-                              canvas=CANVAS, num_puzzle_identifiers=variants.num_identifiers)
+    cfg = TRMConfig.from_name("tiny", hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, halt_max_steps=2,
+                              puzzle_emb_ndim=16, canvas=CANVAS, num_puzzle_identifiers=variants.num_identifiers)
     model = TRM(cfg, generator=torch.Generator().manual_seed(0))
     tc = TrainConfig(steps=6, global_batch_size=4, warmup_steps=1, lr=1e-3, log_every=2, ema=False)
     train(model, TrainSampler(variants, 4, seed=1, canvas=CANVAS), tc, out_dir=out, log=lambda line: None,
@@ -129,6 +130,8 @@ def _wandb_records(path: str) -> list:
             pos += block - pos % block
             continue
         _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if pos + 7 + n > len(data):  # a record still being written
+            break
         chunk, pos = data[pos + 7:pos + 7 + n], pos + 7 + n
         if kind == 0:  # zero padding up to the block's end
             pos += (block - pos % block) % block
@@ -161,7 +164,13 @@ def test_wandb_offline_logs_the_metrics(tmp_path: Path, monkeypatch) -> None:
     assert rec.closed
     files = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 1  # offline: the run stays on disk for `wandb sync`
-    records = _wandb_records(files[0])
+    # finish() can return before wandb's service has written the last records: wait for its exit record
+    deadline = time.time() + 120
+    while True:
+        records = _wandb_records(files[0])
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.time() > deadline:
+            break
+        time.sleep(0.5)
     history = [r.history for r in records if r.WhichOneof("record_type") == "history"]
     rows = _jsonl(tmp_path / METRICS_FILE)
     assert [h.step.num for h in history] == [r["step"] for r in rows]
@@ -187,3 +196,23 @@ def test_trm_pretrain_log_to_tensorboard(tmp_path: Path) -> None:
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [row["step"] for row in _jsonl(out / METRICS_FILE)]
+
+
+def test_trm_study_log_to_tensorboard(tmp_path: Path, micro_checkpoint) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    write_kaggle(_tasks(), tmp_path / "c_challenges.json", tmp_path / "c_solutions.json")
+    out = tmp_path / "study"
+    r = CliRunner().invoke(main, ["study", "--checkpoint", str(micro_checkpoint), "--data",
+                                  str(tmp_path / "c_challenges.json"), "--solutions", str(tmp_path / "c_solutions.json"),
+                                  "--arms", "none,full", "--steps", "4", "--eval-every", "2", "--views", "2",
+                                  "--variants", "1", "--batch-size", "2", "--warmup", "0", "--out", str(out),
+                                  "--log-to", "tensorboard"])
+    assert r.exit_code == 0, r.output
+    # one logger per trained arm, kept open across the arm's segments (steps 1-2, then 3-4)
+    events = EventAccumulator(str(out / "arms" / "full" / "tensorboard"))
+    events.Reload()
+    rows = _jsonl(out / "arms" / "full" / "run" / METRICS_FILE)
+    assert [e.step for e in events.Scalars("train/loss")] == [row["step"] for row in rows] and rows[-1]["step"] == 4
+    assert not (out / "arms" / "none" / "tensorboard").exists()  # evaluated only, never trained

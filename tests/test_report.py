@@ -318,3 +318,22 @@ def test_trm_evaluate_writes_a_run_folder(tmp_path: Path, no_matplotlib) -> None
     assert json.loads((out / "submission.json").read_text()) == json.loads((folder / "submission.json").read_text())
     cov = json.loads((out / "coverage.json").read_text())
     assert cov["summary"]["kaggle"]["pass@2"] == 0.5
+
+
+def test_trm_study_writes_its_report(tmp_path: Path, micro_checkpoint, no_matplotlib) -> None:
+    from trm_core.tasks import write_kaggle
+
+    small = [t for t in tiny_tasks() if t.id != "split"]  # the 30x30 grid does not fit the canvas
+    write_kaggle(small, tmp_path / "c_challenges.json", tmp_path / "c_solutions.json")
+    out = tmp_path / "study"
+    r = CliRunner().invoke(main, ["study", "--checkpoint", str(micro_checkpoint), "--data",
+                                  str(tmp_path / "c_challenges.json"), "--solutions", str(tmp_path / "c_solutions.json"),
+                                  "--arms", "none,full", "--steps", "2", "--eval-every", "2", "--views", "2",
+                                  "--variants", "1", "--batch-size", "2", "--warmup", "0", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    study = json.loads((out / "study.json").read_text())
+    page = Page((out / "report.html").read_text())
+    assert page.sections == ["study"]
+    i = page.cells.index("full")
+    assert page.cells[i + 1] == "2" and page.cells[i + 3] == f"{study['arms']['full']['curve'][-1]['pass@2']:.3f}"
+    assert page.cells[page.cells.index("none") + 1] == "0"

@@ -248,16 +248,30 @@ def _train_options(f):
         click.option("--checkpoint-every", type=int, default=0, show_default=True,
                      help="Steps between resumable checkpoints (0: at the end or on stop only)."),
         click.option("--max-minutes", type=float, default=None, help="Stop cleanly after this long."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return _log_options(f)
+
+
+def _log_options(f):
+    opts = [
         click.option("--log-to", "log_to", multiple=True, type=click.Choice(["tensorboard", "wandb"]),
-                     help="Also send the metrics to TensorBoard (OUT/tensorboard/) or W&B (OUT/wandb/); "
+                     help="Also send the metrics to TensorBoard (tensorboard/ in the run folder) or W&B (wandb/); "
                           "repeatable. metrics.jsonl is always written."),
         click.option("--wandb-project", default="trm-kit", show_default=True, help="W&B project name."),
         click.option("--wandb-mode", type=click.Choice(["offline", "online"]), default="offline", show_default=True,
-                     help="offline: the run stays in OUT/wandb/ (upload it later with `wandb sync`)."),
+                     help="offline: the run stays in wandb/ in the run folder (upload it later with `wandb sync`)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+def _logger_spec(log_to, wandb_project: str, wandb_mode: str):
+    from trm_core.loggers import LoggerSpec
+
+    return LoggerSpec(tuple(log_to), wandb_project, wandb_mode)
 
 
 def _train_config(mode: str, steps: int | None, epochs: int | None, sampler_examples: int, batch_size: int,
@@ -312,12 +326,10 @@ def _run_training(recipe, tasks, mode: str, opts: dict, **recipe_kwargs) -> None
 def _open_logger(opts: dict, mode: str, cfg, data, n_tasks: int):
     from dataclasses import asdict
 
-    from trm_core.loggers import open_logger
-
     config = {"mode": mode, "tasks": n_tasks, "train": asdict(cfg), "data": asdict(data)}
+    spec = _logger_spec(opts["log_to"], opts["wandb_project"], opts["wandb_mode"])
     try:
-        return open_logger(opts["log_to"], opts["out_dir"], config, wandb_project=opts["wandb_project"],
-                           wandb_mode=opts["wandb_mode"], name=os.path.basename(os.path.normpath(opts["out_dir"])))
+        return spec.open(opts["out_dir"], config, name=os.path.basename(os.path.normpath(opts["out_dir"])))
     except ImportError as e:
         raise click.ClickException(str(e)) from None
 
@@ -637,7 +649,8 @@ def show_cmd(file: str, task_ids: tuple[str, ...], challenges_path: str | None, 
     if task_ids:
         unknown = [t for t in task_ids if t not in tasks.tasks]
         if unknown:
-            raise click.ClickException(f"no task {unknown[0]!r} in {file}; it has e.g. {', '.join(list(tasks.tasks)[:5])}")
+            some = ", ".join(list(tasks.tasks)[:5])
+            raise click.ClickException(f"no task {unknown[0]!r} in {file}; it has e.g. {some}")
         chosen = [tasks.tasks[t] for t in task_ids]
     if not chosen:
         raise click.ClickException(f"{file}: no task to show")
@@ -694,12 +707,14 @@ def show_cmd(file: str, task_ids: tuple[str, ...], challenges_path: str | None, 
               help="Arms trained at once, in separate processes (CPU threads are split among them).")
 @click.option("--device", default=None, help="cpu, cuda (default: cuda when available).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Study folder: study.json, study.md, study.png, arms/<arm>/ (resumed when it exists).")
+              help="Study folder: study.json, study.md, study.png, report.html, arms/<arm>/ (resumed when it exists).")
+@_log_options
 def study_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | None, split: str | None, arms: str,
               steps: int, eval_every: int, views: int, batch_size: int, num_variants: int, lr: float,
               puzzle_emb_lr: float, weight_decay: float, warmup: int, lr_min_ratio: float, ema: bool,
               ema_rate: float, freeze_fraction: float, lora_rank: int, lora_alpha: float, init: str,
-              translate: bool, rule: str, seed: int, jobs: int, device: str | None, out_dir: str) -> None:
+              translate: bool, rule: str, seed: int, jobs: int, device: str | None, out_dir: str,
+              log_to: tuple[str, ...], wandb_project: str, wandb_mode: str) -> None:
     """Post-train a checkpoint on held-out tasks under several arms and follow fit and pass@2 against steps."""
     from trm_core.distributed import default_device
     from trm_core.study import StudyConfig, run_study
@@ -714,8 +729,12 @@ def study_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | No
                           lr_min_ratio=lr_min_ratio, ema=ema, ema_rate=ema_rate, freeze_fraction=freeze_fraction,
                           lora_rank=lora_rank, lora_alpha=lora_alpha, init=init, translate=translate, rule=rule,
                           seed=seed)
+        metrics_to = _logger_spec(log_to, wandb_project, wandb_mode)
+        metrics_to.check()
         study = run_study(ckpt_path, tasks, cfg, out_dir, config=config, source=data,
-                          device=device or default_device(), jobs=jobs)
+                          device=device or default_device(), jobs=jobs, metrics_to=metrics_to)
+    except ImportError as e:  # a --log-to library that is not installed
+        raise click.ClickException(str(e)) from None
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     from trm_core.study import render_table

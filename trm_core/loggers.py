@@ -16,6 +16,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -132,3 +133,34 @@ def open_logger(kinds: Sequence[str], out_dir: str | os.PathLike, config: Mappin
     if not built:
         return NullLogger()
     return built[0] if len(built) == 1 else TeeLogger(built)
+
+
+@dataclass(frozen=True)
+class LoggerSpec:
+    """Which loggers to open and how (the --log-to options), as data that can travel to another process."""
+
+    kinds: tuple[str, ...] = ()  # any of KINDS; empty: no logger
+    wandb_project: str = "trm-kit"
+    wandb_mode: str = "offline"
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.kinds if k not in KINDS]
+        if unknown:
+            raise ValueError(f"unknown logger {unknown[0]!r}; expected one of {KINDS}")
+        if self.wandb_mode not in WANDB_MODES:
+            raise ValueError(f"wandb mode must be one of {WANDB_MODES}, got {self.wandb_mode!r}")
+
+    def check(self) -> None:
+        """Raise ImportError (saying what to install) now, not when the first logger opens."""
+        import importlib
+
+        for kind in self.kinds:
+            try:
+                importlib.import_module(kind)
+            except ImportError as e:
+                raise ImportError(f"--log-to {kind} needs the {kind} package: pip install 'trm-kit[{kind}]'") from e
+
+    def open(self, out_dir: str | os.PathLike, config: Mapping[str, Any] | None = None,
+             name: str | None = None) -> MetricsLogger:
+        return open_logger(self.kinds, out_dir, config, wandb_project=self.wandb_project,
+                           wandb_mode=self.wandb_mode, name=name)

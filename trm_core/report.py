@@ -382,8 +382,8 @@ def task_html(run: RunData, task: Task, top: int = TOP_CANDIDATES) -> str:
     parts = [f'<section class="{cls}" id="task-{esc(task.id)}" data-task="{esc(task.id)}">'
              f"<h3>{esc(task.id)} {badge}</h3>", '<div class="demos">']
     for k, (x, y) in enumerate(task.train):
-        parts.append(f'<div class="pair">{grid_figure(x, f"demo {k} input", role="demo-input")}'
-                     f'<span class="arrow">&#8594;</span>{grid_figure(y, f"demo {k} output", role="demo-output")}</div>')
+        parts.append(f'<div class="pair">{grid_figure(x, f"demo {k} input", role="demo-input")}<span class="arrow">'
+                     f'&#8594;</span>{grid_figure(y, f"demo {k} output", role="demo-output")}</div>')
     parts.append("</div>")
     for i, x in enumerate(task.test_inputs):
         truth = task.test_outputs[i] if task.test_outputs is not None else None
