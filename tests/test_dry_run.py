@@ -105,7 +105,9 @@ def test_dry_run_writes_its_html_report(result) -> None:
     assert len(preds) == run["predict"]["records"]
     attempts = [f for f in page.figures if f["data-role"] in ("attempt-1", "attempt-2")]
     assert len(attempts) == 2 * 13 and all(f["data-mark"] in ("right", "wrong") for f in attempts)
-    assert len([f for f in page.figures if f["data-role"] == "baseline-1"]) == 13
+    base = Predictions.load(res.out / "baseline-predictions.npz")  # the deadline may cut the baseline pass short
+    inputs = {(base.task_ids[t], int(i)) for t, i in zip(base.task, base.test_index)}
+    assert 1 <= len([f for f in page.figures if f["data-role"] == "baseline-1"]) == len(inputs) <= 13
     metrics = (res.out / "metrics.jsonl").read_text().splitlines()
     assert json.loads(metrics[-1])["step"] == run["train"]["steps_done"]
 
