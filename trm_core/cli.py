@@ -352,7 +352,7 @@ def _excluded(tasks, paths: tuple[str, ...]) -> set[str]:
     keys: set[bytes] = set()
     for path in paths:
         found = _load_task_set(path, _solutions_beside(path), None, strict=False)
-        ids |= set(found.tasks)
+        ids |= set(found.tasks) | set(found.skipped)  # an id listed with a task that does not load still counts
         for task in found:
             keys |= task_pairs(task)
     return {t.id for t in tasks if t.id in ids or not task_pairs(t).isdisjoint(keys)}
