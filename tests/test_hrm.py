@@ -290,6 +290,8 @@ def test_cli_tiny_hrm_pretrains_post_trains_in_every_mode_and_predicts(tmp_path:
     result = runner.invoke(main, ["pretrain", "--preset", "hrm-tiny", "--steps", "3", "--out", str(tmp_path / "pre"),
                                   "--export", str(tmp_path / "slim"), *common])
     assert result.exit_code == 0, result.output
+    logged = [json.loads(line) for line in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines()]
+    assert logged and all(m["q_continue_loss"] > 0 for m in logged)  # the HRM's Q-target term is trained
     slim = checkpoint.load(tmp_path / "slim")
     assert slim.slim and slim.config.architecture == "hrm" and any(k.startswith("H_level.") for k in slim.state)
     for mode in ("full", "embeddings", "embeddings-then-full", "lora"):
