@@ -335,3 +335,20 @@ def test_dry_run_takes_an_hrm_checkpoint(tmp_path: Path, micro_hrm_checkpoint: P
     report = json.loads((res.out / "timing-report.json").read_text())
     models = [p["model"] for p in report["projection"]]
     assert len(models) == 2 and models[0].startswith("this checkpoint: HRM") and models[1].startswith("hrm preset")
+
+
+def test_study_arms_take_an_hrm_checkpoint(tmp_path: Path, micro_hrm_checkpoint: Path) -> None:
+    from test_study import two_tasks
+
+    from trm_core.study import StudyConfig, run_arm
+    from trm_core.tasks import TaskSet
+
+    ckpt = checkpoint.load(micro_hrm_checkpoint)
+    tasks = TaskSet({t.id: t for t in two_tasks()})
+    cfg = StudyConfig(arms=("full", "scratch"), steps=2, eval_every=2, views=2, num_variants=2, batch_size=4,
+                      warmup_steps=0)
+    for arm in ("full", "scratch"):
+        result = run_arm(arm, ckpt, tasks, cfg, tmp_path / arm, log=lambda line: None)
+        assert [r["step"] for r in result.curve] == [2] and 0.0 <= result.curve[0]["pass@2"] <= 1.0
+        assert any(k.startswith("H_level.") for k in result.changed), arm  # the HRM's own stack trained
+        assert not {"H_init", "L_init"} & set(result.changed)
