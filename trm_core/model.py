@@ -42,7 +42,7 @@ class TRMConfig:
     hidden_size: int = 512  # width of every token state
     num_heads: int = 8  # attention heads; head_dim = hidden_size // num_heads
     expansion: float = 4.0  # SwiGLU width factor before the reference's 2/3 and multiple-of-256 rounding
-    H_cycles: int = 3  # outer cycles per ACT step; all but the last run without gradient
+    H_cycles: int = 3  # outer cycles per ACT step; TRM: all but the last without gradient (HRM: see recursion)
     L_cycles: int = 4  # z_L updates per outer cycle (the released ARC checkpoints use 4)
     L_layers: int = 2  # blocks of the reasoning module (TRM's shared one, HRM's L_level)
     H_layers: int = 0  # HRM: blocks of H_level; TRM has none (0)
@@ -65,7 +65,8 @@ class TRMConfig:
             if not ok:
                 raise ValueError(f"TRMConfig: {what}")
 
-        need(self.architecture in ARCHITECTURES, f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        need(self.architecture in ARCHITECTURES,
+             f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         need(self.hidden_size > 0 and self.num_heads > 0, "hidden_size and num_heads must be positive")
         if self.architecture == "hrm":
             need(self.H_layers >= 1, "architecture 'hrm' needs H_layers >= 1 (blocks of H_level)")
