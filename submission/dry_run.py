@@ -277,15 +277,16 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
 
         measured = Calibration.from_json(run["calibration"]) if run.get("calibration") else None
         models = [("this checkpoint", cfg)]
-        paper = TRMConfig.from_name("paper")
+        released = "hrm" if cfg.architecture == "hrm" else "paper"  # the released size of this architecture
+        paper = TRMConfig.from_name(released)
         if cfg.with_(num_puzzle_identifiers=1) != paper.with_(num_puzzle_identifiers=1):
-            models.append(("paper preset (what a competition bundle runs)", paper))
+            models.append((f"{released} preset (what a competition bundle runs)", paper))
         projections = []
         for name, c in models:
             same = c is cfg
             p = proj.project(c, opts.target_gpu, opts.target_gpus, mfu_train=opts.target_mfu,
                              mfu_predict=opts.target_mfu, measured=measured if same else None,
-                             model_name=f"{name}: hidden {c.hidden_size}, canvas {c.canvas}, "
+                             model_name=f"{name}: {c.architecture.upper()}, hidden {c.hidden_size}, canvas {c.canvas}, "
                                         f"{c.H_cycles}x{c.L_cycles} cycles, {c.halt_max_steps} ACT steps")
             projections.append({**p.to_json(), "text": p.render()})
 
