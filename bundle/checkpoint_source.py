@@ -2,7 +2,8 @@
 
 Inputs: a spec, one of
   - a kit checkpoint directory (holds manifest.json and model.safetensors);
-  - a reference `step_N` file, with `config` (a preset name or a config file);
+  - a reference `step_N` file, with `config` (a preset name or a config file; without one, the
+    all_config.yaml its training run wrote beside it);
   - `hf:owner/repo/path/in/repo[@revision]`: a file on the Hugging Face hub, fetched at build time
     with huggingface_hub (its cache, HF_HUB_CACHE and HF_HUB_OFFLINE respected); a path ending in
     manifest.json names a kit checkpoint on the hub (its model.safetensors is fetched beside it);
@@ -151,7 +152,7 @@ def _resolve_local(path: Path, cache_dir: Path, config: Any, source: str) -> Res
         return ResolvedCheckpoint(_convert(path, None, cache_dir / "checkpoint", source), source, size)
     if path.is_dir():
         raise BundleError(f"{path} is a folder but not a kit checkpoint: it needs manifest.json and model.safetensors")
-    if config is None:
+    if config is None and not (path.parent / "all_config.yaml").is_file():  # a run folder carries its own
         raise BundleError(f"{path} is a reference checkpoint file: pass its arch config with --config "
-                          "(a preset name such as 'paper' or a config file from its training run)")
+                          "(a preset name such as 'paper' or 'hrm', or a config file from its training run)")
     return ResolvedCheckpoint(_convert(path, config, cache_dir / "checkpoint", source), source, size)

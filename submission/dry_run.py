@@ -36,9 +36,11 @@ DEFAULT_CHECKPOINT = REPO_ROOT / "pretrained" / "demo"
 SLUG, OWNER, BUNDLE_SLUG = "arc-prize-dry-run", "local", "trm-kit-bundle"
 CPU_VIEWS = (8, 32, 64)  # views min / target / max on a CPU: the Kaggle defaults (64/256/512) take hours there
 # Post-training on a CPU: a few hundred steps of 32 rows, a thousandth of the competition recipe's rows
-# (12,500 steps of 768). At the recipe's trunk rate (1e-4, embeddings first) the model barely moves in
-# that time; all weights at the demo's pre-training rate (1e-3) visibly adapt. GPUs get the recipe.
-CPU_TRAIN_MODE, CPU_LR = "full", 1e-3
+# (12,500 steps of 768). At the recipe's rates (trunk 1e-4 embeddings first, rows 1e-2) the model barely
+# moves in that time; all weights at the demo's pre-training rates (trunk 1e-3, rows 0.1: with so few
+# steps each new row is drawn a few dozen times) visibly adapt (README, "The adaptation study").
+# GPUs get the recipe.
+CPU_TRAIN_MODE, CPU_LR, CPU_EMB_LR = "full", 1e-3, 0.1
 NOTEBOOK_MARGIN_S = 360.0  # the run cell's margin; > its 300 s final-cell reserve so the kill time follows the deadline
 KILL_GRACE_S = 30.0
 
@@ -63,6 +65,7 @@ class DryRunOptions:
     predict_batch: int | None = None
     train_mode: str | None = None  # default: CPU_TRAIN_MODE on a CPU, the runner's on a GPU
     lr: float | None = None  # trunk learning rate (default: CPU_LR on a CPU, the runner's on a GPU)
+    puzzle_emb_lr: float | None = None  # embedding-row rate (default: CPU_EMB_LR on a CPU, the runner's on a GPU)
     seed: int = 0
     keep: bool = False  # keep the temporary Kaggle-like tree (its path is printed)
     extra_args: tuple[str, ...] = ()  # more runner flags
@@ -253,8 +256,10 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
             args += ["--views-min", str(views[0]), "--views-target", str(views[1]), "--views-max", str(views[2])]
         mode = opts.train_mode or (None if on_gpu else CPU_TRAIN_MODE)
         lr = opts.lr if opts.lr is not None else (None if on_gpu else CPU_LR)
+        emb_lr = opts.puzzle_emb_lr if opts.puzzle_emb_lr is not None else (None if on_gpu else CPU_EMB_LR)
         for flag, value in (("--device", opts.device), ("--train-batch", opts.train_batch),
-                            ("--predict-batch", opts.predict_batch), ("--train-mode", mode), ("--lr", lr)):
+                            ("--predict-batch", opts.predict_batch), ("--train-mode", mode), ("--lr", lr),
+                            ("--puzzle-emb-lr", emb_lr)):
             if value is not None:
                 args += [flag, str(value)]
         args += list(opts.extra_args)
@@ -274,15 +279,16 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
 
         measured = Calibration.from_json(run["calibration"]) if run.get("calibration") else None
         models = [("this checkpoint", cfg)]
-        paper = TRMConfig.from_name("paper")
+        released = "hrm" if cfg.architecture == "hrm" else "paper"  # the released size of this architecture
+        paper = TRMConfig.from_name(released)
         if cfg.with_(num_puzzle_identifiers=1) != paper.with_(num_puzzle_identifiers=1):
-            models.append(("paper preset (what a competition bundle runs)", paper))
+            models.append((f"{released} preset (what a competition bundle runs)", paper))
         projections = []
         for name, c in models:
             same = c is cfg
             p = proj.project(c, opts.target_gpu, opts.target_gpus, mfu_train=opts.target_mfu,
                              mfu_predict=opts.target_mfu, measured=measured if same else None,
-                             model_name=f"{name}: hidden {c.hidden_size}, canvas {c.canvas}, "
+                             model_name=f"{name}: {c.architecture.upper()}, hidden {c.hidden_size}, canvas {c.canvas}, "
                                         f"{c.H_cycles}x{c.L_cycles} cycles, {c.halt_max_steps} ACT steps")
             projections.append({**p.to_json(), "text": p.render()})
 

@@ -203,7 +203,7 @@ def read_reference(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             raise CheckpointError(
                 f"{path}: key {key!r} lacks the reference prefix ({' or '.join(REFERENCE_PREFIXES)}); "
-                "is this a TRM checkpoint?")
+                "is this a TRM or HRM checkpoint?")
     return state
 
 
@@ -220,6 +220,12 @@ def check_state(state: dict[str, torch.Tensor], cfg: TRMConfig, source: str) -> 
     missing = sorted(k for k in want if k not in state and k not in optional)
     extra = sorted(k for k in state if k not in want and k not in optional and k not in lora)
     if missing or extra:
+        hrm_keys = any(k.startswith("H_level.") for k in state)
+        if hrm_keys != (cfg.architecture == "hrm"):
+            kind, want_arch = ("an HRM", "an HRM config (preset 'hrm' or the run's all_config.yaml)") if hrm_keys \
+                else ("a TRM", "a TRM config (preset 'paper', 'trelis-emb1' or the run's all_config.yaml)")
+            raise CheckpointError(f"{source} holds {kind} (H_level {'present' if hrm_keys else 'absent'}) but the "
+                                  f"config is architecture {cfg.architecture!r}: pass {want_arch}")
         parts = []
         if missing:
             parts.append(f"missing keys {missing}")
@@ -236,7 +242,7 @@ def check_state(state: dict[str, torch.Tensor], cfg: TRMConfig, source: str) -> 
                                       f"(puzzle_emb_ndim={cfg.puzzle_emb_ndim})")
         elif got != shape:
             raise CheckpointError(f"{source}: {k} has shape {list(got)} but the config implies {list(shape)}; "
-                                  "check hidden_size / num_heads / expansion / L_layers")
+                                  "check hidden_size / num_heads / expansion / L_layers / H_layers")
     if TABLE_KEY not in state and MEAN_KEY not in state and cfg.puzzle_emb_ndim > 0:
         raise CheckpointError(f"{source} has neither {TABLE_KEY} nor {MEAN_KEY}")
 
@@ -245,13 +251,18 @@ def load(path: str | os.PathLike, config: TRMConfig | str | os.PathLike | None =
     """Load a kit checkpoint directory, or a reference `step_N` file with its arch config.
 
     `config` is a TRMConfig, a preset name, or a JSON/YAML file; a kit directory carries its own.
+    Without one, a reference file takes the `all_config.yaml` its training run wrote beside it
+    (as the references' own evaluate.py does; sapientinc's HRM releases ship it with `checkpoint`).
     """
     path = Path(path)
     if path.is_dir():
         return _load_kit(path)
+    if config is None and (path.parent / "all_config.yaml").is_file():
+        config = path.parent / "all_config.yaml"
     if config is None:
         raise CheckpointError(f"{path} is a reference checkpoint: pass its arch config (--config FILE or a "
-                              "preset such as 'paper' or 'trelis-emb1'); puzzle_emb_len cannot be read from weights")
+                              "preset such as 'paper', 'trelis-emb1' or 'hrm'), or put the run's all_config.yaml "
+                              "beside it; puzzle_emb_len cannot be read from weights")
     if isinstance(config, TRMConfig):
         cfg = config
     elif isinstance(config, str) and not Path(config).exists():
@@ -361,7 +372,7 @@ def resize_table(ckpt: Checkpoint, rows: int, init: str = "mean",
 
 def build_model(ckpt: Checkpoint, num_puzzle_identifiers: int | None = None, init: str = "mean",
                 generator: torch.Generator | None = None) -> TRM:
-    """A TRM holding the checkpoint's weights.
+    """A model (TRM or HRM, as the checkpoint's config says) holding the checkpoint's weights.
 
     With `num_puzzle_identifiers` (post-training on new tasks) the table is rebuilt with that
     many rows by `resize_table`; otherwise the checkpoint's own table is used (it must have one).

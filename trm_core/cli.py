@@ -170,14 +170,15 @@ def bundle_cmd(checkpoint: str, out: str, target: str, config: str | None, wheel
 
 @main.command()
 @click.argument("src", type=click.Path(exists=True))
-@click.option("--config", "config", help="Arch config: a JSON/YAML file, a preset (paper, trelis-emb1, tiny) "
-              "or a registry name. Needed for reference step_N files; kit directories carry their own.")
+@click.option("--config", "config", help="Arch config: a JSON/YAML file, a preset (paper, trelis-emb1, tiny, hrm, "
+              "hrm-tiny) or a registry name. Needed for reference files unless the run's all_config.yaml "
+              "lies beside them; kit directories carry their own.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output kit directory.")
 @click.option("--slim/--full", "slim_table", default=True, show_default=True,
               help="Drop the per-variant embedding table, keeping its mean and std rows.")
 @click.option("--ema/--raw", "ema", default=None, help="Record whether the trunk weights are the EMA shadow.")
 def convert(src: str, config: str | None, out_dir: str, slim_table: bool, ema: bool | None) -> None:
-    """Convert a reference step_N checkpoint (or a kit directory) into the kit format."""
+    """Convert a reference TRM or HRM checkpoint (or a kit directory) into the kit format."""
     from pathlib import Path
 
     from trm_core import checkpoint
@@ -336,7 +337,7 @@ def _open_logger(opts: dict, mode: str, cfg, data, n_tasks: int):
 
 @main.command("pretrain")
 @_data_options
-@click.option("--preset", default="tiny", show_default=True, help="Model preset: paper, trelis-emb1, tiny.")
+@click.option("--preset", default="tiny", show_default=True, help="Model preset: paper, trelis-emb1, tiny (TRM); hrm, hrm-tiny (HRM).")
 @click.option("--canvas", type=int, default=None, help="Canvas side (default: the preset's).")
 @click.option("--include-test-pairs/--train-pairs-only", default=True, show_default=True,
               help="Also train on test pairs whose outputs are known.")
@@ -351,7 +352,7 @@ def _open_logger(opts: dict, mode: str, cfg, data, n_tasks: int):
 def pretrain_cmd(data: str, solutions: str | None, split: str | None, preset: str, canvas: int | None,
                  include_test_pairs: bool, max_side: int | None, exclude: tuple[str, ...], export_dir: str | None,
                  **opts) -> None:
-    """Pre-train a fresh TRM on public tasks.
+    """Pre-train a fresh TRM or HRM (by --preset) on public tasks.
 
     Multi-GPU: torchrun --nproc-per-node 4 -m trm_core.cli pretrain ... (each process takes its
     slice of every global batch).
@@ -388,7 +389,7 @@ def _excluded(tasks, paths: tuple[str, ...]) -> set[str]:
     keys: set[bytes] = set()
     for path in paths:
         found = _load_task_set(path, _solutions_beside(path), None, strict=False)
-        ids |= set(found.tasks)
+        ids |= set(found.tasks) | set(found.skipped)  # an id listed with a task that does not load still counts
         for task in found:
             keys |= task_pairs(task)
     return {t.id for t in tasks if t.id in ids or not task_pairs(t).isdisjoint(keys)}

@@ -377,6 +377,8 @@ class _Trainer:
             "act_steps": s["steps"] / count, "halted_rows": s.get("count", 0.0),
             "samples_per_s": rows / dt, "lr": cfg.lr * (scale if scale is not None else 1.0),
         }
+        if "q_continue_loss" in s:  # an HRM's bootstrapped-target term
+            m["q_continue_loss"] = s["q_continue_loss"] / rows
         util = mfu(flops * n_steps / dt / self.world, self.device, self.model.config.dtype)
         m["mfu"] = util if util is not None else float("nan")
         eta = ""
