@@ -876,7 +876,7 @@ class Runner:
             raw_files = self.predict(self.checkpoint, "baseline", views, batch,
                                      self.run_deadline - self.final_reserve - self.grace, planned, provisional=False)
             self.record["baseline"] = {"views": views, "files": self.predictions.get("baseline", [])}
-        elif summary["from_model"] < self.test_inputs():
+        elif summary["from_model"] < self.test_inputs() and self._room_for_a_launch():
             # the adapted model answered nothing (or not everything): the un-adapted one fills in
             self.log("adapted prediction left test inputs unanswered: predicting them with the un-adapted checkpoint")
             raw_files = self.predict(self.checkpoint, "unadapted", self.opts.smoke_views if self.mode == "smoke" else
@@ -888,6 +888,12 @@ class Runner:
             best = self.assemble(files, "final, un-adapted where the adapted model has no answer", fill=raw_files)
             self._phase("vote_write_fill", None, t0, "ok", **best)
             self.record["predict"]["filled_from_unadapted"] = best["from_model"] - summary["from_model"]
+
+    def _room_for_a_launch(self) -> bool:
+        """Time for one more prediction launch to give something (start-up, warm-up, a batch, twice)."""
+        cal, p = self.calibration, self.plan
+        need = 2 * (cal.launch_s + cal.predict_warmup_s + (p.predict_batch_s if p else 0.0)) if cal else 10.0
+        return self.run_deadline - self.final_reserve - self.grace - self.clock() > need
 
     def test_inputs(self) -> int:
         return sum(len(t.test_inputs) for t in self.tasks) if self.tasks is not None else 0
