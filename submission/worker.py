@@ -51,18 +51,15 @@ def classify(e: BaseException) -> str:
     if isinstance(e, faults_mod.Cancelled):
         return "cancelled"
     text = str(e).lower()
-    try:
-        import torch
-
-        if isinstance(e, torch.OutOfMemoryError):
-            return "oom"
-    except ImportError:
-        pass
+    # only modules already loaded: a failure before torch was imported must not wait for its import
+    # (seconds on a loaded CPU) before its result is written
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(e, torch.OutOfMemoryError):
+        return "oom"
     if "out of memory" in text:
         return "oom"
-    from trm_core.checkpoint import CheckpointError
-
-    if isinstance(e, CheckpointError):
+    ckpt_mod = sys.modules.get("trm_core.checkpoint")
+    if ckpt_mod is not None and isinstance(e, ckpt_mod.CheckpointError):
         return "checkpoint"
     if isinstance(e, _TaskMismatch):
         return "tasks"

@@ -47,7 +47,8 @@ def test_commands_give_clean_errors_on_hostile_json(tmp_path: Path, bad: str) ->
     hostile = tmp_path / "hostile.json"
     hostile.write_text(bad)
     runner = CliRunner()
-    for args in (["tasks", "check", str(hostile)], ["validate", str(hostile), "--challenges", str(good)],
+    for args in (["tasks", "check", str(hostile)], ["tasks", "check", str(good), "--solutions", str(hostile)],
+                 ["validate", str(hostile), "--challenges", str(good)],
                  ["validate", str(good), "--challenges", str(hostile)]):
         res = runner.invoke(main, args)
         assert res.exit_code == 1, (args, res.output)

@@ -192,3 +192,37 @@ def test_workers_die_with_their_runner(tmp_path: Path, micro_checkpoint: Path) -
         runner.kill()
         for pid in _pids_running(str(scratch)):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_failure_is_classified_without_importing_torch() -> None:
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['trm_core.checkpoint'] = None\n"
+            "from submission.worker import classify\n"
+            "print(classify(RuntimeError('injected crash')), classify(RuntimeError('CUDA out of memory')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["crash", "oom"], out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["train:exit:0.3:1", "predict:hang:1:2", "calibrate:crash:1:3", "train:slow:0.2:4:0.5"])
+def test_real_process_faults_hold_on_a_loaded_cpu(spec: str, tmp_path: Path, micro_checkpoint: Path) -> None:
+    inputs = _input(tmp_path)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # a concurrent process on the cores
+    try:
+        now = time.time()
+        deadline = now + 45
+        cmd = [sys.executable, "-m", "submission.run", "--start-time", str(now), "--deadline", str(deadline),
+               "--input-dir", str(inputs), "--working-dir", str(tmp_path / "w"), "--checkpoint",
+               str(micro_checkpoint), "--scratch-dir", str(tmp_path / "s"), "--views-min", "2", "--views-target", "4",
+               "--views-max", "8", "--train-batch", "8", "--predict-batch", "16", "--reserve-min", "1",
+               "--max-steps", "200"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO,
+                              env={**os.environ, "TRM_FAULT": spec})
+        ended = time.time()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert ended <= deadline + 1, proc.stdout[-2000:]
+    sub = json.loads((tmp_path / "w" / "submission.json").read_text())
+    assert validate(sub, {t: CHALLENGES[t] for t in IDS}) == []
+    assert json.loads((tmp_path / "w" / "trm-run" / "run.json").read_text())["finished_before_deadline"]
