@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bundle import BundleError
-from bundle.checkpoint_source import KIT_FILES, resolve_checkpoint
+from bundle.checkpoint_source import check_shippable, copy_checkpoint, resolve_checkpoint
 from bundle.image import DEFAULT_TARGET, TargetImage, get_target
 from bundle.manifest import write_manifest
 from bundle.metadata import (DATASET_METADATA_FILE, DEFAULT_COMPETITION, DEFAULT_LICENCE, KERNEL_METADATA_FILE,
@@ -124,10 +124,10 @@ def build_bundle(options: BundleOptions, log: Callable[[str], None] = lambda s: 
 
     # checkpoint
     ckpt = resolve_checkpoint(options.checkpoint, work_dir, options.config)
-    (dataset_dir / "checkpoint").mkdir()
-    for name in KIT_FILES:
-        shutil.copy2(ckpt.path / name, dataset_dir / "checkpoint" / name)
-    log(f"checkpoint {ckpt.source} -> {dataset_dir / 'checkpoint'}")
+    copy_checkpoint(ckpt, dataset_dir / "checkpoint")
+    _refuse_credentials(dataset_dir / "checkpoint")  # before minutes of wheel downloads
+    log(f"checkpoint {ckpt.source} -> {dataset_dir / 'checkpoint'}: "
+        f"{check_shippable(dataset_dir / 'checkpoint')}")
 
     # wheels
     wheels_dir = dataset_dir / "wheels"
@@ -142,11 +142,7 @@ def build_bundle(options: BundleOptions, log: Callable[[str], None] = lambda s: 
     else:
         build_own_wheel(options.repo_root, wheels_dir, log=log)
 
-    findings = find_credentials(dataset_dir)
-    if findings:
-        raise BundleError("credentials found in the bundle, not publishing them: " +
-                          "; ".join(f"{f.path} ({f.reason})" for f in findings) +
-                          ". Remove them from the sources (checkpoint folder, package tree) and build again")
+    _refuse_credentials(dataset_dir)
 
     manifest = write_manifest(dataset_dir, trm_version=trm_version, target=target.name,
                               python_tag=target.python_tag,
@@ -166,6 +162,14 @@ def build_bundle(options: BundleOptions, log: Callable[[str], None] = lambda s: 
              "wheels": _tree_bytes(wheels_dir),
              "dataset": _tree_bytes(dataset_dir)}
     return BuildResult(options.out, dataset_dir, kernel_dir, manifest, decisions, ckpt.source, sizes)
+
+
+def _refuse_credentials(folder: Path) -> None:
+    findings = find_credentials(folder)
+    if findings:
+        raise BundleError(f"refusing to build: credentials or links found in {folder}: " +
+                          "; ".join(f"{f.path} ({f.reason})" for f in findings) +
+                          ". Remove them from the sources (checkpoint folder, package tree) and build again")
 
 
 def default_owner() -> str:

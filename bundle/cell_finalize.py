@@ -114,11 +114,11 @@ def find_challenges(input_root):
 
 def load_json(path):
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not an error
             return json.load(f)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         log(f"{path} is unreadable ({type(e).__name__}: {e}); rebuilding it")
         return None
 

@@ -10,10 +10,14 @@ Inputs: the folder tree under /kaggle/input (override: TRM_KAGGLE_INPUT), search
 marker file; the bundle's sub-folders may arrive extracted or as `<name>.zip` (unpacked into
 TRM_SCRATCH, default /tmp/trm-kit). Outputs, exported as environment variables for the next cells
 and their subprocesses: TRM_START_TIME (Unix time this cell started), TRM_BUNDLE_DIR, TRM_SETUP_OK.
-The install is `pip install --no-index --find-links <bundle>/wheels trm-kit==<version>`: nothing
+Before anything is installed, every wheel is checked against the manifest (size and sha256, and
+the manifest's file list against the bundle id this notebook was generated for): a mismatch
+installs nothing, is recorded in <working>/trm-run/setup.json, and leaves the fallback to the last
+cell. The install is `pip install --no-index --find-links <bundle>/wheels trm-kit==<version>`: nothing
 comes from the network and the image's torch is never touched (no torch wheel is in the bundle).
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -131,6 +135,61 @@ def materialize(bundle_dir, manifest, scratch):
     return merged
 
 
+def sha256_of(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_id(files):
+    """The bundle id the build derives from the file list (bundle.manifest.bundle_id)."""
+    h = hashlib.sha256()
+    for e in files:
+        h.update(f"{e['path']}\0{e['size']}\0{e['sha256']}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def verify_wheels(bundle_dir, manifest):
+    """What forbids installing (empty: nothing): a file list that is not the one this notebook was
+    generated for, a listed wheel missing or changed, a wheel the manifest does not list. Checked
+    before pip runs, since whatever pip installs runs as code in this kernel."""
+    files = [f for f in manifest.get("files", []) if isinstance(f, dict)]
+    try:
+        listed_id = content_id(files)
+    except (KeyError, TypeError):
+        return ["the manifest's file list is malformed"]
+    problems = []
+    if BUNDLE_ID and listed_id != BUNDLE_ID:
+        problems.append(f"the manifest's files hash to bundle id {listed_id}, this notebook expects {BUNDLE_ID}")
+    listed = {f["path"]: f for f in files if str(f["path"]).startswith(WHEELS_DIR + "/")}
+    if not listed:
+        problems.append("the manifest lists no wheels")
+    for rel, entry in sorted(listed.items()):
+        path = os.path.join(bundle_dir, rel)
+        if not os.path.isfile(path):
+            problems.append(f"{rel}: missing")
+        elif os.path.getsize(path) != entry.get("size") or sha256_of(path) != entry.get("sha256"):
+            problems.append(f"{rel}: sha256 differs from the manifest (changed after the build)")
+    wheels = os.path.join(bundle_dir, WHEELS_DIR)
+    for name in sorted(os.listdir(wheels)) if os.path.isdir(wheels) else []:
+        if f"{WHEELS_DIR}/{name}" not in listed:
+            problems.append(f"{WHEELS_DIR}/{name}: not in the manifest")
+    return problems
+
+
+def record_problem(problems):
+    """Leave the refusal where the run's record goes, for whoever reads the notebook's output."""
+    try:
+        folder = os.path.join(os.environ.get("TRM_KAGGLE_WORKING", "/kaggle/working"), "trm-run")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "setup.json"), "w") as f:
+            json.dump({"ok": False, "problems": problems}, f, indent=1)
+    except OSError as e:
+        log(f"could not record the setup problem: {e}")
+
+
 def installed_version(dist):
     from importlib import metadata
 
@@ -180,6 +239,14 @@ def main():
             f"{manifest.get('target_image')}) at {bundle_dir}")
         bundle_dir = materialize(bundle_dir, manifest, scratch)
         os.environ["TRM_BUNDLE_DIR"] = bundle_dir
+        problems = verify_wheels(bundle_dir, manifest)
+        if problems:
+            for p in problems:
+                log(f"ERROR: {p}")
+            log("ERROR: the wheels are not the ones built: not installing them; the last cell writes the fallback")
+            os.environ["TRM_SETUP_PROBLEM"] = "; ".join(problems)
+            record_problem(problems)
+            return
         if install(bundle_dir, manifest):
             os.environ["TRM_SETUP_OK"] = "1"
             log("trm-kit installed")

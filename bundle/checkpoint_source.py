@@ -2,7 +2,8 @@
 
 Inputs: a spec, one of
   - a kit checkpoint directory (holds manifest.json and model.safetensors);
-  - a reference `step_N` file, with `config` (a preset name or a config file);
+  - a reference `step_N` file, with `config` (a preset name or a config file; without one, the
+    all_config.yaml its training run wrote beside it);
   - `hf:owner/repo/path/in/repo[@revision]`: a file on the Hugging Face hub, fetched at build time
     with huggingface_hub (its cache, HF_HUB_CACHE and HF_HUB_OFFLINE respected); a path ending in
     manifest.json names a kit checkpoint on the hub (its model.safetensors is fetched beside it);
@@ -17,7 +18,9 @@ when a conversion is needed; a kit directory that is already slim is used as it 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ class ResolvedCheckpoint:
     path: Path  # slim kit checkpoint directory
     source: str  # what the spec resolved to (local path, or hub repo/file@revision)
     source_bytes: int  # size of the source before slimming
+    link_root: Path | None = None  # symlinks may point inside this folder (the hub cache's repo); None: path
 
 
 def is_kit_dir(path: Path) -> bool:
@@ -130,7 +134,10 @@ def resolve_checkpoint(spec: str, cache_dir: Path, config: Any = None,
                 raise BundleError(f"{spec}: manifest.json and model.safetensors resolved to different folders")
             local = local.parent
         source = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
-        return _resolve_local(local, cache_dir, config, source)
+        resolved = _resolve_local(local, cache_dir, config, source)
+        if resolved.path == local:  # the hub cache's files link to its blobs/ folder
+            return ResolvedCheckpoint(resolved.path, source, resolved.source_bytes, _hub_repo_root(local))
+        return resolved
     path = Path(spec).expanduser()
     if not path.exists():
         names = ", ".join(sorted(registry)) or "none (pretrained/registry.json is missing)"
@@ -151,7 +158,62 @@ def _resolve_local(path: Path, cache_dir: Path, config: Any, source: str) -> Res
         return ResolvedCheckpoint(_convert(path, None, cache_dir / "checkpoint", source), source, size)
     if path.is_dir():
         raise BundleError(f"{path} is a folder but not a kit checkpoint: it needs manifest.json and model.safetensors")
-    if config is None:
+    if config is None and not (path.parent / "all_config.yaml").is_file():  # a run folder carries its own
         raise BundleError(f"{path} is a reference checkpoint file: pass its arch config with --config "
-                          "(a preset name such as 'paper' or a config file from its training run)")
+                          "(a preset name such as 'paper' or 'hrm', or a config file from its training run)")
     return ResolvedCheckpoint(_convert(path, config, cache_dir / "checkpoint", source), source, size)
+
+
+def _hub_repo_root(path: Path) -> Path:
+    """models--owner--repo/ above a hub cache snapshot path (its snapshots/ link into its blobs/)."""
+    for parent in path.parents:
+        if parent.name == "snapshots":
+            return parent.parent
+    return path
+
+
+def copy_checkpoint(ckpt: ResolvedCheckpoint, dest: Path) -> None:
+    """Copy the kit files into dest as plain files. A file that is a symbolic link pointing out of
+    its checkpoint folder (or, for the hub, out of the cached repo) is refused: a link named
+    model.safetensors can stand for any file on this machine, a key file included."""
+    root = Path(os.path.realpath(ckpt.link_root or ckpt.path))
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in KIT_FILES:
+        src = ckpt.path / name
+        if src.is_symlink():
+            target = Path(os.path.realpath(src))
+            if root not in target.parents:
+                raise BundleError(f"{src} is a symbolic link to {target}, outside the checkpoint folder {root}: "
+                                  "refusing to ship it; copy the real checkpoint file there instead")
+        shutil.copyfile(src, dest / name)
+
+
+def check_shippable(path: Path) -> str:
+    """Load the slim checkpoint as the notebook will (manifest rules, shapes, weights' sha256) and
+    run one forward step on one row; a BundleError says what is broken. Returns a one-line summary."""
+    import torch
+
+    from trm_core import checkpoint
+
+    try:
+        ckpt = checkpoint.load(path)
+    except (checkpoint.CheckpointError, OSError) as e:
+        raise BundleError(f"the checkpoint to ship does not load: {e}") from None
+    if not ckpt.slim:
+        raise BundleError(f"{path}: the checkpoint to ship still holds its per-variant table (not slim)")
+    cfg = ckpt.config
+    try:
+        model = checkpoint.build_model(ckpt, num_puzzle_identifiers=2).eval()
+        S = cfg.seq_len
+        batch = {"inputs": torch.full((1, S), 2, dtype=torch.int32), "labels": torch.zeros(1, S, dtype=torch.int32),
+                 "puzzle_identifiers": torch.ones(1, dtype=torch.int32)}
+        with torch.inference_mode():
+            _, out = model(model.initial_carry(batch), batch)
+        logits = out["logits"].float()  # (1, S, vocab)
+    except Exception as e:  # noqa: BLE001 - whatever breaks here would break the notebook
+        raise BundleError(f"{path}: the checkpoint loads but a forward pass fails: {type(e).__name__}: {e}") from None
+    if tuple(logits.shape) != (1, S, cfg.vocab_size) or not bool(torch.isfinite(logits).all()):
+        raise BundleError(f"{path}: a forward pass gives logits of shape {list(logits.shape)} "
+                          f"{'with' if not bool(torch.isfinite(logits).all()) else 'without'} non-finite values; "
+                          f"expected [1, {S}, {cfg.vocab_size}], all finite")
+    return f"hidden {cfg.hidden_size}, canvas {cfg.canvas}, forward pass on one row ok"

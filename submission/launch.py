@@ -99,6 +99,7 @@ class SubprocessLauncher:
               gpus: str | None = None, cpu: bool = False) -> Handle:
         env = dict(os.environ if self.env is None else self.env)
         env["PYTHONUNBUFFERED"] = "1"
+        env["TRM_RUNNER_PID"] = str(os.getpid())  # workers (torchrun's too) exit when this process dies
         if cpu:
             # OpenMP threads that spin while waiting collapse throughput (measured 20x) when the
             # cores are shared with another process; passive waiting costs little when they are not

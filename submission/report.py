@@ -193,3 +193,24 @@ def memory_line(cal: dict[str, Any]) -> str:
     micro = cal.get("train_micro_batch") or cal.get("train_batch")
     return (f"memory fit (peak at two small batches): training {train}; prediction {pred}; micro-batch {micro} of "
             f"{cal.get('train_batch')} local rows, prediction batch {cal.get('predict_batch')}; {compile_}")
+
+
+def timing_section(report: dict[str, Any]):
+    """The timing report as a section of the HTML page: each phase planned vs actual as a chart and
+    a table, then the whole text report."""
+    from trm_core.report import Section, plot_or_hint, bar_plot, esc, table
+
+    phases = report.get("phases") or []
+    names = [p["name"] for p in phases]
+    chart = bar_plot(names, {"planned": [p.get("planned_s") or 0.0 for p in phases],
+                             "actual": [p.get("actual_s") or 0.0 for p in phases]},
+                     "phases: planned vs actual", "seconds", "timing chart") if phases else None
+    t = report.get("total") or {}
+    dev = t.get("deviation")
+    rows = [(p["name"], _s(p.get("planned_s")).strip(), _s(p.get("actual_s")).strip(), p.get("status") or "-")
+            for p in phases]
+    rows.append(("total", _s(t.get("planned_s")).strip(), _s(t.get("actual_s")).strip(),
+                 "n/a" if dev is None else f"{100 * dev:+.1f}%"))
+    body = (plot_or_hint(chart) + table(["phase", "planned s", "actual s", "status"], rows, cls="phases")
+            + f"<details><summary>the whole timing report</summary><pre>{esc(render(report))}</pre></details>")
+    return Section("timing", "Timing", body)

@@ -40,8 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from submission import env as env_mod
+from submission import faults as faults_mod
+from trm_core import jsonio
 from submission.launch import Handle, SubprocessLauncher, wait
-from submission.scheduler import Budget, Calibration, Plan, Workload, plan as make_plan
+from submission.scheduler import Budget, Calibration, Plan, Workload, plan as make_plan, tasks_that_fit
 
 ATTEMPT_KEYS = ("attempt_1", "attempt_2")
 RUN_DIR = "trm-run"
@@ -238,6 +240,7 @@ class Runner:
             f"trm-run-{int(self.start)}"
         self.problems: list[str] = []
         self.phases: list[dict[str, Any]] = []
+        self.fault_spec = ""  # what every job injects: $TRM_FAULT once checked (see check_faults)
         self.record: dict[str, Any] = {"format": FORMAT, "start_time": self.start, "deadline": self.deadline}
         self.raw: object = None
         self.clean: dict[str, Any] = {}  # tasks whose test inputs can be read (what validation checks)
@@ -317,21 +320,23 @@ class Runner:
 
     def write_fallback(self) -> None:
         t0 = self.clock()
+        # only under the given folder: a file found above it would answer someone else's tasks
         path = env_mod.find_challenges(self.opts.input_dir, skip=self.opts.bundle_dir)
-        if path is None and self.opts.input_dir.parent != self.opts.input_dir:
-            path = env_mod.find_challenges(self.opts.input_dir.parent, skip=self.opts.bundle_dir)
         if path is None:
             self.problem(f"no test challenges file under {self.opts.input_dir}: nothing to answer")
             self._phase("fallback", None, t0, "failed")
             return
         self.record["inputs"] = {"challenges": str(path)}
         self.challenges_path = path
+        repeated: list[str] = []
         try:
-            self.raw = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            self.problem(f"{path}: not readable JSON ({e}): no submission can be built")
+            self.raw = jsonio.load(path, duplicates=repeated)  # standard library only, BOM tolerated
+        except jsonio.JSONInputError as e:
+            self.problem(f"{e}: no submission can be built")
             self._phase("fallback", None, t0, "failed")
             return
+        if repeated:
+            self.problem(f"{path}: keys repeated in one object (the last one kept): {sorted(set(repeated))[:10]}")
         self.fallback, self.broken = fallback_submission(self.raw)
         if self.broken:
             self.problem(f"tasks with no readable test inputs (one [[0]] entry each): {self.broken}")
@@ -375,10 +380,7 @@ class Runner:
         t0 = self.clock()
         bundle = self.opts.bundle_dir
         if (bundle is None or not str(bundle)) and self.opts.checkpoint is None:
-            for root in [self.opts.input_dir, *list(self.opts.input_dir.parents)[:2]]:
-                bundle = env_mod.find_bundle(root)
-                if bundle is not None:
-                    break
+            bundle = env_mod.find_bundle(self.opts.input_dir)
         self.record.setdefault("inputs", {})["bundle_dir"] = str(bundle) if bundle else None
         if bundle is not None and Path(bundle).is_dir():
             try:
@@ -401,10 +403,18 @@ class Runner:
             return
         self.checkpoint = Path(ckpt)
         try:
-            manifest = json.loads((self.checkpoint / "manifest.json").read_text())
+            manifest = jsonio.load(self.checkpoint / "manifest.json")
             self.canvas = int(manifest.get("config", {}).get("canvas", 30))
-        except (OSError, ValueError, TypeError) as e:
+        except (OSError, ValueError, TypeError, AttributeError) as e:
             self.problem(f"{self.checkpoint}/manifest.json unreadable ({e}): the fallback stays")
+            self.checkpoint = None
+            self._phase("load", None, t0, "failed")
+            return
+        tampered = checkpoint_tampering(self.checkpoint, manifest,
+                                        [] if self.opts.checkpoint else self.record.get("bundle_problems", []))
+        if tampered:
+            self.problem(f"checkpoint refused, not trained or predicted with: {tampered}; the fallback stays")
+            self.record["checkpoint_refused"] = tampered
             self.checkpoint = None
             self._phase("load", None, t0, "failed")
             return
@@ -439,7 +449,7 @@ class Runner:
         job = {"kind": kind, "name": name, "phase": phase, "job_dir": str(job_dir),
                "challenges": str(self.challenges_path), "task_ids": list(self.tasks.tasks), "canvas": self.canvas,
                "checkpoint": str(fields.pop("checkpoint", self.checkpoint)), "device": self.device,
-               "seed": self.opts.seed, **fields}
+               "seed": self.opts.seed, "fault": self.fault_spec, **fields}
         path = job_dir / "job.json"
         path.write_text(json.dumps(job, indent=1, default=str) + "\n")
         return path, job
@@ -577,6 +587,25 @@ class Runner:
         return make_plan(self.budget, work, cal, self.clock(), self.run_deadline, train_batch=train_b,
                          predict_batch=pred_b, steps_done=steps_done)
 
+    def fit_tasks(self, cal: Calibration) -> Plan | None:
+        """Not every task fits: keep those that do, fewest test inputs (so fewest views) first; the
+        rest keep the fallback. Returns the plan for the kept tasks, None if not even one fits."""
+        from trm_core.tasks import TaskSet
+
+        order = sorted(self.tasks.tasks, key=lambda t: len(self.tasks.tasks[t].test_inputs))  # stable
+        sizes = [(len(self.tasks.tasks[t].test_inputs), len(self.tasks.tasks[t].train)) for t in order]
+        probe = self.make_plan(cal)  # the batches and budget of a plan, to size the subset with
+        n = tasks_that_fit(self.budget, sizes, cal, self.clock(), self.run_deadline, world=probe.workload.world,
+                           train_batch=probe.train_batch, predict_batch=probe.predict_batch)
+        if n <= 0:
+            return None
+        keep = set(order[:n])
+        self.tasks = TaskSet(tasks={t: task for t, task in self.tasks.tasks.items() if t in keep})
+        self.record.setdefault("tasks", {})["fitted"] = {"kept": n, "of": len(order)}
+        self.problem(f"only {n} of {len(order)} tasks fit before the deadline: predicting those "
+                     "(fewest test inputs first); the others keep the fallback")
+        return self.make_plan(cal)
+
     # ---- training ------------------------------------------------------------------------------
 
     def _train_config(self, p: Plan, micro: int = 0) -> dict[str, Any]:
@@ -687,8 +716,10 @@ class Runner:
     # ---- prediction ----------------------------------------------------------------------------
 
     def predict(self, ckpt: Path, tag: str, views: int, batch: int, deadline: float, planned: float | None,
-                provisional: bool) -> list[str]:
-        """Shard processes over the GPUs (or CPU processes); returns the prediction files."""
+                provisional: bool, phase: str | None = None) -> list[str]:
+        """Shard processes over the GPUs (or CPU processes); returns the prediction files. phase
+        (for fault injection): predict, or baseline for the un-adapted checkpoint after training."""
+        phase = phase or ("baseline" if tag == "baseline" else "predict")
         t0 = self.clock()
         world = self.world
         if batch % world:
@@ -705,7 +736,7 @@ class Runner:
             handles, jobs = [], []
             for i, shards in enumerate(pending):
                 name = f"{tag}-a{attempt}-g{i}"
-                path, job = self._job("predict", name, tag if tag == "baseline" else "predict", checkpoint=ckpt,
+                path, job = self._job("predict", name, phase, checkpoint=ckpt,
                                       shards=shards, views=views, predict_batch=batch, deadline=deadline,
                                       prefix=f"{prefix}-a{attempt}", save_every_s=self.opts.save_every_s,
                                       attempt=attempt, heartbeat=str(self.scratch / "jobs" / name / "heartbeat"))
@@ -763,20 +794,30 @@ class Runner:
         except Exception as e:  # noqa: BLE001
             self.log(f"provisional submission skipped: {type(e).__name__}: {e}")
 
-    def assemble(self, files: list[str], what: str) -> dict[str, Any]:
-        """Vote the predictions in `files` and write the submission over the fallback."""
+    def assemble(self, files: list[str], what: str, fill: list[str] | None = None) -> dict[str, Any]:
+        """Vote the predictions in `files` and write the submission over the fallback; with `fill`,
+        a task `files` has no prediction for takes the vote of the predictions in `fill` (views of
+        two checkpoints are never voted together)."""
         from trm_core.submission import build_submission
         from trm_core.vote import vote
 
-        preds = self.load_predictions(files)
-        if preds is None or not len(preds):
-            return {"records": 0, "from_model": 0}
-        v = vote(preds)
         answered = {t: task for t, task in self.clean.items() if t in self.tasks.tasks}
-        part = build_submission(v, answered)
-        from_model = sum(1 for t, _ in v.pairs if t in answered)
-        self.write(self.merged(part), f"{what}: {len(preds)} views, {from_model} test inputs from the model")
-        return {"records": len(preds), "from_model": from_model}
+        part: dict[str, list] = {}
+        from_model = records = 0
+        for group in (files, fill or []):
+            preds = self.load_predictions(group) if group else None
+            if preds is None or not len(preds):
+                continue
+            v = vote(preds)
+            covered = {t for t, _ in v.pairs if t in answered and t not in part}
+            built = build_submission(v, {t: answered[t] for t in covered})
+            part.update(built)
+            from_model += sum(1 for t, _ in v.pairs if t in covered)
+            records += len(preds)
+        if not part:
+            return {"records": 0, "from_model": 0}
+        self.write(self.merged(part), f"{what}: {records} views, {from_model} test inputs from the model")
+        return {"records": records, "from_model": from_model}
 
     # ---- the whole run -------------------------------------------------------------------------
 
@@ -789,9 +830,21 @@ class Runner:
             self.finalize()
         return 0
 
+    def check_faults(self) -> None:
+        """A malformed $TRM_FAULT is rejected here, once, instead of crashing every job."""
+        spec = self.environ.get("TRM_FAULT", "")
+        try:
+            self.fault_spec = ",".join(str(f) for f in faults_mod.parse_faults(spec))
+        except ValueError as e:
+            self.problem(f"TRM_FAULT rejected, no fault injected: {e}")
+            self.fault_spec = ""
+        if self.fault_spec:
+            self.log(f"fault injection: {self.fault_spec}")
+
     def _run(self) -> None:
         self.log(f"deadline in {self.deadline - self.clock():.0f} s")
         self.write_fallback()
+        self.check_faults()
         if not self.fallback:
             return
         self.detect()
@@ -803,6 +856,8 @@ class Runner:
         cal = self.calibrate()
         if cal is not None:
             self.plan = self.make_plan(cal)
+            if self.plan.fallback_only and len(self.tasks) > 1:
+                self.plan = self.fit_tasks(cal) or self.plan
             self.plan.save(self.run_dir / "plan.json")
             self.record["plan"] = self.plan.to_json()
             self.record["planned_total_s"] = self.plan.end - self.start
@@ -830,11 +885,35 @@ class Runner:
         vw = self.initial_plan.phases["vote_write"] if self.initial_plan else None
         self._phase("vote_write", vw, t0, "ok" if files else "skipped", **summary)
         self.record["predict"] = {"tag": tag, "views": views, "files": files, **summary}
-        if self.opts.baseline and adapted and self.plan is not None:
+        if not adapted:
+            return
+        raw_files: list[str] = []
+        if self.opts.baseline and self.plan is not None:
             planned = self.initial_plan.phases["baseline_launch"] + self.initial_plan.phases["baseline"]
-            self.predict(self.checkpoint, "baseline", views, batch,
-                         self.run_deadline - self.final_reserve - self.grace, planned, provisional=False)
+            raw_files = self.predict(self.checkpoint, "baseline", views, batch,
+                                     self.run_deadline - self.final_reserve - self.grace, planned, provisional=False)
             self.record["baseline"] = {"views": views, "files": self.predictions.get("baseline", [])}
+        elif summary["from_model"] < self.test_inputs() and self._room_for_a_launch():
+            # the adapted model answered nothing (or not everything): the un-adapted one fills in
+            self.log("adapted prediction left test inputs unanswered: predicting them with the un-adapted checkpoint")
+            raw_files = self.predict(self.checkpoint, "unadapted", self.opts.smoke_views if self.mode == "smoke" else
+                                     min(views, self.opts.views_min), batch,
+                                     self.run_deadline - self.final_reserve - self.grace, None, provisional=False,
+                                     phase="baseline")
+        if raw_files and summary["from_model"] < self.test_inputs():
+            t0 = self.clock()
+            best = self.assemble(files, "final, un-adapted where the adapted model has no answer", fill=raw_files)
+            self._phase("vote_write_fill", None, t0, "ok", **best)
+            self.record["predict"]["filled_from_unadapted"] = best["from_model"] - summary["from_model"]
+
+    def _room_for_a_launch(self) -> bool:
+        """Time for one more prediction launch to give something (start-up, warm-up, a batch, twice)."""
+        cal, p = self.calibration, self.plan
+        need = 2 * (cal.launch_s + cal.predict_warmup_s + (p.predict_batch_s if p else 0.0)) if cal else 10.0
+        return self.run_deadline - self.final_reserve - self.grace - self.clock() > need
+
+    def test_inputs(self) -> int:
+        return sum(len(t.test_inputs) for t in self.tasks) if self.tasks is not None else 0
 
     def finalize(self) -> None:
         """Validate and repair whatever is on disk; always leaves a valid file when the challenges parse."""
@@ -843,8 +922,8 @@ class Runner:
             if self.raw is not None and self.fallback:
                 current: object = {}
                 try:
-                    current = json.loads(self.sub_path.read_text())
-                except (OSError, ValueError):
+                    current = jsonio.load(self.sub_path, duplicates=[])
+                except jsonio.JSONInputError:
                     self.problem("submission.json missing or unreadable at the end: rebuilding from the fallback")
                 try:
                     from trm_core.submission import repair
@@ -867,6 +946,29 @@ class Runner:
         self._phase("finalize", None, t0, "ok")
         self.log(f"done in {end - self.start:.1f} s, {self.deadline - end:.1f} s before the deadline; "
                  f"{len(self.problems)} problem(s)")
+
+
+def checkpoint_tampering(ckpt: Path, manifest: object, bundle_problems: list[str]) -> str | None:
+    """Why the checkpoint must not be used (None: it may): its weights' sha256 differs from its
+    manifest's, or the bundle's own check found a checkpoint file changed. Standard library only."""
+    import hashlib
+
+    for p in bundle_problems:
+        if p.startswith("checkpoint/"):
+            return f"bundle check: {p}"
+    want = manifest.get("weights_sha256") if isinstance(manifest, dict) else None
+    if not isinstance(want, str) or not want:
+        return f"{ckpt / 'manifest.json'} has no weights_sha256 to check the weights against"
+    h = hashlib.sha256()
+    try:
+        with open(ckpt / "model.safetensors", "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except OSError as e:
+        return f"{ckpt / 'model.safetensors'}: {e.strerror}"
+    if h.hexdigest() != want:
+        return f"{ckpt / 'model.safetensors'} has sha256 {h.hexdigest()[:16]}..., its manifest says {want[:16]}..."
+    return None
 
 
 def dedupe(preds: Any) -> Any:
@@ -991,4 +1093,10 @@ def main(argv: list[str] | None = None, **runner_kwargs: Any) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is written and fsynced by now. Interpreter teardown with torch and numba loaded
+    # takes seconds on a loaded CPU (measured 8 s at load 7 on 2 cores), past any deadline margin:
+    # skip it rather than hope for it.
+    os._exit(status)

@@ -650,3 +650,26 @@ def calibrate(ckpt: Any, tasks: Any, *, train_batch: int, predict_batch: int, vi
                        memory_headroom=memory.HEADROOM if sized and budget else 0.0,
                        train_micro_batch=micro, train_compile=train_res.compile,
                        predict_compile=pstatus.get("compile", "off"))
+
+
+def tasks_that_fit(budget: Budget, sizes: list[tuple[int, int]], cal: Calibration, now: float, deadline: float, *,
+                   world: int = 1, train_batch: int | None = None, predict_batch: int | None = None) -> int:
+    """How many of the tasks, taken in the given order, a plan can predict by `deadline` (0: none).
+
+    sizes: (test inputs, demonstration pairs) per task; give the cheapest first (fewest test inputs,
+    so fewest views to predict) to answer the most tasks when not all of them fit.
+    """
+    def fits(n: int) -> bool:
+        work = Workload(tasks=n, test_inputs=sum(t for t, _ in sizes[:n]), train_pairs=sum(p for _, p in sizes[:n]),
+                        world=world)
+        return not plan(budget, work, cal, now, deadline, train_batch=train_batch,
+                        predict_batch=predict_batch).fallback_only
+
+    lo, hi = 0, len(sizes)  # fits(lo) holds (0 tasks: nothing to do); costs grow with n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

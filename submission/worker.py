@@ -17,7 +17,8 @@ Output: `result.rank<r>.json` in job_dir: ok, error (oom | checkpoint | tasks | 
 message, part (what ran when it failed), started_at, ready_at (model and tasks loaded), ended_at and
 the kind's figures; predictions go to `<prefix>-r<rank>of<world>.npz` (saved every save_every_s,
 so a killed shard keeps what it did), the post-trained checkpoint to `<out_dir>/checkpoint/`.
-Exit status: 0 done, 3 out of memory, 1 any other failure (13 for an injected abrupt exit).
+Exit status: 0 done, 3 out of memory, 1 any other failure (13 for an injected abrupt exit, 14 when
+the runner named by $TRM_RUNNER_PID died: a worker never outlives its runner).
 """
 
 from __future__ import annotations
@@ -50,18 +51,15 @@ def classify(e: BaseException) -> str:
     if isinstance(e, faults_mod.Cancelled):
         return "cancelled"
     text = str(e).lower()
-    try:
-        import torch
-
-        if isinstance(e, torch.OutOfMemoryError):
-            return "oom"
-    except ImportError:
-        pass
+    # only modules already loaded: a failure before torch was imported must not wait for its import
+    # (seconds on a loaded CPU) before its result is written
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(e, torch.OutOfMemoryError):
+        return "oom"
     if "out of memory" in text:
         return "oom"
-    from trm_core.checkpoint import CheckpointError
-
-    if isinstance(e, CheckpointError):
+    ckpt_mod = sys.modules.get("trm_core.checkpoint")
+    if ckpt_mod is not None and isinstance(e, ckpt_mod.CheckpointError):
         return "checkpoint"
     if isinstance(e, _TaskMismatch):
         return "tasks"
@@ -123,7 +121,8 @@ class _Job:
         from trm_core import checkpoint
 
         self.part = "load"
-        ckpt = checkpoint.load(self.job["checkpoint"])
+        # the runner checked the weights' sha256 once before any job; each worker need not hash again
+        ckpt = checkpoint.load(self.job["checkpoint"], verify=False)
         tasks = load_job_tasks(self.job)
         self.result["ready_at"] = time.time()
         return ckpt, tasks
@@ -265,10 +264,47 @@ def run_job(job: dict[str, Any], *, cancel: threading.Event | None = None, in_pr
     return _Job(job, rank, cancel, in_process, out).run()
 
 
+ORPHAN_STATUS = 14  # the runner that started this worker is gone
+
+
+def _alive(pid: int) -> bool:
+    """True while process pid runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+
+
+def exit_with_runner(runner_pid: int, every_s: float = 0.5) -> threading.Thread:
+    """Watch the runner from a daemon thread and end this process when it dies: workers run in
+    their own session (so a kill reaches a whole torchrun group), which a runner's death does not reach."""
+    def watch() -> None:
+        while _alive(runner_pid):
+            time.sleep(every_s)
+        print(f"[worker] runner {runner_pid} is gone: exiting", file=sys.stderr, flush=True)
+        os._exit(ORPHAN_STATUS)
+
+    thread = threading.Thread(target=watch, name="runner-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m submission.worker", description=__doc__.split("\n")[0])
     parser.add_argument("--job", required=True, help="job file written by submission.run")
     args = parser.parse_args(argv)
+    runner_pid = os.environ.get("TRM_RUNNER_PID", "")
+    if runner_pid.isdigit():
+        exit_with_runner(int(runner_pid))
     job = json.loads(Path(args.job).read_text())
     return run_job(job)
 

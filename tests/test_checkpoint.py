@@ -225,7 +225,7 @@ def test_configs_from_reference_json_and_yaml(tmp_path: Path) -> None:
     assert parsed["data_paths"] == ["data/arc2concept-aug-1000"] and parsed["global_batch_size"] == 768
     (tmp_path / "all_config.yaml").write_text(yaml_text)
     assert checkpoint.read_config_file(tmp_path / "all_config.yaml") == TRMConfig.from_name("trelis-emb1")
-    (tmp_path / "bad.json").write_text(json.dumps({"hidden_size": 512, "pos_encodings": "learned"}))
+    (tmp_path / "bad.json").write_text(json.dumps({"hidden_size": 512, "pos_encodings": "none"}))
     with pytest.raises(CheckpointError, match="pos_encodings"):
         checkpoint.read_config_file(tmp_path / "bad.json")
 

@@ -85,6 +85,33 @@ def test_timing_report_fields(result) -> None:
         assert needle in text, needle
 
 
+def test_dry_run_writes_its_html_report(result) -> None:
+    from report_helpers import Page
+
+    from trm_core.vote import Predictions
+
+    res, _ = result
+    assert res.files["report.html"] == res.out / "report.html"
+    page = Page((res.out / "report.html").read_text())
+    assert page.sections[:2] == ["summary", "timing"] and "training" in page.sections and "tasks" in page.sections
+    challenges = json.loads((PLACEHOLDER / "arc-agi_test_challenges.json").read_text())
+    assert sorted(page.tasks) == sorted(challenges)
+    assert {t: len(v["test"]) for t, v in challenges.items()} == {t: len(page.tests[t]) for t in page.tasks}
+    # the files it was drawn from stay beside it, so `trm report` redraws it
+    run = json.loads((res.out / "run.json").read_text())
+    for name in ("predictions.npz", "baseline-predictions.npz", "metrics.jsonl", "challenges.json", "solutions.json"):
+        assert (res.out / name).is_file(), name
+    preds = Predictions.load(res.out / "predictions.npz")
+    assert len(preds) == run["predict"]["records"]
+    attempts = [f for f in page.figures if f["data-role"] in ("attempt-1", "attempt-2")]
+    assert len(attempts) == 2 * 13 and all(f["data-mark"] in ("right", "wrong") for f in attempts)
+    base = Predictions.load(res.out / "baseline-predictions.npz")  # the deadline may cut the baseline pass short
+    inputs = {(base.task_ids[t], int(i)) for t, i in zip(base.task, base.test_index)}
+    assert 1 <= len([f for f in page.figures if f["data-role"] == "baseline-1"]) == len(inputs) <= 13
+    metrics = (res.out / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(metrics[-1])["step"] == run["train"]["steps_done"]
+
+
 def test_data_options(tmp_path: Path) -> None:
     ch, so, label = resolve_data(None, tmp_path)
     assert ch.name == "arc-agi_test_challenges.json" and so is not None and "placeholder" in label

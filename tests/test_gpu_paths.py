@@ -123,8 +123,8 @@ def test_roofline_traffic_extrapolates_from_two_small_canvases() -> None:
     from trm_core.perf import BANDWIDTH, PEAK_BF16
 
     cfg = TRMConfig.from_name("tiny", canvas=8)
-    direct_fwd = roofline._call(ReasoningModule(cfg), cfg, grad=False)[1]
-    direct_grad = roofline._call(ReasoningModule(cfg), cfg, grad=True)[1]
+    direct_fwd = roofline._call(ReasoningModule(cfg, cfg.L_layers), cfg, grad=False)[1]
+    direct_grad = roofline._call(ReasoningModule(cfg, cfg.L_layers), cfg, grad=True)[1]
     t = roofline.measure(cfg, rows=1)
     calls, grad_calls = cfg.H_cycles * (cfg.L_cycles + 1), cfg.L_cycles + 1
     assert t.predict_bytes == pytest.approx(calls * direct_fwd, rel=0.01)
@@ -132,6 +132,20 @@ def test_roofline_traffic_extrapolates_from_two_small_canvases() -> None:
     assert roofline.measure(cfg, rows=64).train_bytes < t.train_bytes  # the weights' casts are shared by the rows
     mfu = roofline.roofline_mfu(t.train_intensity, PEAK_BF16["L4"], BANDWIDTH["L4"])
     assert 0 < mfu < 1 and roofline.roofline_mfu(1e6, 1.0, 1.0) == 1.0
+
+
+def test_roofline_of_an_hrm_counts_both_levels() -> None:
+    from trm_core import roofline
+    from trm_core.model import ReasoningModule
+
+    cfg = TRMConfig.from_name("hrm-tiny", canvas=8, H_layers=2)
+    l_fwd = roofline._call(ReasoningModule(cfg, cfg.L_layers), cfg, grad=False)[1]
+    h_fwd = roofline._call(ReasoningModule(cfg, cfg.H_layers), cfg, grad=False)[1]
+    t = roofline.measure(cfg, rows=1)
+    assert t.predict_bytes == pytest.approx(cfg.H_cycles * (cfg.L_cycles * l_fwd + h_fwd), rel=0.01)
+    assert t.train_bytes > 2 * t.predict_bytes  # the Q target's forward and the one-step backward
+    learned = roofline.measure(cfg.with_(pos_encodings="learned"), rows=1)
+    assert 0 < learned.predict_bytes < t.predict_bytes  # no rotary tables to read
 
 
 def test_projection_without_a_measurement_uses_the_roofline_and_says_so() -> None:

@@ -223,6 +223,17 @@ def test_content_exclusion_catches_renamed_and_reordered_copies(sets):
     assert tasksets.excluded_from_pretraining([copy], keys) == ["renamed"]
 
 
+def test_demo_checkpoint_never_saw_an_evaluation_task(sets, repo_root):
+    """The shipped demo's manifest lists its pre-training tasks; none is an ARC-AGI-1 evaluation
+    task by id, and none shares a pair with one."""
+    tasksets, evaluation, _, _ = sets
+    manifest = json.loads((repo_root / "pretrained" / "demo" / "manifest.json").read_text())
+    trained = manifest["variants"]["task_ids"]
+    assert trained and not set(trained) & set(evaluation.tasks)
+    pool = tasksets.pretrain_pool(side=30)
+    assert set(trained) <= set(pool.tasks)  # so each one shares no pair (the pool test above)
+
+
 def test_named_sets_load_from_the_cli_and_the_dry_run(tmp_path):
     from submission.dry_run import resolve_data
     from trm_core.cli import _load_task_set

@@ -44,11 +44,11 @@ def synthetic_tasks(n_train: int = 3, seed: int = 0) -> list[Task]:
     return tasks
 
 
-def small_config(variants: Variants, **changes) -> TRMConfig:
+def small_config(variants: Variants, preset: str = "tiny", **changes) -> TRMConfig:
     base = dict(canvas=CANVAS, num_puzzle_identifiers=variants.num_identifiers + 3, halt_max_steps=2,
                 halt_exploration_prob=0.0)
     base.update(changes)
-    return TRMConfig.from_name("tiny", **base)
+    return TRMConfig.from_name(preset, **base)
 
 
 def _model(cfg: TRMConfig) -> TRM:
@@ -65,10 +65,11 @@ def _snapshot(model: TRM) -> dict[str, torch.Tensor]:
 QUIET = dict(log=lambda line: None)
 
 
+@pytest.mark.parametrize("preset", ["tiny", "hrm-tiny"])
 @pytest.mark.parametrize("mode", ["pretrain", "full", "embeddings", "embeddings-then-full", "lora"])
-def test_modes_change_exactly_their_parameters(mode: str) -> None:
+def test_modes_change_exactly_their_parameters(mode: str, preset: str) -> None:
     variants = Variants(synthetic_tasks(), 1, seed=0)
-    cfg = small_config(variants)
+    cfg = small_config(variants, preset)
     model = _model(cfg)
     before = _snapshot(model)
     seen_ids: set[int] = set()

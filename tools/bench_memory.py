@@ -70,6 +70,8 @@ def saved_kit(cfg: TRMConfig, rows: int, device: torch.device, checkpoint: bool)
 
 
 def saved_reference(ref_dir: str, cfg: TRMConfig, rows: int, device: torch.device) -> int:
+    if cfg.architecture != "trm":
+        raise SystemExit(f"--reference measures the reference TRM; preset architecture is {cfg.architecture!r}")
     sys.path.insert(0, os.path.abspath(ref_dir))
     from models.losses import ACTLossHead  # noqa: E402  (the reference's own package)
     from models.recursive_reasoning.trm import TinyRecursiveReasoningModel_ACTV1  # noqa: E402
@@ -78,7 +80,7 @@ def saved_reference(ref_dir: str, cfg: TRMConfig, rows: int, device: torch.devic
                                          "puzzle_emb_ndim", "puzzle_emb_len", "rms_norm_eps", "rope_theta",
                                          "halt_max_steps", "halt_exploration_prob", "forward_dtype", "vocab_size",
                                          "num_puzzle_identifiers")}
-    arch.update(H_layers=0, pos_encodings="rope", seq_len=cfg.seq_len, batch_size=rows, mlp_t=False,
+    arch.update(H_layers=0, pos_encodings=cfg.pos_encodings, seq_len=cfg.seq_len, batch_size=rows, mlp_t=False,
                 no_ACT_continue=True)
     with torch.device(device):
         head = ACTLossHead(TinyRecursiveReasoningModel_ACTV1(arch), loss_type="stablemax_cross_entropy")
@@ -115,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     device = torch.device(args.device)
     rows = tuple(args.rows)
     print(f"# bench_memory: preset={args.preset} dtype={cfg.forward_dtype} canvas={cfg.canvas} seq={cfg.total_len} "
-          f"H{cfg.H_cycles}xL{cfg.L_cycles} layers={cfg.L_layers} hidden={cfg.hidden_size} rows={rows} "
+          f"{cfg.architecture} H{cfg.H_cycles}xL{cfg.L_cycles} layers={cfg.L_layers}"
+          f"{f'+{cfg.H_layers}' if cfg.architecture == 'hrm' else ''} hidden={cfg.hidden_size} rows={rows} "
           f"device={device} torch={torch.__version__}")
     figures: dict[str, float] = {}
     kit, _ = per_row(lambda r: saved_kit(cfg, r, device, False), rows)

@@ -80,7 +80,8 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     print(f"# bench_model: preset={args.preset} batch={args.batch} dtype={cfg.forward_dtype} canvas={cfg.canvas} "
-          f"seq={cfg.total_len} H{cfg.H_cycles}xL{cfg.L_cycles} layers={cfg.L_layers} hidden={cfg.hidden_size} "
+          f"arch={cfg.architecture} seq={cfg.total_len} H{cfg.H_cycles}xL{cfg.L_cycles} "
+          f"layers={cfg.H_layers}/{cfg.L_layers} hidden={cfg.hidden_size} "
           f"params={count_parameters(TRM(cfg.with_(num_puzzle_identifiers=1))):,} compile={args.compile}")
     print(f"# device={device_name(device)} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"cpu={platform.processor() or platform.machine()} cores={os.cpu_count()} python={sys.version.split()[0]}")

@@ -98,17 +98,20 @@ def bench_reference(ref_dir: str, cfg: TRMConfig, batch: int, device: torch.devi
                     compile_: bool):
     sys.path.insert(0, os.path.abspath(ref_dir))
     from models.losses import ACTLossHead  # noqa: E402  (the reference's own package)
-    from models.recursive_reasoning.trm import TinyRecursiveReasoningModel_ACTV1  # noqa: E402
     from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed  # noqa: E402
 
     arch = {k: getattr(cfg, k) for k in ("hidden_size", "num_heads", "expansion", "H_cycles", "L_cycles", "L_layers",
-                                         "puzzle_emb_ndim", "puzzle_emb_len", "rms_norm_eps", "rope_theta",
+                                         "H_layers", "puzzle_emb_ndim", "rms_norm_eps", "rope_theta", "pos_encodings",
                                          "halt_max_steps", "halt_exploration_prob", "forward_dtype", "vocab_size",
                                          "num_puzzle_identifiers")}
-    arch.update(H_layers=0, pos_encodings="rope", seq_len=cfg.seq_len, batch_size=batch, mlp_t=False,
-                no_ACT_continue=True)
+    arch.update(seq_len=cfg.seq_len, batch_size=batch, mlp_t=False)
+    if cfg.architecture == "hrm":  # the TRM repository's copy of HRM; puzzle_emb_len is derived there too
+        from models.recursive_reasoning.hrm import HierarchicalReasoningModel_ACTV1 as Reference  # noqa: E402
+    else:
+        from models.recursive_reasoning.trm import TinyRecursiveReasoningModel_ACTV1 as Reference  # noqa: E402
+        arch.update(puzzle_emb_len=cfg.puzzle_emb_len, no_ACT_continue=True)
     with torch.device(device):
-        head = ACTLossHead(TinyRecursiveReasoningModel_ACTV1(arch), loss_type="stablemax_cross_entropy")
+        head = ACTLossHead(Reference(arch), loss_type="stablemax_cross_entropy")
     head.train()
     adam = AdamAtan2(head.parameters(), lr=1e-4)
     sign = CastedSparseEmbeddingSignSGD_Distributed(head.model.puzzle_emb.buffers(), world_size=1, lr=1e-2,
@@ -151,7 +154,8 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     print(f"# bench_train: preset={args.preset} batch={args.batch} dtype={cfg.forward_dtype} canvas={cfg.canvas} "
-          f"seq={cfg.total_len} H{cfg.H_cycles}xL{cfg.L_cycles} layers={cfg.L_layers} hidden={cfg.hidden_size} "
+          f"arch={cfg.architecture} seq={cfg.total_len} H{cfg.H_cycles}xL{cfg.L_cycles} "
+          f"layers={cfg.H_layers}/{cfg.L_layers} hidden={cfg.hidden_size} "
           f"params={count_parameters(TRM(cfg.with_(num_puzzle_identifiers=1))):,} steps={args.steps} "
           f"warmup={args.warmup}")
     print(f"# device={device_name(device)} torch={torch.__version__} threads={torch.get_num_threads()} "

@@ -16,13 +16,13 @@ import json
 import os
 import pickle
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from trm_core import __version__
+from trm_core import __version__, jsonio
 from trm_core.model import TRM, TRMConfig
 
 REFERENCE_PREFIXES = ("_orig_mod.model.inner.", "model.inner.")
@@ -141,17 +141,29 @@ def read_config_file(path: str | os.PathLike) -> TRMConfig:
             except ImportError:
                 data = _parse_simple_yaml(text)
         else:
-            data = json.loads(text)
+            data = jsonio.loads(text, str(path))
     except Exception as e:  # noqa: BLE001 - any parse failure becomes one clear message
         raise CheckpointError(f"{path} is not a valid config file: {e}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a mapping of arch fields")
-    if "config" in data and isinstance(data["config"], dict):  # our manifest
-        data = data["config"]
+    if "config" in data:  # our manifest: complete or refused
+        return manifest_config(data, str(path))
     try:
-        return TRMConfig.from_dict(data)
+        cfg = TRMConfig.from_dict(data)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: {e}") from None
+    arch = data.get("arch", data)
+    missing = [name for name in REFERENCE_REQUIRED if not isinstance(arch, dict) or name not in arch]
+    if missing:
+        raise CheckpointError(f"{path}: lacks {', '.join(missing)}; the reference has no default for them, "
+                              "so neither does trm-kit: add them from the training run's config")
+    return cfg
+
+
+# fields the reference's arch config has no default for (the rest default as the reference does,
+# or come from the data: vocab_size, seq_len)
+REFERENCE_REQUIRED = ("hidden_size", "num_heads", "expansion", "H_cycles", "L_cycles", "L_layers",
+                      "puzzle_emb_ndim", "halt_max_steps")
 
 
 # ---- reading ------------------------------------------------------------------------------
@@ -203,7 +215,7 @@ def read_reference(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             raise CheckpointError(
                 f"{path}: key {key!r} lacks the reference prefix ({' or '.join(REFERENCE_PREFIXES)}); "
-                "is this a TRM checkpoint?")
+                "is this a TRM or HRM checkpoint?")
     return state
 
 
@@ -220,6 +232,12 @@ def check_state(state: dict[str, torch.Tensor], cfg: TRMConfig, source: str) -> 
     missing = sorted(k for k in want if k not in state and k not in optional)
     extra = sorted(k for k in state if k not in want and k not in optional and k not in lora)
     if missing or extra:
+        hrm_keys = any(k.startswith("H_level.") for k in state)
+        if hrm_keys != (cfg.architecture == "hrm"):
+            kind, want_arch = ("an HRM", "an HRM config (preset 'hrm' or the run's all_config.yaml)") if hrm_keys \
+                else ("a TRM", "a TRM config (preset 'paper', 'trelis-emb1' or the run's all_config.yaml)")
+            raise CheckpointError(f"{source} holds {kind} (H_level {'present' if hrm_keys else 'absent'}) but the "
+                                  f"config is architecture {cfg.architecture!r}: pass {want_arch}")
         parts = []
         if missing:
             parts.append(f"missing keys {missing}")
@@ -236,22 +254,29 @@ def check_state(state: dict[str, torch.Tensor], cfg: TRMConfig, source: str) -> 
                                       f"(puzzle_emb_ndim={cfg.puzzle_emb_ndim})")
         elif got != shape:
             raise CheckpointError(f"{source}: {k} has shape {list(got)} but the config implies {list(shape)}; "
-                                  "check hidden_size / num_heads / expansion / L_layers")
+                                  "check hidden_size / num_heads / expansion / L_layers / H_layers")
     if TABLE_KEY not in state and MEAN_KEY not in state and cfg.puzzle_emb_ndim > 0:
         raise CheckpointError(f"{source} has neither {TABLE_KEY} nor {MEAN_KEY}")
 
 
-def load(path: str | os.PathLike, config: TRMConfig | str | os.PathLike | None = None) -> Checkpoint:
+def load(path: str | os.PathLike, config: TRMConfig | str | os.PathLike | None = None,
+         verify: bool = True) -> Checkpoint:
     """Load a kit checkpoint directory, or a reference `step_N` file with its arch config.
 
     `config` is a TRMConfig, a preset name, or a JSON/YAML file; a kit directory carries its own.
+    Without one, a reference file takes the `all_config.yaml` its training run wrote beside it
+    (as the references' own evaluate.py does; sapientinc's HRM releases ship it with `checkpoint`).
+    verify=False skips the kit weights' sha256 check (for a bundle whose files were verified).
     """
     path = Path(path)
     if path.is_dir():
-        return _load_kit(path)
+        return _load_kit(path, verify)
+    if config is None and (path.parent / "all_config.yaml").is_file():
+        config = path.parent / "all_config.yaml"
     if config is None:
         raise CheckpointError(f"{path} is a reference checkpoint: pass its arch config (--config FILE or a "
-                              "preset such as 'paper' or 'trelis-emb1'); puzzle_emb_len cannot be read from weights")
+                              "preset such as 'paper', 'trelis-emb1' or 'hrm'), or put the run's all_config.yaml "
+                              "beside it; puzzle_emb_len cannot be read from weights")
     if isinstance(config, TRMConfig):
         cfg = config
     elif isinstance(config, str) and not Path(config).exists():
@@ -267,23 +292,93 @@ def load(path: str | os.PathLike, config: TRMConfig | str | os.PathLike | None =
     return Checkpoint(cfg, state, manifest)
 
 
-def _load_kit(path: Path) -> Checkpoint:
+def _load_kit(path: Path, verify: bool = True) -> Checkpoint:
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     manifest_path, weights_path = path / MANIFEST_FILE, path / WEIGHTS_FILE
     if not manifest_path.is_file() or not weights_path.is_file():
         raise CheckpointError(f"{path} is not a kit checkpoint: it needs {MANIFEST_FILE} and {WEIGHTS_FILE}")
+    manifest = read_manifest(manifest_path)
+    cfg = manifest_config(manifest, str(manifest_path))
+    if verify:
+        verify_weights(manifest, weights_path)
     try:
-        manifest = json.loads(manifest_path.read_text())
-        cfg = TRMConfig.from_dict(manifest["config"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{manifest_path} is not a valid manifest: {e}") from None
-    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            meta = f.metadata() or {}
         state = load_file(weights_path)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{weights_path} is not a readable safetensors file: {e}") from None
+    check_weights_config(meta, cfg, str(weights_path))
     check_state(state, cfg, str(weights_path))
     return Checkpoint(cfg, state, manifest)
+
+
+# ---- manifest rules -------------------------------------------------------------------------
+# A manifest is complete or refused: every arch field present (a default would silently change
+# the model), the config the weights were saved with (safetensors metadata) the same, and the
+# weights' sha256 the one recorded. Loading inside a bundle already verified file by file can skip
+# the hash (verify=False).
+
+ARCH_FIELDS = tuple(f.name for f in fields(TRMConfig))
+CONFIG_META_KEY = "trm_config"  # safetensors metadata: the config as JSON, written by save()
+
+
+def read_manifest(manifest_path: str | os.PathLike) -> dict[str, Any]:
+    """manifest.json as a dict, read by the rules of trm_core.jsonio."""
+    try:
+        manifest = jsonio.load(manifest_path)
+    except jsonio.JSONInputError as e:
+        raise CheckpointError(f"{manifest_path} is not a valid manifest: {e}") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{manifest_path} is not a valid manifest: expected a JSON object, "
+                              f"got {type(manifest).__name__}")
+    return manifest
+
+
+def manifest_config(manifest: dict[str, Any], where: str) -> TRMConfig:
+    """The manifest's arch config; every field of TRMConfig must be there."""
+    config = manifest.get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where} is not a valid manifest: 'config' must be an object of arch fields, "
+                              f"got {type(config).__name__}")
+    missing = [name for name in ARCH_FIELDS if name not in config]
+    if missing:
+        raise CheckpointError(f"{where}: config lacks {', '.join(missing)}; a manifest must give every arch "
+                              "field (a default would change the model): add them from the training run")
+    try:
+        return TRMConfig.from_dict(config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where} is not a valid manifest: {e}") from None
+
+
+def verify_weights(manifest: dict[str, Any], weights_path: Path) -> None:
+    """The weights file's sha256 is the manifest's weights_sha256."""
+    want = manifest.get("weights_sha256")
+    if not isinstance(want, str) or not want:
+        raise CheckpointError(f"{weights_path.parent / MANIFEST_FILE}: weights_sha256 is missing; the weights "
+                              "cannot be checked (write the checkpoint with trm_core.checkpoint.save)")
+    got = sha256_file(weights_path)
+    if got != want:
+        raise CheckpointError(f"{weights_path}: weights_sha256 is {got}, the manifest says {want}: the weights "
+                              "were changed or damaged after the manifest was written")
+
+
+def check_weights_config(meta: dict[str, str], cfg: TRMConfig, source: str) -> None:
+    """The config saved inside the weights file (when there) agrees with the manifest, field by field."""
+    if CONFIG_META_KEY not in meta:
+        return  # written before the config was recorded in the weights
+    try:
+        saved = json.loads(meta[CONFIG_META_KEY])
+    except ValueError:
+        raise CheckpointError(f"{source}: its {CONFIG_META_KEY} metadata is not valid JSON") from None
+    want = cfg.to_dict()
+    for name in ARCH_FIELDS:
+        if name == "num_puzzle_identifiers" or name not in saved:
+            continue
+        if saved[name] != want[name]:
+            raise CheckpointError(f"{source}: {name} is {saved[name]!r} in the weights but {want[name]!r} in the "
+                                  f"manifest; correct {name} in manifest.json")
 
 
 # ---- writing ------------------------------------------------------------------------------
@@ -297,7 +392,7 @@ def save(ckpt: Checkpoint, out_dir: str | os.PathLike) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in ckpt.state.items()}
     tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp))
+    save_file(state, str(tmp), metadata={CONFIG_META_KEY: json.dumps(ckpt.config.to_dict())})
     os.replace(tmp, out / WEIGHTS_FILE)
     manifest = dict(ckpt.manifest)
     manifest.update({"format": FORMAT, "config": ckpt.config.to_dict(), "slim": ckpt.slim,
@@ -361,7 +456,7 @@ def resize_table(ckpt: Checkpoint, rows: int, init: str = "mean",
 
 def build_model(ckpt: Checkpoint, num_puzzle_identifiers: int | None = None, init: str = "mean",
                 generator: torch.Generator | None = None) -> TRM:
-    """A TRM holding the checkpoint's weights.
+    """A model (TRM or HRM, as the checkpoint's config says) holding the checkpoint's weights.
 
     With `num_puzzle_identifiers` (post-training on new tasks) the table is rebuilt with that
     many rows by `resize_table`; otherwise the checkpoint's own table is used (it must have one).

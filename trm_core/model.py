@@ -1,11 +1,17 @@
-"""The Tiny Recursive Model: config, layers, the recursive core and the ACT wrapper, in one file.
+"""The recursive models: config and presets, the TRM and HRM recursions, and the ACT wrapper.
+
+Two architectures share every layer (trm_core/layers.py) and the ACT wrapper; `architecture`
+in the config picks the recursion. TRM (arXiv 2510.04871) updates both states with one shared
+module; HRM (arXiv 2506.21734) has separate H_level and L_level stacks, a one-step gradient and
+the bootstrapped q_continue target in training.
 
 Input: a batch dict of int32 tensors `inputs` [B, S] (tokens of a C x C canvas, S = C*C),
 `labels` [B, S] and `puzzle_identifiers` [B]. Output of one call: one ACT step, i.e. the new
 carry and `logits` [B, S, vocab] (forward dtype), `q_halt_logits` and `q_continue_logits` [B]
-(float32). Reproduces the reference TRM numerics (parameters fp32 cast at use, activations in
-`forward_dtype`, norms and RoPE in fp32) with the reference's module names, so a reference
-state dict loads after stripping its `_orig_mod.model.inner.` prefix (see checkpoint.py).
+(float32), plus `target_q_continue` [B] for HRM in training. Reproduces the reference numerics
+(parameters fp32 cast at use, activations in `forward_dtype`, norms and RoPE in fp32) with the
+reference's module names, so a reference state dict loads after stripping its
+`_orig_mod.model.inner.` prefix (see checkpoint.py).
 """
 
 from __future__ import annotations
@@ -19,25 +25,37 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
+from trm_core.layers import (  # noqa: F401 - re-exported: the layers' historical home
+    Attention, Block, CastedEmbedding, CastedLinear, PuzzleEmbedding, ReasoningModule, RotaryEmbedding,
+    apply_rope, rms_norm, rotate_half, trunc_normal_,
+)
+
+ARCHITECTURES = ("trm", "hrm")
+POS_ENCODINGS = ("rope", "learned")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
 class TRMConfig:
-    """Architecture of a TRM, with the reference's field names (config/arch/trm.yaml)."""
+    """Architecture of a TRM or an HRM, with the references' field names (config/arch/trm.yaml, hrm.yaml)."""
 
+    architecture: str = "trm"  # "trm": one shared module; "hrm": separate H_level / L_level stacks
     hidden_size: int = 512  # width of every token state
     num_heads: int = 8  # attention heads; head_dim = hidden_size // num_heads
     expansion: float = 4.0  # SwiGLU width factor before the reference's 2/3 and multiple-of-256 rounding
-    H_cycles: int = 3  # outer cycles per ACT step; all but the last run without gradient
+    H_cycles: int = 3  # outer cycles per ACT step; TRM: all but the last without gradient (HRM: see recursion)
     L_cycles: int = 4  # z_L updates per outer cycle (the released ARC checkpoints use 4)
-    L_layers: int = 2  # transformer blocks in the one shared reasoning module
+    L_layers: int = 2  # blocks of the reasoning module (TRM's shared one, HRM's L_level)
+    H_layers: int = 0  # HRM: blocks of H_level; TRM has none (0)
     puzzle_emb_ndim: int = 512  # width of the per-variant embedding (0 = none)
-    puzzle_emb_len: int = 16  # prefix slots; only slot 0 carries the embedding. Cannot be read from weights
+    # Prefix slots holding the embedding, zero-padded. TRM: a free field that cannot be read from the
+    # weights. HRM: always ceil(puzzle_emb_ndim / hidden_size), set here whatever is passed.
+    puzzle_emb_len: int = 16
     num_puzzle_identifiers: int = 1  # rows of the puzzle-embedding table, blank row 0 included
     vocab_size: int = 12  # PAD, EOS and ten colours
     canvas: int = 30  # grids live on a canvas x canvas board; seq_len = canvas**2
     rms_norm_eps: float = 1e-5  # epsilon of the weightless RMSNorm
+    pos_encodings: str = "rope"  # "rope", or "learned" (a position table added to the input embeddings)
     rope_theta: float = 10000.0  # RoPE base
     halt_max_steps: int = 16  # ACT steps; evaluation always runs exactly this many
     halt_exploration_prob: float = 0.1  # training: chance a row must run at least U{2..max} steps
@@ -48,7 +66,17 @@ class TRMConfig:
             if not ok:
                 raise ValueError(f"TRMConfig: {what}")
 
+        need(self.architecture in ARCHITECTURES,
+             f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         need(self.hidden_size > 0 and self.num_heads > 0, "hidden_size and num_heads must be positive")
+        if self.architecture == "hrm":
+            need(self.H_layers >= 1, "architecture 'hrm' needs H_layers >= 1 (blocks of H_level)")
+            object.__setattr__(self, "puzzle_emb_len", -(-self.puzzle_emb_ndim // self.hidden_size))
+        else:
+            need(self.H_layers == 0, f"H_layers={self.H_layers}: TRM has one shared module (H_layers 0); "
+                                     "set architecture='hrm' for separate H and L stacks")
+        need(self.pos_encodings in POS_ENCODINGS, f"pos_encodings must be one of {POS_ENCODINGS}, "
+                                                  f"got {self.pos_encodings!r}")
         need(self.hidden_size % self.num_heads == 0,
              f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}")
         need((self.hidden_size // self.num_heads) % 2 == 0, "head_dim must be even for RoPE")
@@ -99,17 +127,24 @@ class TRMConfig:
     def from_dict(cls, d: dict[str, Any]) -> TRMConfig:
         """From our own dict or a reference arch config (config.json / all_config.yaml `arch`).
 
-        Reference-only keys are translated (seq_len -> canvas) or checked (pos_encodings must be
-        rope, mlp_t false, no_ACT_continue true); bookkeeping keys (name, loss, batch_size,
-        H_layers) are ignored.
+        The architecture is ours (`architecture`) or read from the reference's class `name`
+        (HierarchicalReasoningModel -> hrm, else trm). Reference-only keys are translated
+        (seq_len -> canvas) or checked (mlp_t false; TRM: no_ACT_continue true); bookkeeping keys
+        (name, loss, batch_size; TRM's unused H_layers; HRM's derived puzzle_emb_len) are ignored.
         """
         d = dict(d.get("arch", d))
-        if d.get("pos_encodings", "rope") != "rope":
-            raise ValueError(f"TRMConfig: pos_encodings={d['pos_encodings']!r} is not supported (only rope)")
+        if "architecture" not in d:
+            d["architecture"] = "hrm" if "HierarchicalReasoningModel" in str(d.get("name", "")) else "trm"
+        if d.get("pos_encodings", "rope") not in POS_ENCODINGS:
+            raise ValueError(f"TRMConfig: pos_encodings={d['pos_encodings']!r} is not supported "
+                             f"(one of {', '.join(POS_ENCODINGS)})")
         if d.get("mlp_t", False):
             raise ValueError("TRMConfig: mlp_t=True (the Sudoku variant) is not supported")
-        if not d.get("no_ACT_continue", True):
-            raise ValueError("TRMConfig: no_ACT_continue=False is not supported (the reference branch is broken)")
+        if d["architecture"] == "trm":
+            if not d.get("no_ACT_continue", True):
+                raise ValueError("TRMConfig: no_ACT_continue=False is not supported for TRM (the reference "
+                                 "branch is broken); HRM always trains with the q_continue target")
+            d["H_layers"] = 0  # the reference TRM ignores it
         if "seq_len" in d and "canvas" not in d:
             canvas = math.isqrt(int(d["seq_len"]))
             if canvas * canvas != int(d["seq_len"]):
@@ -136,187 +171,13 @@ PRESETS: dict[str, TRMConfig] = {
     # Tests and the CPU demo: small width, few cycles, small canvas.
     "tiny": TRMConfig(hidden_size=64, num_heads=4, H_cycles=2, L_cycles=2, puzzle_emb_ndim=64,
                       puzzle_emb_len=1, canvas=12, halt_max_steps=4, forward_dtype="float32"),
+    # HRM as released (sapientinc config/arch/hrm_v1.yaml = the TRM repo's hrm.yaml): H/L stacks of
+    # 4 blocks, 2x2 cycles, one prefix slot (ceil(512 / 512)).
+    "hrm": TRMConfig(architecture="hrm", H_cycles=2, L_cycles=2, H_layers=4, L_layers=4),
+    # A tiny HRM for tests and CPU runs, the size of the tiny TRM.
+    "hrm-tiny": TRMConfig(architecture="hrm", hidden_size=64, num_heads=4, H_cycles=2, L_cycles=2, H_layers=1,
+                          L_layers=1, puzzle_emb_ndim=64, canvas=12, halt_max_steps=4, forward_dtype="float32"),
 }
-
-
-def trunc_normal_(t: torch.Tensor, std: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """JAX-style truncated normal at +-2 sigma where `std` is the std *after* truncation."""
-    if std == 0:
-        return t.zero_()
-    lo, hi = -2.0, 2.0
-    sqrt2 = math.sqrt(2)
-    a, b = math.erf(lo / sqrt2), math.erf(hi / sqrt2)
-    z = (b - a) / 2
-    c = (2 * math.pi) ** -0.5
-    pdf_u, pdf_l = c * math.exp(-0.5 * lo**2), c * math.exp(-0.5 * hi**2)
-    comp_std = std / math.sqrt(1 - (hi * pdf_u - lo * pdf_l) / z - ((pdf_u - pdf_l) / z) ** 2)
-    with torch.no_grad():
-        t.uniform_(a, b, generator=generator)
-        t.erfinv_()
-        t.mul_(sqrt2 * comp_std)
-        t.clip_(lo * comp_std, hi * comp_std)
-    return t
-
-
-def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    # Weightless, computed in fp32 whatever the activation dtype.
-    x32 = x.float()
-    return (x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-class CastedLinear(nn.Module):
-    """fp32 weight [out, in] cast to the activation dtype at use; optional LoRA adapter."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self.lora_scale = 0.0
-        self.lora_A: nn.Parameter | None = None
-        self.lora_B: nn.Parameter | None = None
-
-    def add_lora(self, rank: int, alpha: float, generator: torch.Generator | None = None) -> None:
-        """Adapter y += (alpha/rank) * B(A(x)) in fp32; A Kaiming-uniform(a=sqrt 5), B zeros."""
-        out_features, in_features = self.weight.shape
-        A = torch.empty(rank, in_features, device=self.weight.device)
-        bound = 1 / math.sqrt(in_features)  # kaiming_uniform_ with a = sqrt(5)
-        A.uniform_(-bound, bound, generator=generator)
-        self.lora_A = nn.Parameter(A)
-        self.lora_B = nn.Parameter(torch.zeros(out_features, rank, device=self.weight.device))
-        self.lora_scale = alpha / rank
-
-    @torch.no_grad()
-    def merge_lora(self) -> None:
-        """Fold the adapter into the base weight (W += scale * B A) and drop it."""
-        if self.lora_A is not None:
-            self.weight += self.lora_scale * (self.lora_B @ self.lora_A)
-            self.lora_A = self.lora_B = None
-            self.lora_scale = 0.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias.to(x.dtype) if self.bias is not None else None
-        y = F.linear(x, self.weight.to(x.dtype), bias)
-        if self.lora_A is not None:
-            y = y + (self.lora_scale * F.linear(F.linear(x.float(), self.lora_A), self.lora_B)).to(x.dtype)
-        return y
-
-
-class CastedEmbedding(nn.Module):
-    """fp32 token table cast to the activation dtype at every lookup."""
-
-    def __init__(self, num: int, dim: int, cast_to: torch.dtype) -> None:
-        super().__init__()
-        self.cast_to = cast_to
-        self.embedding_weight = nn.Parameter(torch.empty(num, dim))
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.embedding_weight.to(self.cast_to))
-
-
-class PuzzleEmbedding(nn.Module):
-    """One learned vector per task variant, trained by sparse SignSGD (optim.py), not by Adam.
-
-    `weights` [N_ids, D] is a persistent buffer, so it is outside model.parameters(). In train
-    mode the forward copies the rows it reads into the leaf `local_weights` [B, D] and records
-    `local_ids` [B]; backward leaves the row gradients in `local_weights.grad` for the optimiser.
-    """
-
-    def __init__(self, num: int, dim: int, cast_to: torch.dtype) -> None:
-        super().__init__()
-        self.cast_to = cast_to
-        self.register_buffer("weights", torch.zeros(num, dim), persistent=True)
-        self.local_weights = torch.zeros(0, dim, requires_grad=True)
-        self.local_ids = torch.zeros(0, dtype=torch.int32)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return self.weights[ids].to(self.cast_to)
-        with torch.no_grad():
-            rows = self.weights[ids]
-        self.local_weights = rows.detach().requires_grad_(True)  # (B, D) leaf
-        self.local_ids = ids.to(torch.int32)
-        return self.local_weights.to(self.cast_to)
-
-
-class RotaryEmbedding(nn.Module):
-    """cos/sin tables [S_total, head_dim] in fp32 over every position, prefix included."""
-
-    def __init__(self, dim: int, max_len: int, theta: float) -> None:
-        super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos_cached", emb.cos(), persistent=False)
-        self.register_buffer("sin_cached", emb.sin(), persistent=False)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # q, k: (B, S, H, D); NeoX half-split convention, computed in fp32.
-    dtype = q.dtype
-    q, k = q.to(cos.dtype), k.to(cos.dtype)
-    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
-    return (q * cos + rotate_half(q) * sin).to(dtype), (k * cos + rotate_half(k) * sin).to(dtype)
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: TRMConfig) -> None:
-        super().__init__()
-        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.qkv_proj = CastedLinear(cfg.hidden_size, 3 * cfg.hidden_size, bias=False)
-        self.o_proj = CastedLinear(cfg.hidden_size, cfg.hidden_size, bias=False)
-
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        B, S, D = h.shape
-        qkv = self.qkv_proj(h).view(B, S, 3 * self.num_heads, self.head_dim)  # (B, S, 3H, hd)
-        q, k, v = qkv.split(self.num_heads, dim=2)
-        q, k = apply_rope(q, k, cos, sin)
-        # Non-causal and unmasked: PAD positions are attended to, as in the reference.
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return self.o_proj(y.transpose(1, 2).reshape(B, S, D))
-
-
-class SwiGLU(nn.Module):
-    def __init__(self, cfg: TRMConfig) -> None:
-        super().__init__()
-        self.gate_up_proj = CastedLinear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = CastedLinear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(h).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
-
-
-class Block(nn.Module):
-    """Post-norm transformer block: h = norm(h + attn(h)); h = norm(h + mlp(h))."""
-
-    def __init__(self, cfg: TRMConfig) -> None:
-        super().__init__()
-        self.eps = cfg.rms_norm_eps
-        self.self_attn = Attention(cfg)
-        self.mlp = SwiGLU(cfg)
-
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = rms_norm(h + self.self_attn(h, cos, sin), self.eps)
-        return rms_norm(h + self.mlp(h), self.eps)
-
-
-class ReasoningModule(nn.Module):
-    """The one shared module, used for both the z_L and the z_H update: blocks(h + injection)."""
-
-    def __init__(self, cfg: TRMConfig) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.L_layers))
-
-    def forward(self, h: torch.Tensor, injection: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = h + injection
-        for layer in self.layers:
-            h = layer(h, cos, sin)
-        return h
 
 
 @dataclass
@@ -331,7 +192,10 @@ class Carry:
 
 
 class TRM(nn.Module):
-    """Tiny Recursive Model with its ACT wrapper. One forward call = one ACT step."""
+    """A recursive model (TRM or HRM, by `cfg.architecture`) with its ACT wrapper.
+
+    One forward call = one ACT step.
+    """
 
     def __init__(self, cfg: TRMConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -342,8 +206,12 @@ class TRM(nn.Module):
         self.lm_head = CastedLinear(D, cfg.vocab_size, bias=False)
         self.q_head = CastedLinear(D, 2, bias=True)
         self.puzzle_emb = PuzzleEmbedding(cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim, dtype)
-        self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.total_len, cfg.rope_theta)
-        self.L_level = ReasoningModule(cfg)
+        self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.total_len, cfg.rope_theta) \
+            if cfg.pos_encodings == "rope" else None
+        self.embed_pos = CastedEmbedding(cfg.total_len, D, dtype) if cfg.pos_encodings == "learned" else None
+        # TRM: L_level updates both z_L and z_H. HRM: H_level updates z_H.
+        self.H_level = ReasoningModule(cfg, cfg.H_layers) if cfg.architecture == "hrm" else None
+        self.L_level = ReasoningModule(cfg, cfg.L_layers)
         self.register_buffer("H_init", torch.zeros(D, dtype=dtype), persistent=True)
         self.register_buffer("L_init", torch.zeros(D, dtype=dtype), persistent=True)
         # Training only: recompute the gradient-carrying module calls in backward instead of keeping
@@ -365,6 +233,12 @@ class TRM(nn.Module):
         h = torch.empty(D)
         self.H_init.copy_(trunc_normal_(h, 1.0, generator))
         self.L_init.copy_(trunc_normal_(h, 1.0, generator))
+        # Drawn after TRM's tensors, so a TRM's initialisation does not depend on these options.
+        if self.H_level is not None:
+            for name, p in self.H_level.named_parameters():
+                trunc_normal_(p, 1 / math.sqrt(p.shape[1]), generator)
+        if self.embed_pos is not None:
+            trunc_normal_(self.embed_pos.embedding_weight, 1 / math.sqrt(D), generator)
 
     def add_lora(self, rank: int, alpha: float, generator: torch.Generator | None = None) -> None:
         """Put a LoRA adapter on every linear layer, the lm and q heads included."""
@@ -379,6 +253,12 @@ class TRM(nn.Module):
 
     # ---- the recursive core -------------------------------------------------------------
 
+    def rope(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(cos, sin) tables for the blocks; (None, None) with learned positions."""
+        if self.rotary_emb is None:
+            return None, None
+        return self.rotary_emb.cos_cached, self.rotary_emb.sin_cached
+
     def input_embeddings(self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         x = self.embed_tokens(inputs.to(torch.int32))  # (B, S, D)
@@ -390,25 +270,49 @@ class TRM(nn.Module):
             else:
                 pe = x.new_zeros(B, cfg.puzzle_emb_len * cfg.hidden_size)
             x = torch.cat((pe.view(B, cfg.puzzle_emb_len, cfg.hidden_size), x), dim=1)  # (B, S_total, D)
+        if self.embed_pos is not None:
+            # The references scale by 1/sqrt(2) to keep the variance of the sum.
+            x = 0.707106781 * (x + self.embed_pos.embedding_weight.to(x.dtype))
         return self.embed_scale * x
 
     def recursion(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """H_cycles outer cycles of (L_cycles z_L updates, one z_H update); only the last has grad."""
+        """One ACT step's H_cycles outer cycles of (L_cycles z_L updates, one z_H update).
+
+        z_L is always injected with z_H + x and z_H with z_L. TRM runs whole outer cycles without
+        gradient but the last; HRM (its own H_level for z_H) keeps gradient only in the very last
+        z_L and z_H update (the one-step gradient).
+        """
         cfg = self.config
-        cos, sin = self.rotary_emb.cos_cached, self.rotary_emb.sin_cached
-        with torch.no_grad():
-            for _ in range(cfg.H_cycles - 1):
-                for _ in range(cfg.L_cycles):
-                    z_L = self.L_level(z_L, z_H + x, cos, sin)
-                z_H = self.L_level(z_H, z_L, cos, sin)
-        level = self.L_level
+        cos, sin = self.rope()
+        H, L = cfg.H_cycles, cfg.L_cycles
+        L_level, H_level = self.L_level, self.H_level
         if self.checkpoint_activations and torch.is_grad_enabled():
-            def level(h: torch.Tensor, inj: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-                return activation_checkpoint(self.L_level, h, inj, cos, sin, use_reentrant=False)
-        for _ in range(cfg.L_cycles):
-            z_L = level(z_L, z_H + x, cos, sin)
-        z_H = level(z_H, z_L, cos, sin)
-        return z_H, z_L
+            def checkpointed(module: nn.Module):
+                def call(h: torch.Tensor, inj: torch.Tensor, cos: torch.Tensor | None,
+                         sin: torch.Tensor | None) -> torch.Tensor:
+                    return activation_checkpoint(module, h, inj, cos, sin, use_reentrant=False)
+                return call
+            L_level = checkpointed(self.L_level)
+            if self.H_level is not None:
+                H_level = checkpointed(self.H_level)
+        if self.H_level is None:  # TRM
+            with torch.no_grad():
+                for _ in range(H - 1):
+                    for _ in range(L):
+                        z_L = self.L_level(z_L, z_H + x, cos, sin)
+                    z_H = self.L_level(z_H, z_L, cos, sin)
+            for _ in range(L):
+                z_L = L_level(z_L, z_H + x, cos, sin)
+            return L_level(z_H, z_L, cos, sin), z_L
+        with torch.no_grad():  # HRM
+            for i in range(H):
+                for j in range(L):
+                    if i < H - 1 or j < L - 1:
+                        z_L = self.L_level(z_L, z_H + x, cos, sin)
+                if i < H - 1:
+                    z_H = self.H_level(z_H, z_L, cos, sin)
+        z_L = L_level(z_L, z_H + x, cos, sin)
+        return H_level(z_H, z_L, cos, sin), z_L
 
     def heads(self, z_H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.lm_head(z_H)[:, self.config.puzzle_emb_len:]  # (B, S, vocab)
@@ -456,16 +360,24 @@ class TRM(nn.Module):
 
         with torch.no_grad():
             steps = steps + 1
-            halted = steps >= cfg.halt_max_steps
+            is_last = steps >= cfg.halt_max_steps
+            halted = is_last
             if self.training and cfg.halt_max_steps > 1:
-                q_halt = outputs["q_halt_logits"]
-                halted = halted | (q_halt > 0)
+                q_halt, q_continue = outputs["q_halt_logits"], outputs["q_continue_logits"]
+                # TRM halts on q_halt alone; HRM when halting looks better than continuing.
+                halted = halted | (q_halt > (q_continue if cfg.architecture == "hrm" else 0))
                 # Exploration: with some probability a row must run at least U{2..max} steps.
                 if draws is None:
                     draws = self.exploration_draws(q_halt.shape[0], generator, q_halt.device)
                 u, min_steps = draws
                 explore = u < cfg.halt_exploration_prob
                 halted = halted & (steps >= explore * min_steps)
+                if cfg.architecture == "hrm":
+                    # Bootstrapped Q target: the q values one more step from the new carry, same data.
+                    next_H, _ = self.recursion(z_H, z_L, x)
+                    next_q = self.q_head(next_H[:, 0]).to(torch.float32)  # (B, 2)
+                    outputs["target_q_continue"] = torch.sigmoid(
+                        torch.where(is_last, next_q[..., 0], torch.maximum(next_q[..., 0], next_q[..., 1])))
         new_carry = Carry(z_H=z_H.detach(), z_L=z_L.detach(), steps=steps, halted=halted, current_data=data)
         return new_carry, outputs
 
@@ -478,15 +390,22 @@ def count_parameters(model: TRM) -> int:
 def flops_per_sample(cfg: TRMConfig, train: bool) -> float:
     """Matmul FLOPs of one ACT step for one sequence (multiply-add = 2).
 
-    A training step runs H_cycles*(L_cycles+1) module calls of which the last L_cycles+1 carry a
-    backward (about 2x forward); evaluation runs every call forward only.
+    TRM: H_cycles*(L_cycles+1) calls of its module, the last L_cycles+1 with a backward (about 2x
+    forward). HRM: H_cycles*L_cycles L_level calls and H_cycles H_level calls, the last of each
+    with a backward, and in training a second forward for the Q target.
     """
     S, D, I = cfg.total_len, cfg.hidden_size, cfg.intermediate_size
     per_token_block = 2 * (D * 3 * D + D * D + D * 2 * I + I * D) + 2 * 2 * S * D  # projections + QK^T and AV
-    call = cfg.L_layers * S * per_token_block
-    calls = cfg.H_cycles * (cfg.L_cycles + 1)
+    call_L = cfg.L_layers * S * per_token_block
     head = 2 * S * D * cfg.vocab_size
+    if cfg.architecture == "hrm":
+        call_H = cfg.H_layers * S * per_token_block
+        forward = cfg.H_cycles * (cfg.L_cycles * call_L + call_H)
+        if not train:
+            return forward + head
+        return forward + 2 * (call_L + call_H) + 3 * head + forward
+    calls = cfg.H_cycles * (cfg.L_cycles + 1)
     if not train:
-        return calls * call + head
+        return calls * call_L + head
     grad_calls = cfg.L_cycles + 1
-    return (calls + 2 * grad_calls) * call + 3 * head
+    return (calls + 2 * grad_calls) * call_L + 3 * head

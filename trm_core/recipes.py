@@ -20,6 +20,7 @@ import torch.distributed as dist
 from trm_core import __version__
 from trm_core.checkpoint import Checkpoint, build_model
 from trm_core.data import TrainSampler, Variants
+from trm_core.loggers import MetricsLogger
 from trm_core.model import TRM, TRMConfig
 from trm_core.tasks import TaskSet
 from trm_core.train import TrainConfig, TrainResult, train
@@ -80,7 +81,7 @@ def _provenance(extra: dict[str, Any]) -> dict[str, Any]:
 def pretrain(tasks: TaskSet, model_cfg: TRMConfig, train_cfg: TrainConfig, data: DataConfig,
              out_dir: str | os.PathLike, *, device: torch.device | str = "cpu", model_seed: int = 0,
              source: str = "", stop: Callable[[int], bool] | None = None, deadline: float | None = None,
-             log: Callable[[str], None] | None = None) -> TrainResult:
+             log: Callable[[str], None] | None = None, logger: MetricsLogger | None = None) -> TrainResult:
     """Pre-train a fresh TRM on `tasks` (one embedding row per task variant)."""
     if train_cfg.mode != "pretrain":
         raise ValueError(f"pretrain needs TrainConfig.mode='pretrain', got {train_cfg.mode!r}")
@@ -92,7 +93,7 @@ def pretrain(tasks: TaskSet, model_cfg: TRMConfig, train_cfg: TrainConfig, data:
                 "variants": variants_record(variants)}
     kwargs = {"log": log} if log else {}
     return train(model, _sampler(variants, train_cfg, data, cfg.canvas), train_cfg, device=device,
-                 out_dir=out_dir, stop=stop, deadline=deadline, manifest=manifest, **kwargs)
+                 out_dir=out_dir, stop=stop, deadline=deadline, manifest=manifest, logger=logger, **kwargs)
 
 
 def prepare_posttrain(ckpt: Checkpoint, tasks: TaskSet, data: DataConfig, init: str = "mean",
@@ -107,7 +108,7 @@ def prepare_posttrain(ckpt: Checkpoint, tasks: TaskSet, data: DataConfig, init: 
 def posttrain(ckpt: Checkpoint, tasks: TaskSet, train_cfg: TrainConfig, data: DataConfig,
               out_dir: str | os.PathLike, *, device: torch.device | str = "cpu", init: str = "mean",
               source: str = "", stop: Callable[[int], bool] | None = None, deadline: float | None = None,
-              log: Callable[[str], None] | None = None) -> TrainResult:
+              log: Callable[[str], None] | None = None, logger: MetricsLogger | None = None) -> TrainResult:
     """Adapt `ckpt` to `tasks` (their demonstration pairs) with train_cfg.mode."""
     if train_cfg.mode == "pretrain":
         raise ValueError("posttrain takes a post-training mode: full, embeddings, embeddings-then-full or lora")
@@ -121,7 +122,7 @@ def posttrain(ckpt: Checkpoint, tasks: TaskSet, train_cfg: TrainConfig, data: Da
                 "variants": variants_record(variants)}
     kwargs = {"log": log} if log else {}
     return train(model, _sampler(variants, train_cfg, data, ckpt.config.canvas), train_cfg, device=device,
-                 out_dir=out_dir, stop=stop, deadline=deadline, manifest=manifest, **kwargs)
+                 out_dir=out_dir, stop=stop, deadline=deadline, manifest=manifest, logger=logger, **kwargs)
 
 
 def model_for_tasks(ckpt: Checkpoint, tasks: TaskSet, num_views: int, seed: int = 0,

@@ -9,9 +9,11 @@ Bytes are measured, not modelled: one reasoning-module call (all L_layers blocks
 at the config's width and two small sequence lengths, forward only and forward + backward, under a
 dispatch mode that adds up the bytes every aten op reads and writes; bytes per token and the
 weights' share come from the two, so a paper-size figure costs a fraction of a second. FLOPs are
-the analytic count every MFU here uses. A step is H_cycles x (L_cycles + 1) such calls of which the last
-L_cycles + 1 carry a backward (as trm_core.model.flops_per_sample counts them); embeddings, heads
-and loss are small next to them and left out. Each eager op is assumed to go to memory and back,
+the analytic count every MFU here uses. A TRM step is H_cycles x (L_cycles + 1) such calls of which the
+last L_cycles + 1 carry a backward; an HRM step is H_cycles x L_cycles L_level calls and H_cycles
+H_level calls (each level measured with its own layer count), the last of each with a backward, and
+in training a second forward for the Q target (as trm_core.model.flops_per_sample counts them);
+embeddings, heads and loss are small next to them and left out. Each eager op is assumed to go to memory and back,
 so this is the eager code's traffic; a compiled graph fuses elementwise ops and moves less.
 """
 
@@ -65,7 +67,8 @@ class Traffic:
 
 
 def _call(module: ReasoningModule, cfg: TRMConfig, grad: bool) -> tuple[float, float]:
-    rope = RotaryEmbedding(cfg.head_dim, cfg.total_len, cfg.rope_theta)
+    rope = RotaryEmbedding(cfg.head_dim, cfg.total_len, cfg.rope_theta) if cfg.pos_encodings == "rope" else None
+    cos, sin = (rope.cos_cached, rope.sin_cached) if rope is not None else (None, None)
     g = torch.Generator().manual_seed(0)
     h = torch.randn(1, cfg.total_len, cfg.hidden_size, generator=g).to(cfg.dtype)
     inj = torch.randn(1, cfg.total_len, cfg.hidden_size, generator=g).to(cfg.dtype)
@@ -74,7 +77,7 @@ def _call(module: ReasoningModule, cfg: TRMConfig, grad: bool) -> tuple[float, f
         if grad:
             h.requires_grad_(True)
         with flops, traffic:
-            out = module(h, inj, rope.cos_cached, rope.sin_cached)
+            out = module(h, inj, cos, sin)
             if grad:
                 out.float().sum().backward()
     return float(flops.get_total_flops()), float(traffic.bytes)
@@ -90,19 +93,31 @@ def measure(cfg: TRMConfig, rows: int = 64) -> Traffic:
     """
     from trm_core.model import flops_per_sample
 
-    points = {}
-    for canvas in (4, 6):
-        small = cfg.with_(canvas=canvas)
-        module = ReasoningModule(small)
-        points[small.total_len] = (_call(module, small, grad=False)[1], _call(module, small, grad=True)[1])
-    (s0, (f0, g0)), (s1, (f1, g1)) = sorted(points.items())
+    def per_call(layers: int) -> tuple[float, float]:
+        """(forward, forward + backward) bytes per row of one call of a module of `layers` blocks."""
+        points = {}
+        for canvas in (4, 6):
+            small = cfg.with_(canvas=canvas)
+            module = ReasoningModule(small, layers)
+            points[small.total_len] = (_call(module, small, grad=False)[1], _call(module, small, grad=True)[1])
+        (s0, (f0, g0)), (s1, (f1, g1)) = sorted(points.items())
 
-    def at_length(a: float, b: float) -> float:
-        per_token = (b - a) / (s1 - s0)
-        weights = max(0.0, a - per_token * s0)
-        return per_token * cfg.total_len + weights / rows
+        def at_length(a: float, b: float) -> float:
+            per_token = (b - a) / (s1 - s0)
+            weights = max(0.0, a - per_token * s0)
+            return per_token * cfg.total_len + weights / rows
 
-    b_fwd, b_grad = at_length(f0, f1), at_length(g0, g1)
+        return at_length(f0, f1), at_length(g0, g1)
+
+    b_fwd, b_grad = per_call(cfg.L_layers)
+    if cfg.architecture == "hrm":
+        h_fwd, h_grad = per_call(cfg.H_layers)
+        l_calls, h_calls = cfg.H_cycles * cfg.L_cycles, cfg.H_cycles
+        forward = l_calls * b_fwd + h_calls * h_fwd
+        # The one-step gradient (last L_level and H_level call), then the Q target's no-grad forward.
+        train_bytes = (l_calls - 1) * b_fwd + b_grad + (h_calls - 1) * h_fwd + h_grad + forward
+        return Traffic(train_flops=flops_per_sample(cfg, train=True), train_bytes=train_bytes,
+                       predict_flops=flops_per_sample(cfg, train=False), predict_bytes=forward)
     calls = cfg.H_cycles * (cfg.L_cycles + 1)
     grad_calls = cfg.L_cycles + 1
     return Traffic(train_flops=flops_per_sample(cfg, train=True),

@@ -10,6 +10,7 @@ Outputs, in `out_dir`:
   study.json         every figure, the configuration, seeds, versions, machine, wall time per arm
   study.md           arm x step -> pass@2, oracle, demonstration-pair exact accuracy
   study.png          pass@2 and demonstration-pair exact accuracy against steps (needs matplotlib)
+  report.html        the same curves and the final table in the HTML report (trm_core/report.py)
 
 Arms: the four post-training modes (full, embeddings, embeddings-then-full, lora) start from the
 checkpoint's trunk with fresh embedding rows; `scratch` is the same architecture freshly
@@ -49,6 +50,7 @@ from trm_core.checkpoint import Checkpoint
 from trm_core.data import TrainSampler, Variants
 from trm_core.encoding import encode_grid, to_labels
 from trm_core.evaluate import coverage
+from trm_core.loggers import LoggerSpec
 from trm_core.loss import stablemax_cross_entropy
 from trm_core.model import TRM
 from trm_core.predict import PredictConfig, predict, predict_batch
@@ -211,8 +213,12 @@ def changed_entries(before: dict[str, torch.Tensor], after: dict[str, torch.Tens
 
 
 def run_arm(arm: str, ckpt: Checkpoint, tasks: TaskSet, cfg: StudyConfig, arm_dir: Path, *,
-            device: torch.device | str = "cpu", log: Callable[[str], None] | None = None) -> ArmResult:
-    """Train (or, for `none`, only evaluate) one arm, evaluating at every interval; resumable."""
+            device: torch.device | str = "cpu", log: Callable[[str], None] | None = None,
+            metrics_to: LoggerSpec | None = None) -> ArmResult:
+    """Train (or, for `none`, only evaluate) one arm, evaluating at every interval; resumable.
+
+    metrics_to: loggers (TensorBoard, W&B) that also receive the arm's training metrics, under arm_dir.
+    """
     device = torch.device(device)
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     arm_dir.mkdir(parents=True, exist_ok=True)
@@ -238,27 +244,33 @@ def run_arm(arm: str, ckpt: Checkpoint, tasks: TaskSet, cfg: StudyConfig, arm_di
     run_dir = arm_dir / "run"
     train_cfg = cfg.train_config(arm)
     model = start
-    for boundary in cfg.eval_steps:
-        if boundary in done:
-            continue
-        if model is None:
-            model = _start_model(arm, ckpt, tasks, variants, cfg)
-        sampler = TrainSampler(variants, cfg.batch_size, seed=cfg.seed, canvas=ckpt.config.canvas,
-                               translate=cfg.translate)
-        t0 = time.perf_counter()
-        train(model, sampler, train_cfg, device=device, out_dir=run_dir, stop=lambda s, b=boundary: s >= b,
-              manifest={"study_arm": arm}, log=lambda line: log(f"[{arm}] {line}") if "resumed" not in line else None)
-        train_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        trained = ckpt_io.build_model(ckpt_io.load(run_dir / "checkpoint"))
-        last = boundary == cfg.steps
-        record = {"step": boundary, **evaluate_model(trained, variants, tasks, cfg, device, arm_dir if last else None)}
-        record.update(train_s=train_s, eval_s=time.perf_counter() - t0)
-        _append(curve_path, record)
-        curve.append(record)
-        result.wall_s += train_s + record["eval_s"]
-        log(_progress(arm, record, cfg, result.wall_s, boundary))
-        model = None  # the next segment rebuilds the model and resumes from the saved state
+    pending = [b for b in cfg.eval_steps if b not in done]
+    logger = (metrics_to or LoggerSpec()).open(arm_dir, {"arm": arm, **asdict(cfg)}, name=arm) if pending else None
+    try:
+        for boundary in pending:
+            if model is None:
+                model = _start_model(arm, ckpt, tasks, variants, cfg)
+            sampler = TrainSampler(variants, cfg.batch_size, seed=cfg.seed, canvas=ckpt.config.canvas,
+                                   translate=cfg.translate)
+            t0 = time.perf_counter()
+            train(model, sampler, train_cfg, device=device, out_dir=run_dir, stop=lambda s, b=boundary: s >= b,
+                  manifest={"study_arm": arm}, logger=logger,
+                  log=lambda line: log(f"[{arm}] {line}") if "resumed" not in line else None)
+            train_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            trained = ckpt_io.build_model(ckpt_io.load(run_dir / "checkpoint"))
+            last = boundary == cfg.steps
+            record = {"step": boundary,
+                      **evaluate_model(trained, variants, tasks, cfg, device, arm_dir if last else None)}
+            record.update(train_s=train_s, eval_s=time.perf_counter() - t0)
+            _append(curve_path, record)
+            curve.append(record)
+            result.wall_s += train_s + record["eval_s"]
+            log(_progress(arm, record, cfg, result.wall_s, boundary))
+            model = None  # the next segment rebuilds the model and resumes from the saved state
+    finally:
+        if logger is not None:
+            logger.close()
     final = ckpt_io.load(run_dir / "checkpoint")
     result.changed = changed_entries(start_state, final.state)
     return result
@@ -279,11 +291,11 @@ def _fmt(seconds: float) -> str:
 
 
 def _arm_worker(arm: str, ckpt_path: str, config: str | None, tasks: TaskSet, cfg: StudyConfig, arm_dir: str,
-                device: str, threads: int) -> ArmResult:
+                device: str, threads: int, metrics_to: LoggerSpec | None = None) -> ArmResult:
     """One arm in its own process (parallel arms on a CPU)."""
     torch.set_num_threads(threads)
     ckpt = ckpt_io.load(ckpt_path, config)
-    return run_arm(arm, ckpt, tasks, cfg, Path(arm_dir), device=device)
+    return run_arm(arm, ckpt, tasks, cfg, Path(arm_dir), device=device, metrics_to=metrics_to)
 
 
 # ---- the study ---------------------------------------------------------------------------------
@@ -305,7 +317,7 @@ def versions() -> dict[str, str]:
 
 def run_study(ckpt_path: str | os.PathLike, tasks: TaskSet, cfg: StudyConfig, out_dir: str | os.PathLike, *,
               config: str | None = None, source: str = "", device: torch.device | str = "cpu", jobs: int = 1,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, metrics_to: LoggerSpec | None = None) -> dict[str, Any]:
     """Run every arm (resuming what a previous run left in `out_dir`) and write the study files.
 
     jobs > 1 runs that many arms at once in separate processes, splitting the CPU threads among them.
@@ -325,12 +337,14 @@ def run_study(ckpt_path: str | os.PathLike, tasks: TaskSet, cfg: StudyConfig, ou
     results: dict[str, ArmResult] = {}
     if jobs <= 1:
         for arm in cfg.arms:
-            results[arm] = run_arm(arm, ckpt, tasks, cfg, out / "arms" / arm, device=device, log=log)
+            results[arm] = run_arm(arm, ckpt, tasks, cfg, out / "arms" / arm, device=device, log=log,
+                                   metrics_to=metrics_to)
     else:
         threads = max(1, torch.get_num_threads() // jobs)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
             futures = {arm: pool.submit(_arm_worker, arm, str(ckpt_path), config, tasks, cfg,
-                                        str(out / "arms" / arm), str(device), threads) for arm in cfg.arms}
+                                        str(out / "arms" / arm), str(device), threads, metrics_to)
+                       for arm in cfg.arms}
             results = {arm: f.result() for arm, f in futures.items()}
     study = {
         "config": asdict(cfg), "checkpoint": str(ckpt_path), "checkpoint_provenance": ckpt.manifest.get("provenance", {}),
@@ -343,6 +357,12 @@ def run_study(ckpt_path: str | os.PathLike, tasks: TaskSet, cfg: StudyConfig, ou
     write_outputs(study, out)
     log(f"study written to {out}: study.json, study.md" + (", study.png" if (out / "study.png").exists() else
                                                           " (no study.png: matplotlib is not installed)"))
+    try:
+        from trm_core.report import write_report
+
+        log(f"report: {write_report(out, title=f'trm-kit study: {out.resolve().name}')}")
+    except Exception as e:  # noqa: BLE001 - the page is a view of study.json, never worth the study
+        log(f"report.html not written: {type(e).__name__}: {e}")
     return study
 
 

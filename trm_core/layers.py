@@ -1,0 +1,201 @@
+"""The building blocks both architectures share: init, norm, casted linear and embedding tables,
+the puzzle embedding, RoPE, attention, SwiGLU, the post-norm block and the reasoning module.
+
+Every module takes its widths from a model config (trm_core.model.TRMConfig) and keeps the
+reference's parameter names, so reference state dicts load into the modules unchanged.
+Parameters are fp32 and cast to the activation dtype at use; norms and RoPE run in fp32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from trm_core.model import TRMConfig
+
+
+def trunc_normal_(t: torch.Tensor, std: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """JAX-style truncated normal at +-2 sigma where `std` is the std *after* truncation."""
+    if std == 0:
+        return t.zero_()
+    lo, hi = -2.0, 2.0
+    sqrt2 = math.sqrt(2)
+    a, b = math.erf(lo / sqrt2), math.erf(hi / sqrt2)
+    z = (b - a) / 2
+    c = (2 * math.pi) ** -0.5
+    pdf_u, pdf_l = c * math.exp(-0.5 * lo**2), c * math.exp(-0.5 * hi**2)
+    comp_std = std / math.sqrt(1 - (hi * pdf_u - lo * pdf_l) / z - ((pdf_u - pdf_l) / z) ** 2)
+    with torch.no_grad():
+        t.uniform_(a, b, generator=generator)
+        t.erfinv_()
+        t.mul_(sqrt2 * comp_std)
+        t.clip_(lo * comp_std, hi * comp_std)
+    return t
+
+
+def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    # Weightless, computed in fp32 whatever the activation dtype.
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+class CastedLinear(nn.Module):
+    """fp32 weight [out, in] cast to the activation dtype at use; optional LoRA adapter."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.lora_scale = 0.0
+        self.lora_A: nn.Parameter | None = None
+        self.lora_B: nn.Parameter | None = None
+
+    def add_lora(self, rank: int, alpha: float, generator: torch.Generator | None = None) -> None:
+        """Adapter y += (alpha/rank) * B(A(x)) in fp32; A Kaiming-uniform(a=sqrt 5), B zeros."""
+        out_features, in_features = self.weight.shape
+        A = torch.empty(rank, in_features, device=self.weight.device)
+        bound = 1 / math.sqrt(in_features)  # kaiming_uniform_ with a = sqrt(5)
+        A.uniform_(-bound, bound, generator=generator)
+        self.lora_A = nn.Parameter(A)
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank, device=self.weight.device))
+        self.lora_scale = alpha / rank
+
+    @torch.no_grad()
+    def merge_lora(self) -> None:
+        """Fold the adapter into the base weight (W += scale * B A) and drop it."""
+        if self.lora_A is not None:
+            self.weight += self.lora_scale * (self.lora_B @ self.lora_A)
+            self.lora_A = self.lora_B = None
+            self.lora_scale = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        y = F.linear(x, self.weight.to(x.dtype), bias)
+        if self.lora_A is not None:
+            y = y + (self.lora_scale * F.linear(F.linear(x.float(), self.lora_A), self.lora_B)).to(x.dtype)
+        return y
+
+
+class CastedEmbedding(nn.Module):
+    """fp32 token table cast to the activation dtype at every lookup."""
+
+    def __init__(self, num: int, dim: int, cast_to: torch.dtype) -> None:
+        super().__init__()
+        self.cast_to = cast_to
+        self.embedding_weight = nn.Parameter(torch.empty(num, dim))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.embedding_weight.to(self.cast_to))
+
+
+class PuzzleEmbedding(nn.Module):
+    """One learned vector per task variant, trained by sparse SignSGD (optim.py), not by Adam.
+
+    `weights` [N_ids, D] is a persistent buffer, so it is outside model.parameters(). In train
+    mode the forward copies the rows it reads into the leaf `local_weights` [B, D] and records
+    `local_ids` [B]; backward leaves the row gradients in `local_weights.grad` for the optimiser.
+    """
+
+    def __init__(self, num: int, dim: int, cast_to: torch.dtype) -> None:
+        super().__init__()
+        self.cast_to = cast_to
+        self.register_buffer("weights", torch.zeros(num, dim), persistent=True)
+        self.local_weights = torch.zeros(0, dim, requires_grad=True)
+        self.local_ids = torch.zeros(0, dtype=torch.int32)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self.weights[ids].to(self.cast_to)
+        with torch.no_grad():
+            rows = self.weights[ids]
+        self.local_weights = rows.detach().requires_grad_(True)  # (B, D) leaf
+        self.local_ids = ids.to(torch.int32)
+        return self.local_weights.to(self.cast_to)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables [S_total, head_dim] in fp32 over every position, prefix included."""
+
+    def __init__(self, dim: int, max_len: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("cos_cached", emb.cos(), persistent=False)
+        self.register_buffer("sin_cached", emb.sin(), persistent=False)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # q, k: (B, S, H, D); NeoX half-split convention, computed in fp32.
+    dtype = q.dtype
+    q, k = q.to(cos.dtype), k.to(cos.dtype)
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+    return (q * cos + rotate_half(q) * sin).to(dtype), (k * cos + rotate_half(k) * sin).to(dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TRMConfig) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.qkv_proj = CastedLinear(cfg.hidden_size, 3 * cfg.hidden_size, bias=False)
+        self.o_proj = CastedLinear(cfg.hidden_size, cfg.hidden_size, bias=False)
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+        B, S, D = h.shape
+        qkv = self.qkv_proj(h).view(B, S, 3 * self.num_heads, self.head_dim)  # (B, S, 3H, hd)
+        q, k, v = qkv.split(self.num_heads, dim=2)
+        if cos is not None:  # None: learned positions were added to the input instead
+            q, k = apply_rope(q, k, cos, sin)
+        # Non-causal and unmasked: PAD positions are attended to, as in the reference.
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.o_proj(y.transpose(1, 2).reshape(B, S, D))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: TRMConfig) -> None:
+        super().__init__()
+        self.gate_up_proj = CastedLinear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = CastedLinear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(h).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Post-norm transformer block: h = norm(h + attn(h)); h = norm(h + mlp(h))."""
+
+    def __init__(self, cfg: TRMConfig) -> None:
+        super().__init__()
+        self.eps = cfg.rms_norm_eps
+        self.self_attn = Attention(cfg)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+        h = rms_norm(h + self.self_attn(h, cos, sin), self.eps)
+        return rms_norm(h + self.mlp(h), self.eps)
+
+
+class ReasoningModule(nn.Module):
+    """A stack of `num_layers` blocks applied to h + injection (TRM's one module, HRM's H and L)."""
+
+    def __init__(self, cfg: TRMConfig, num_layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(num_layers))
+
+    def forward(self, h: torch.Tensor, injection: torch.Tensor, cos: torch.Tensor | None,
+                sin: torch.Tensor | None) -> torch.Tensor:
+        h = h + injection
+        for layer in self.layers:
+            h = layer(h, cos, sin)
+        return h

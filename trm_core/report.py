@@ -1,0 +1,644 @@
+"""The HTML report of a run: one self-contained page with the scores, the curves and every task's
+grids, attempts and votes.
+
+Inputs: a run folder, from which it reads whichever of these files exist:
+  challenges.json (or *challenges*.json)  the tasks (any layout `load_tasks` reads)
+  solutions.json (or *solutions*.json)    their test outputs, for the right/wrong marks and scores
+  submission.json                         the two attempts per test input
+  predictions.npz                         every view's prediction (`Predictions.save`): the vote
+  baseline-predictions.npz                the un-adapted model's predictions, for the comparison
+  metrics.jsonl                           the training log (one JSON object per logged interval)
+  study.json                              a study's curves per arm (`study_section` gives the layout)
+Callers add their own sections after the summary (`trm report` and the dry run add the timing
+report's, from submission/report.py, when the folder holds timing-report.json).
+Output: report.html (`write_report`), or the page as a string (`render_page`).
+
+The page references nothing outside itself: styles are inline, grids are PNG data URIs drawn by
+trm_core.draw, plots are matplotlib PNG data URIs (the optional `report` extra; without it the page
+keeps its grids and tables and says how to get the plots), and a Content-Security-Policy forbids
+any fetch. There is no JavaScript: the solved/unsolved filter is CSS.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trm_core import draw
+from trm_core.tasks import Task
+
+REPORT_FILE = "report.html"
+PREDICTIONS_FILE, BASELINE_FILE = "predictions.npz", "baseline-predictions.npz"
+TOP_CANDIDATES = 5  # vote candidates drawn per test input
+PLOTS_HINT = "plots need matplotlib: pip install 'trm-kit[report]'"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of the page: an anchor id, a heading and its HTML body."""
+
+    id: str
+    title: str
+    html: str
+
+
+@dataclass
+class RunData:
+    """What a report is drawn from; every field may be missing."""
+
+    tasks: list[Task] = field(default_factory=list)  # in file order
+    submission: dict[str, Any] | None = None  # {task_id: [{"attempt_1": grid, "attempt_2": grid}, ...]}
+    vote: Any = None  # trm_core.vote.Vote of the (adapted) predictions
+    baseline: Any = None  # Vote of the un-adapted predictions
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl rows
+    study: dict[str, Any] | None = None
+    title: str = "trm-kit report"
+    notes: list[str] = field(default_factory=list)  # files that could not be read, and why
+
+    @property
+    def solved_known(self) -> bool:
+        return any(t.test_outputs is not None for t in self.tasks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small HTML pieces
+# ---------------------------------------------------------------------------------------------
+
+
+def esc(x: object) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]], cls: str = "") -> str:
+    """A plain table; cells are escaped."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _fmt(x: object, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return "-" if math.isnan(x) else f"{x:.{digits}f}"
+    return str(x)
+
+
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+SIZES = {"normal": (200, 4, 20), "small": (90, 2, 10)}  # target picture width, min and max cell side (px)
+
+
+def grid_figure(grid: object, caption: str, *, size: str = "normal", mark: bool | None = None,
+                role: str = "", extra: str = "") -> str:
+    """A grid as <figure>: the picture (data URI), its dimensions, a caption and a right/wrong mark.
+
+    The figure carries data-rows, data-cols and data-cell (cell side in px) so a reader can find each
+    cell in the picture (geometry in trm_core.draw), data-role, and data-mark ("right"/"wrong").
+    """
+    g = draw.as_grid(grid)
+    h, w = g.shape
+    attrs = f' data-role="{esc(role)}" data-rows="{h}" data-cols="{w}"'
+    cls = "grid " + size
+    sign = ""
+    if mark is not None:
+        cls += " right" if mark else " wrong"
+        attrs += f' data-mark="{"right" if mark else "wrong"}"'
+        sign = ' <span class="mark">&#10003;</span>' if mark else ' <span class="mark">&#10007;</span>'
+    if h == 0:
+        body = '<div class="empty">empty (0x0)</div>'
+    else:
+        target, lo, hi = SIZES[size]
+        cell = draw.cell_side(max(h, w), target, lo, hi)
+        H, W = draw.picture_size(h, w, cell)
+        attrs += f' data-cell="{cell}"'
+        body = (f'<img src="{png_data_uri(draw.png_bytes(draw.grid_image(g, cell)))}" width="{W}" height="{H}" '
+                f'alt="{h}x{w} grid">')
+    return (f'<figure class="{cls}"{attrs}{extra}>{body}<figcaption>{esc(caption)}{sign}'
+            f'<span class="dim">{h}&#215;{w}</span></figcaption></figure>')
+
+
+def plot_img(draw_fn: Callable[[Any], None], alt: str, size: tuple[float, float] = (6.4, 3.0)) -> str | None:
+    """Run draw_fn(fig) on a matplotlib Figure and return it as an <img> (None without matplotlib)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    fig = Figure(figsize=size, dpi=100)  # fixed margins: automatic layouts cost seconds per plot
+    FigureCanvasAgg(fig)
+    draw_fn(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return f'<img class="plot" src="{png_data_uri(buf.getvalue())}" alt="{esc(alt)}">'
+
+
+def line_plots(panels: Sequence[tuple[str, str, dict[str, tuple[Sequence[float], Sequence[float]]]]],
+               xlabel: str, alt: str) -> str | None:
+    """Side-by-side line plots: panels of (title, ylabel, {series name: (xs, ys)})."""
+
+    def fill(fig: Any) -> None:
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        fig.subplots_adjust(left=0.08, right=0.98, bottom=0.17, top=0.88, wspace=0.3)
+        for ax, (title, ylabel, series) in zip(axes, panels):
+            for name, (xs, ys) in series.items():
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=name)
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            if len(series) > 1:
+                ax.legend(fontsize=8)
+
+    return plot_img(fill, alt, size=(4.2 * len(panels), 3.0))
+
+
+def bar_plot(labels: Sequence[str], series: dict[str, Sequence[float]], title: str, xlabel: str,
+             alt: str) -> str | None:
+    """Horizontal grouped bars: one group per label, one bar per series."""
+
+    def fill(fig: Any) -> None:
+        ax = fig.subplots()
+        fig.subplots_adjust(left=0.2, right=0.97, bottom=1.0 / fig.get_figheight(), top=1 - 0.45 / fig.get_figheight())
+        n = max(1, len(series))
+        height = 0.8 / n
+        y = np.arange(len(labels))
+        for k, (name, values) in enumerate(series.items()):
+            ax.barh(y + (k - (n - 1) / 2) * height, values, height=height, label=name)
+        ax.set_yticks(y, labels)
+        ax.invert_yaxis()
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=8)
+
+    return plot_img(fill, alt, size=(6.4, 0.35 * len(labels) + 1.2))
+
+
+def plot_or_hint(img: str | None) -> str:
+    return img if img is not None else f'<p class="hint">{esc(PLOTS_HINT)}</p>'
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores
+# ---------------------------------------------------------------------------------------------
+
+
+def _same(a: object, b: object) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def attempts_of(run: RunData, task: Task, i: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The two attempts for test input i: from submission.json if it has them, else from the vote."""
+    if run.submission is not None:
+        entries = run.submission.get(task.id)
+        if isinstance(entries, list) and i < len(entries) and isinstance(entries[i], Mapping):
+            try:
+                return (draw.as_grid(entries[i].get("attempt_1")), draw.as_grid(entries[i].get("attempt_2")))
+            except (ValueError, TypeError):
+                return None
+    if run.vote is not None and run.vote.views(task.id, i):
+        return run.vote.attempts(task.id, i, task.test_inputs[i][:30, :30])
+    return None
+
+
+def _vote_attempts(vote: Any, task: Task, i: int) -> tuple[np.ndarray, np.ndarray] | None:
+    if vote is None or not vote.views(task.id, i):
+        return None
+    return vote.attempts(task.id, i, task.test_inputs[i][:30, :30])
+
+
+def _passed(attempts: tuple[np.ndarray, np.ndarray] | None, truth: np.ndarray | None) -> tuple[bool, bool] | None:
+    if attempts is None or truth is None:
+        return None
+    return _same(attempts[0], truth), _same(attempts[1], truth)
+
+
+def _scores(run: RunData) -> list[tuple[str, dict[str, Any]]]:
+    """Headline figures (Kaggle way, per test input) for each source of answers the run has."""
+    from trm_core.evaluate import coverage
+
+    solved = {t.id: [o for o in t.test_outputs] for t in run.tasks if t.test_outputs is not None}
+    if not solved:
+        return []
+    out = []
+    for name, vote in (("adapted" if run.baseline is not None else "model", run.vote), ("un-adapted", run.baseline)):
+        if vote is None:
+            continue
+        rep = coverage(vote, solved, skip_empty=True)
+        out.append((f"{name} (vote)", {"pass@1": rep.pass_at(1), "pass@2": rep.pass_at(2), "oracle": rep.oracle(),
+                                        "passed": sum(p.passed(2) for p in rep.pairs), "total": len(rep.pairs),
+                                        "views": max((p.views for p in rep.pairs), default=0)}))
+    if run.submission is not None:
+        first = two = total = 0
+        for t in run.tasks:
+            if t.test_outputs is None:
+                continue
+            for i, truth in enumerate(t.test_outputs):
+                total += 1
+                ok = _passed(attempts_of(run, t, i), truth) or (False, False)
+                first += ok[0]
+                two += ok[0] or ok[1]
+        out.append(("submission.json", {"pass@1": first / total, "pass@2": two / total, "oracle": None,
+                                         "passed": two, "total": total, "views": None}))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+
+def summary_section(run: RunData) -> Section:
+    n_tests = sum(len(t.test_inputs) for t in run.tasks)
+    parts = [f"<p>{len(run.tasks)} task(s), {n_tests} test input(s)"
+             + ("" if run.solved_known else "; no solutions, so nothing is scored") + ".</p>"]
+    scores = _scores(run)
+    if scores:
+        parts.append(table(["answers", "pass@1", "pass@2", "oracle", "right / test inputs", "views per input"],
+                           [(name, _fmt(s["pass@1"]), _fmt(s["pass@2"]), _fmt(s["oracle"]),
+                             f"{s['passed']} / {s['total']}", _fmt(s["views"])) for name, s in scores],
+                           cls="scores"))
+        parts.append('<p class="hint">pass@K: the right answer among the first K attempts; oracle: among any '
+                     "candidate of the vote. Oracle well above pass@2: the selection loses answers.</p>")
+    if run.notes:
+        parts.append("<ul class=\"notes\">" + "".join(f"<li>{esc(n)}</li>" for n in run.notes) + "</ul>")
+    return Section("summary", "Summary", "".join(parts))
+
+
+def _curve_rows(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # the last row per step (a resumed run appends again from where it stopped), in step order
+    by_step: dict[int, dict[str, Any]] = {}
+    for m in metrics:
+        if isinstance(m, dict) and isinstance(m.get("step"), (int, float)):
+            by_step[int(m["step"])] = m
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def curves_section(metrics: list[dict[str, Any]]) -> Section | None:
+    """Loss, token accuracy and exact accuracy on the training rows against steps (metrics.jsonl)."""
+    rows = _curve_rows(metrics)
+    if not rows:
+        return None
+    steps = [r["step"] for r in rows]
+
+    def col(key: str) -> list[float]:
+        return [float(r.get(key, float("nan"))) for r in rows]
+
+    plot = line_plots([("loss", "loss per row", {"loss": (steps, col("loss"))}),
+                       ("accuracy on the training rows", "accuracy",
+                        {"token": (steps, col("accuracy")), "exact": (steps, col("exact_accuracy"))})],
+                      "step", "training curves")
+    shown = rows if len(rows) <= 12 else [rows[round(k * (len(rows) - 1) / 11)] for k in range(12)]
+    body = plot_or_hint(plot) + table(
+        ["step", "loss", "token accuracy", "exact accuracy", "samples/s", "lr"],
+        [(r["step"], _fmt(r.get("loss"), 4), _fmt(r.get("accuracy")), _fmt(r.get("exact_accuracy")),
+          _fmt(r.get("samples_per_s"), 1), _fmt(r.get("lr"), 6)) for r in shown])
+    return Section("training", "Training curves", f"<p>{len(rows)} logged interval(s), steps {steps[0]} to "
+                   f"{steps[-1]} (metrics.jsonl).</p>" + body)
+
+
+def study_section(study: Mapping[str, Any]) -> Section | None:
+    """A study's arms: pass@2 and demonstration exact accuracy against steps, and a table.
+
+    study.json: {"config": {...}, "arms": {name: {"curve": [{"step", "demo_loss",
+    "demo_token_accuracy", "demo_exact_accuracy", "pass@1", "pass@2", "oracle", "test_inputs"}, ...],
+    "wall_s": float}}}.
+    """
+    arms = study.get("arms") if isinstance(study, Mapping) else None
+    if not isinstance(arms, Mapping) or not arms:
+        return None
+    curves = {name: sorted((p for p in (arm.get("curve") or []) if isinstance(p, Mapping) and "step" in p),
+                           key=lambda p: p["step"]) for name, arm in arms.items() if isinstance(arm, Mapping)}
+
+    def series(key: str) -> dict[str, tuple[list[float], list[float]]]:
+        return {name: ([p["step"] for p in c], [float(p.get(key, float("nan"))) for p in c])
+                for name, c in curves.items() if c}
+
+    plot = line_plots([("pass@2 on the test inputs", "pass@2", series("pass@2")),
+                       ("exact accuracy on the demonstration pairs", "exact accuracy", series("demo_exact_accuracy"))],
+                      "post-training step", "study curves per arm")
+    rows = []
+    for name, c in curves.items():
+        last = c[-1] if c else {}
+        best = max(c, key=lambda p: p.get("pass@2", -1.0)) if c else {}
+        rows.append((name, _fmt(last.get("step")), _fmt(last.get("pass@1")), _fmt(last.get("pass@2")),
+                     _fmt(last.get("oracle")), _fmt(best.get("pass@2")) + f" @ {_fmt(best.get('step'))}",
+                     _fmt(last.get("demo_loss"), 4), _fmt(last.get("demo_exact_accuracy")),
+                     _fmt(last.get("test_inputs")), _fmt(arms[name].get("wall_s"), 1)))
+    body = plot_or_hint(plot) + table(
+        ["arm", "last step", "pass@1", "pass@2", "oracle", "best pass@2", "demo loss", "demo exact",
+         "test inputs", "wall s"], rows, cls="study")
+    config = study.get("config")
+    if config:
+        body += ("<details><summary>study configuration</summary><pre>"
+                 f"{esc(json.dumps(config, indent=1, default=str))}</pre></details>")
+    return Section("study", "Study", f"<p>{len(curves)} arm(s), figures at the last step of each arm.</p>" + body)
+
+
+def _candidates_html(vote: Any, task: Task, i: int, truth: np.ndarray | None, top: int) -> str:
+    cands = vote.candidates(task.id, i)
+    views = vote.views(task.id, i)
+    rank = vote.rank_of(task.id, i, truth, skip_empty=True) if truth is not None and truth.size else None
+    where = "" if truth is None else (
+        f"; the right answer ranks {rank}" if rank is not None else "; no view produced the right answer")
+    figs = []
+    for k, c in enumerate(cands[:top]):
+        mark = None if truth is None else _same(c.grid, truth)
+        figs.append(grid_figure(c.grid, f"#{k + 1} {c.count} vote{'s' if c.count != 1 else ''}, q {c.q_mean:.2f}",
+                                size="small", mark=mark, role="candidate",
+                                extra=f' data-votes="{c.count}"'))
+    return (f'<p class="votes">{views} view(s), {len(cands)} distinct grid(s){where}.</p>'
+            f'<div class="row">{"".join(figs)}</div>')
+
+
+def _task_status(run: RunData, task: Task) -> tuple[int, int]:
+    """(test inputs right within two attempts, test inputs that have both attempts and a known answer)."""
+    if task.test_outputs is None:
+        return 0, 0
+    marks = [_passed(attempts_of(run, task, i), truth) for i, truth in enumerate(task.test_outputs)]
+    return sum(bool(ok[0] or ok[1]) for ok in marks if ok), sum(ok is not None for ok in marks)
+
+
+def task_html(run: RunData, task: Task, top: int = TOP_CANDIDATES) -> str:
+    """One task: demonstration pairs, then per test input the attempts beside the truth and the vote."""
+    right, known = _task_status(run, task)
+    solved = known > 0 and right == known
+    cls = "task" + (" solved" if solved else "") + (" unknown" if not known else "")
+    badge = "" if not known else f'<span class="badge {"ok" if solved else "no"}">{right}/{known} right</span>'
+    parts = [f'<section class="{cls}" id="task-{esc(task.id)}" data-task="{esc(task.id)}">'
+             f"<h3>{esc(task.id)} {badge}</h3>", '<div class="demos">']
+    for k, (x, y) in enumerate(task.train):
+        parts.append(f'<div class="pair">{grid_figure(x, f"demo {k} input", role="demo-input")}<span class="arrow">'
+                     f'&#8594;</span>{grid_figure(y, f"demo {k} output", role="demo-output")}</div>')
+    parts.append("</div>")
+    for i, x in enumerate(task.test_inputs):
+        truth = task.test_outputs[i] if task.test_outputs is not None else None
+        attempts = attempts_of(run, task, i)
+        ok = _passed(attempts, truth)
+        parts.append(f'<div class="test" data-test="{i}"><h4>test input {i}</h4><div class="row">')
+        parts.append(grid_figure(x, "test input", role="test-input"))
+        if attempts is not None:
+            for a in (0, 1):
+                parts.append(grid_figure(attempts[a], f"attempt {a + 1}", mark=None if ok is None else ok[a],
+                                         role=f"attempt-{a + 1}"))
+        elif run.submission is not None or run.vote is not None:
+            parts.append('<p class="hint">no attempts for this test input</p>')
+        if truth is not None:
+            parts.append(grid_figure(truth, "truth", role="truth"))
+        parts.append("</div>")
+        if run.vote is not None and run.vote.views(task.id, i):
+            parts.append(_candidates_html(run.vote, task, i, truth, top))
+        base = _vote_attempts(run.baseline, task, i)
+        if base is not None:
+            bok = _passed(base, truth)
+            parts.append('<div class="baseline"><p>un-adapted model: '
+                         f"{run.baseline.views(task.id, i)} view(s), "
+                         f"{len(run.baseline.candidates(task.id, i))} distinct grid(s)</p><div class=\"row\">")
+            for a in (0, 1):
+                parts.append(grid_figure(base[a], f"un-adapted attempt {a + 1}", size="small",
+                                         mark=None if bok is None else bok[a], role=f"baseline-{a + 1}"))
+            parts.append("</div></div>")
+        parts.append("</div>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def tasks_section(run: RunData, top: int = TOP_CANDIDATES) -> Section | None:
+    """Every task, solved ones first, with an index table and a CSS-only solved/unsolved filter."""
+    if not run.tasks:
+        return None
+    status = {t.id: _task_status(run, t) for t in run.tasks}
+
+    def order(t: Task) -> int:
+        right, known = status[t.id]
+        return 0 if known and right == known else (1 if right else 2)
+
+    tasks = sorted(run.tasks, key=order)  # stable: file order within each group
+    index_rows = []
+    for t in tasks:
+        right, known = status[t.id]
+        state = "-" if not known else ("solved" if right == known else ("partly" if right else "not solved"))
+        index_rows.append(f'<tr><td><a href="#task-{esc(t.id)}">{esc(t.id)}</a></td><td>{len(t.train)}</td>'
+                          f"<td>{len(t.test_inputs)}</td><td>{esc(state)}</td>"
+                          f"<td>{'-' if not known else f'{right}/{known}'}</td></tr>")
+    index = ('<table class="index"><thead><tr><th>task</th><th>demos</th><th>test inputs</th><th>state</th>'
+             f"<th>right</th></tr></thead><tbody>{''.join(index_rows)}</tbody></table>")
+    solved = sum(1 for t in run.tasks if status[t.id][1] and status[t.id][0] == status[t.id][1])
+    filters = ('<input type="radio" name="show" id="show-all" checked><label for="show-all">all</label>'
+               '<input type="radio" name="show" id="show-solved"><label for="show-solved">solved</label>'
+               '<input type="radio" name="show" id="show-unsolved"><label for="show-unsolved">not solved</label>')
+    scored = any(known for _, known in status.values())
+    head = (f"{solved} of {len(run.tasks)} task(s) solved (every test input right within two attempts); solved "
+            "tasks first." if scored else f"{len(run.tasks)} task(s); no attempts with a known answer to mark.")
+    body = (f"<p>{head}</p>"
+            f"<details><summary>index</summary>{index}</details>{filters}"
+            f'<div class="tasks">{"".join(task_html(run, t, top) for t in tasks)}</div>')
+    return Section("tasks", "Tasks", body)
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+# ---------------------------------------------------------------------------------------------
+
+
+CSS = """
+body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1f2328;background:#f6f8fa}
+header{background:#24292f;color:#fff;padding:12px 24px}header h1{margin:0;font-size:20px}
+header nav a{color:#c9d1d9;margin-right:14px;text-decoration:none}
+main{padding:8px 24px 40px}section.part{background:#fff;border:1px solid #d0d7de;border-radius:6px;
+padding:8px 16px 16px;margin:16px 0}h2{font-size:18px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
+table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}thead th{background:#f6f8fa}
+.hint{color:#57606a;font-size:13px}pre{background:#f6f8fa;padding:8px;overflow-x:auto;font-size:12px}
+img.plot{max-width:100%;height:auto;display:block;margin:8px 0}
+.task{border-top:2px solid #d0d7de;padding:6px 0 12px}.task h3{margin:8px 0;font-family:monospace}
+.badge{font:12px system-ui;padding:1px 8px;border-radius:10px;margin-left:8px;vertical-align:middle}
+.badge.ok{background:#dafbe1;color:#116329}.badge.no{background:#ffebe9;color:#a40e26}
+.demos,.row{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}
+.pair{display:flex;align-items:center;gap:4px;padding:4px;background:#f6f8fa;border-radius:4px}
+.arrow{font-size:20px;color:#57606a}.test{margin-top:8px;padding-left:8px;border-left:3px solid #d0d7de}
+.test h4{margin:6px 0;font-size:13px}
+figure.grid{margin:0;display:inline-flex;flex-direction:column;align-items:center;padding:3px;
+border:3px solid transparent;border-radius:4px}figure.grid img{image-rendering:pixelated;display:block}
+figure.right{border-color:#2ea043}figure.wrong{border-color:#cf222e}
+figcaption{font-size:11px;color:#57606a;text-align:center;max-width:220px}
+figure.small figcaption{font-size:10px}.dim{display:block;font-family:monospace}
+.mark{font-weight:bold}figure.right .mark{color:#1a7f37}figure.wrong .mark{color:#cf222e}
+.empty{width:40px;height:40px;border:1px dashed #8c959f;font-size:9px;display:flex;align-items:center;
+justify-content:center;text-align:center}.votes{margin:4px 0;font-size:12px;color:#57606a}
+.baseline{margin-top:4px;padding:4px;background:#fff8c5;border-radius:4px}.baseline p{margin:0;font-size:12px}
+input[name=show]{margin-left:12px}
+#show-solved:checked~.tasks .task:not(.solved){display:none}
+#show-unsolved:checked~.tasks .task.solved{display:none}
+"""
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def render_page(title: str, sections: Sequence[Section]) -> str:
+    """The whole page: header with links to each section, then the sections in order."""
+    nav = "".join(f'<a href="#{esc(s.id)}">{esc(s.title)}</a>' for s in sections)
+    body = "".join(f'<section class="part" id="{esc(s.id)}"><h2>{esc(s.title)}</h2>{s.html}</section>'
+                   for s in sections)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
+            f"<header><h1>{esc(title)}</h1><nav>{nav}</nav></header><main>{body}</main></body></html>\n")
+
+
+def run_sections(run: RunData, extra: Sequence[Section] = (), top: int = TOP_CANDIDATES) -> list[Section]:
+    """Summary, the extra sections (e.g. the dry run's timing), training curves, study, tasks."""
+    summary = summary_section(run) if run.tasks or run.notes else None  # a training folder has no tasks
+    found = [summary, *extra, curves_section(run.metrics),
+             study_section(run.study) if run.study else None, tasks_section(run, top)]
+    return [s for s in found if s is not None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a run folder
+# ---------------------------------------------------------------------------------------------
+
+
+def _find(run_dir: Path, exact: str, pattern: str) -> Path | None:
+    if (run_dir / exact).is_file():
+        return run_dir / exact
+    found = sorted(run_dir.glob(pattern))
+    return found[0] if found else None
+
+
+def _read_json(path: Path, notes: list[str]) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        notes.append(f"{path.name}: not readable ({e})")
+        return None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl rows; a torn last line (a crash mid-write) is skipped."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def load_run(run_dir: str | os.PathLike, rule: str = "reference") -> RunData:
+    """Everything a report can show from the files in run_dir (see the module docstring)."""
+    from trm_core.tasks import load_tasks
+    from trm_core.vote import Predictions, vote
+
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: not a folder")
+    run = RunData(title=f"trm-kit report: {d.resolve().name}")
+    challenges = _find(d, "challenges.json", "*challenges*.json")
+    if challenges is not None:
+        solutions = _find(d, "solutions.json", "*solutions*.json")
+        try:
+            loaded = load_tasks(challenges, solutions=solutions, strict=False)
+            run.tasks = list(loaded)
+            run.notes += [str(p) for p in loaded.problems[:20]]
+        except (ValueError, OSError) as e:
+            run.notes.append(f"{challenges.name}: {e}")
+    if (d / "submission.json").is_file():
+        sub = _read_json(d / "submission.json", run.notes)
+        run.submission = sub if isinstance(sub, dict) else None
+    for name, attr in ((PREDICTIONS_FILE, "vote"), (BASELINE_FILE, "baseline")):
+        if (d / name).is_file():
+            try:
+                setattr(run, attr, vote(Predictions.load(d / name), rule))
+            except (OSError, ValueError) as e:
+                run.notes.append(f"{name}: {e}")
+    if (d / "metrics.jsonl").is_file():
+        run.metrics = read_metrics(d / "metrics.jsonl")
+    if (d / "study.json").is_file():
+        study = _read_json(d / "study.json", run.notes)
+        run.study = study if isinstance(study, dict) else None
+    return run
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                 sections: Sequence[Section] = (), title: str | None = None, top: int = TOP_CANDIDATES) -> Path:
+    """Read run_dir, write its report (default run_dir/report.html, atomically) and return the path.
+
+    `sections` are added after the summary (the dry run passes its timing section here).
+    """
+    run = load_run(run_dir)
+    page = render_page(title or run.title, run_sections(run, sections, top))
+    return write_atomic(Path(out) if out is not None else Path(run_dir) / REPORT_FILE, page)
+
+
+# ---------------------------------------------------------------------------------------------
+# A quick look at a task file or a submission (`trm show`)
+# ---------------------------------------------------------------------------------------------
+
+
+def is_submission(content: object) -> bool:
+    """True for a Kaggle submission: {task_id: [{"attempt_1": ..., "attempt_2": ...}, ...]}."""
+    return (isinstance(content, dict) and bool(content) and all(
+        isinstance(v, list) and v and all(isinstance(e, dict) and "attempt_1" in e for e in v)
+        for v in content.values()))
+
+
+def show_page(run: RunData, title: str) -> str:
+    """The summary and the tasks of `run` as one page."""
+    return render_page(title, [s for s in (summary_section(run), tasks_section(run)) if s is not None])
+
+
+def task_picture(run: RunData, cell_px: int = 160) -> np.ndarray:
+    """Every task of `run` as one RGB picture, grids only: a row per demonstration pair (input, output),
+    then a row per test input (input, attempt 1, attempt 2, truth), attempts framed green when right
+    and red when wrong, a grey rule between tasks."""
+    rows: list[list[np.ndarray]] = []
+
+    def pic(grid: np.ndarray) -> np.ndarray:
+        g = draw.as_grid(grid)
+        if g.size == 0:
+            return np.full((12, 12, 3), 200, np.uint8)  # a 0x0 prediction: a light grey square
+        return draw.grid_image(g, draw.cell_side(max(g.shape), cell_px, 3, 16))
+
+    for k, task in enumerate(run.tasks):
+        if k:
+            rows.append([np.full((2, 600, 3), 175, np.uint8)])
+        for x, y in task.train:
+            rows.append([pic(x), pic(y)])
+        for i, x in enumerate(task.test_inputs):
+            truth = task.test_outputs[i] if task.test_outputs is not None else None
+            row = [pic(x)]
+            attempts = attempts_of(run, task, i)
+            ok = _passed(attempts, truth)
+            if attempts is not None:
+                for a in (0, 1):
+                    colour = draw.BACKGROUND if ok is None else (draw.RIGHT if ok[a] else draw.WRONG)
+                    row.append(draw.framed(pic(attempts[a]), colour))
+            if truth is not None:
+                row.append(pic(truth))
+            rows.append(row)
+    return draw.compose(rows)
