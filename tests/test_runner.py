@@ -59,7 +59,11 @@ def _options(tmp: Path, inputs: Path, ckpt: Path, budget: float, **kw) -> Runner
 
 
 def _run(opts: RunnerOptions, environ: dict | None = None) -> tuple[dict, dict, float]:
-    Runner(opts, launcher=InProcessLauncher(echo=lambda line: None), environ=environ or {},
+    # the runner reads its environment from `environ` only; a test's TRM_FAULT is passed on explicitly
+    environ = dict(environ or {})
+    if "TRM_FAULT" in os.environ:
+        environ.setdefault("TRM_FAULT", os.environ["TRM_FAULT"])
+    Runner(opts, launcher=InProcessLauncher(echo=lambda line: None), environ=environ,
            echo=lambda line: None).run()
     returned = time.time()
     sub = json.loads((opts.working_dir / "submission.json").read_text())

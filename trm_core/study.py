@@ -425,9 +425,10 @@ def plot(study: dict[str, Any], path: Path) -> bool:
     except ImportError:
         return False
     steps = study["config"]["steps"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), constrained_layout=True)
     for ax, key, title in ((axes[0], "pass@2", "test pass@2 (per test input)"),
-                           (axes[1], "demo_exact_accuracy", "demonstration pairs solved exactly")):
+                           (axes[1], "demo_exact_accuracy", "demonstration pairs solved exactly"),
+                           (axes[2], "demo_loss", "demonstration-pair loss (as given)")):
         for arm, a in study["arms"].items():
             xs = [r["step"] for r in a["curve"]]
             ys = [r[key] for r in a["curve"]]
