@@ -323,13 +323,7 @@ class _Costs:
         """Largest K in [lo, hi] with fits(K) (costs grow with K), or lo - 1 if none."""
         if hi < lo or not fits(lo):
             return lo - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if fits(mid):
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        return largest_fitting(lo, hi, fits)
 
 
 def phase_costs(budget: Budget, work: Workload, cal: Calibration, steps: int, views: int) -> dict[str, float]:
@@ -652,6 +646,17 @@ def calibrate(ckpt: Any, tasks: Any, *, train_batch: int, predict_batch: int, vi
                        predict_compile=pstatus.get("compile", "off"))
 
 
+def largest_fitting(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
+    """Largest n in [lo, hi] with fits(n), by bisection; fits(lo) must hold and costs grow with n."""
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def tasks_that_fit(budget: Budget, sizes: list[tuple[int, int]], cal: Calibration, now: float, deadline: float, *,
                    world: int = 1, train_batch: int | None = None, predict_batch: int | None = None) -> int:
     """How many of the tasks, taken in the given order, a plan can predict by `deadline` (0: none).
@@ -665,11 +670,4 @@ def tasks_that_fit(budget: Budget, sizes: list[tuple[int, int]], cal: Calibratio
         return not plan(budget, work, cal, now, deadline, train_batch=train_batch,
                         predict_batch=predict_batch).fallback_only
 
-    lo, hi = 0, len(sizes)  # fits(lo) holds (0 tasks: nothing to do); costs grow with n
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    return largest_fitting(0, len(sizes), fits)  # fits(0) holds: no task, nothing to do

@@ -227,6 +227,21 @@ def _data_options(f):
     return f
 
 
+def _adapt_options(f):
+    """How the post-training modes adapt (trm posttrain and trm study)."""
+    opts = [
+        click.option("--freeze-fraction", type=float, default=0.25, show_default=True,
+                     help="embeddings-then-full: share of steps with the trunk frozen."),
+        click.option("--lora-rank", type=int, default=1, show_default=True),
+        click.option("--lora-alpha", type=float, default=16.0, show_default=True),
+        click.option("--init", type=click.Choice(["mean", "normal"]), default="mean", show_default=True,
+                     help="Initial embedding rows of the new tasks."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
 def _train_options(f):
     opts = [
         click.option("--steps", type=int, default=None, help="Optimiser steps (or give --epochs)."),
@@ -443,12 +458,7 @@ def _load_checkpoint(path: str, config: str | None):
 @_data_options
 @click.option("--mode", type=click.Choice(["full", "embeddings", "embeddings-then-full", "lora"]),
               default="embeddings-then-full", show_default=True)
-@click.option("--freeze-fraction", type=float, default=0.25, show_default=True,
-              help="embeddings-then-full: share of steps with the trunk frozen.")
-@click.option("--lora-rank", type=int, default=1, show_default=True)
-@click.option("--lora-alpha", type=float, default=16.0, show_default=True)
-@click.option("--init", type=click.Choice(["mean", "normal"]), default="mean", show_default=True,
-              help="Initial embedding rows of the new tasks.")
+@_adapt_options
 @_train_options
 def posttrain_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | None, split: str | None,
                   mode: str, freeze_fraction: float, lora_rank: int, lora_alpha: float, init: str, **opts) -> None:
@@ -715,12 +725,7 @@ def show_cmd(file: str, task_ids: tuple[str, ...], challenges_path: str | None, 
 @click.option("--lr-min-ratio", type=float, default=1.0, show_default=True, help="1 = constant after warm-up.")
 @click.option("--ema/--no-ema", default=False, show_default=True, help="Evaluate the EMA of the trained weights.")
 @click.option("--ema-rate", type=float, default=0.999, show_default=True)
-@click.option("--freeze-fraction", type=float, default=0.25, show_default=True,
-              help="embeddings-then-full: share of steps with the trunk frozen.")
-@click.option("--lora-rank", type=int, default=1, show_default=True)
-@click.option("--lora-alpha", type=float, default=16.0, show_default=True)
-@click.option("--init", type=click.Choice(["mean", "normal"]), default="mean", show_default=True,
-              help="Initial embedding rows of the new tasks.")
+@_adapt_options
 @click.option("--translate/--no-translate", default=True, show_default=True)
 @click.option("--rule", type=click.Choice(["reference", "count", "q-weighted"]), default="reference",
               show_default=True, help="Ranking rule of the vote.")

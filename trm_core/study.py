@@ -449,11 +449,10 @@ def plot(study: dict[str, Any], path: Path) -> bool:
 
 
 def write_outputs(study: dict[str, Any], out: Path) -> None:
+    from trm_core.report import write_atomic
     from trm_core.tasks import _write_json_atomic
 
     _write_json_atomic(out / "study.json", study)
-    tmp = out / "study.md.tmp"
-    tmp.write_text(render_table(study))
-    os.replace(tmp, out / "study.md")
+    write_atomic(out / "study.md", render_table(study))
     plot(study, out / "study.png")
 

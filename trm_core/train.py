@@ -423,7 +423,11 @@ class _Trainer:
                 self.save()
 
         if sums:
-            last = self._log(sums, t_log, steps_at_log, flops, timed_from, None)
+            tail = self._log(sums, t_log, steps_at_log, flops, timed_from, None)
+            # a short final interval in which no row halted has no accuracy to report: keep the last
+            # interval that had one as the run's last figures (metrics.jsonl still records both)
+            if tail["halted_rows"] > 0 or not last:
+                last = tail
             first = first or last
         seconds = time.perf_counter() - t_start
         path = self.save()
