@@ -70,10 +70,11 @@ def predict(model: TRM, variants: Variants, cfg: PredictConfig, *, device: torch
     device = torch.device(device)
     model.to(device).eval()
     compiled = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    already = hasattr(model.recursion, "_torchdynamo_orig_callable")  # a second shard reuses the first's
-    eager = getattr(model.recursion, "_torchdynamo_orig_callable", model.recursion) if compiled else None
-    if compiled and not already:
-        model.recursion = torch.compile(model.recursion)
+    eager = None
+    if compiled:  # a second shard in the same process reuses the first's compiled recursion
+        eager = getattr(model.recursion, "_torchdynamo_orig_callable", model.recursion)
+        if "recursion" not in vars(model):
+            model.recursion = torch.compile(model.recursion)
     status["compile"] = "on" if compiled else "off"
     steps = cfg.halt_steps or model.config.halt_max_steps
     canvas = model.config.canvas
