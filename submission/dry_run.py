@@ -232,7 +232,7 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
     """Lay out the tree, run the notebook's run cell, check and score the result, write the report."""
     from trm_core import checkpoint as ckpt_io
     from trm_core.model import TRMConfig
-    from trm_core.submission import challenge_inputs, validate
+    from trm_core.submission_file import challenge_inputs, validate
 
     from submission import projection as proj
     from trm_core.report import write_report

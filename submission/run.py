@@ -297,7 +297,7 @@ class Runner:
     def write(self, submission: dict[str, list], what: str) -> bool:
         """Validate and write atomically; returns False (logged) when it could not."""
         try:
-            from trm_core.submission import write_submission
+            from trm_core.submission_file import write_submission
 
             write_submission(self.sub_path, submission, None if self.broken or not self.clean else self.raw)
         except ImportError:
@@ -345,7 +345,7 @@ class Runner:
         ok = self.write(self.fallback, "fallback")
         t_write = self.clock()  # what a later write costs, imports done: validate and serialise
         try:
-            from trm_core.submission import validate
+            from trm_core.submission_file import validate
 
             validate(self.fallback, self.clean)
             json.dumps(self.fallback)
@@ -798,7 +798,7 @@ class Runner:
         """Vote the predictions in `files` and write the submission over the fallback; with `fill`,
         a task `files` has no prediction for takes the vote of the predictions in `fill` (views of
         two checkpoints are never voted together)."""
-        from trm_core.submission import build_submission
+        from trm_core.submission_file import build_submission
         from trm_core.vote import vote
 
         answered = {t: task for t, task in self.clean.items() if t in self.tasks.tasks}
@@ -926,7 +926,7 @@ class Runner:
                 except jsonio.JSONInputError:
                     self.problem("submission.json missing or unreadable at the end: rebuilding from the fallback")
                 try:
-                    from trm_core.submission import repair
+                    from trm_core.submission_file import repair
 
                     repaired, report = repair(current if isinstance(current, dict) else {}, self.clean)
                     for task_id in self.broken:

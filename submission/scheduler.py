@@ -540,7 +540,7 @@ def calibrate(ckpt: Any, tasks: Any, *, train_batch: int, predict_batch: int, vi
     import torch
 
     from trm_core import checkpoint as ckpt_io
-    from trm_core.data import TrainSampler
+    from trm_core.batches import TrainSampler
     from trm_core.model import flops_per_sample
     from trm_core.perf import device_name
     from trm_core.predict import PredictConfig, predict

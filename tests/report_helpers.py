@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from trm_core.report import BASELINE_FILE, PREDICTIONS_FILE
-from trm_core.submission import build_submission, write_submission
+from trm_core.submission_file import build_submission, write_submission
 from trm_core.tasks import Task, write_kaggle
 from trm_core.vote import Predictions, vote
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from test_train import QUIET, _model, _snapshot, small_config, synthetic_tasks
-from trm_core.data import TrainSampler, Variants
+from trm_core.batches import TrainSampler
+from trm_core.variants import Variants
 from trm_core.train import STATE_FILE, TrainConfig, micro_split, train
 
 CANVAS = 6

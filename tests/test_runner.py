@@ -23,7 +23,7 @@ import torch
 from submission.faults import Fault, parse_faults
 from submission.launch import InProcessLauncher
 from submission.run import Runner, RunnerOptions, dedupe, fallback_submission, main
-from trm_core.submission import validate
+from trm_core.submission_file import validate
 
 REPO = Path(__file__).resolve().parent.parent
 PLACEHOLDER = REPO / "submission" / "placeholder"
@@ -249,7 +249,7 @@ def test_dedupe_keeps_the_first_copy_of_each_view() -> None:
 
 
 def test_prediction_shards_without_a_process_group_are_disjoint_and_complete() -> None:
-    from trm_core.data import Variants
+    from trm_core.variants import Variants
     from trm_core.model import TRM, TRMConfig
     from trm_core.predict import PredictConfig, predict
     from trm_core.tasks import load_tasks

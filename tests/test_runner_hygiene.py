@@ -16,7 +16,7 @@ import pytest
 from submission.launch import InProcessLauncher
 from submission.run import Runner, RunnerOptions
 from submission.scheduler import Budget, Calibration, Workload, plan, tasks_that_fit
-from trm_core.submission import validate
+from trm_core.submission_file import validate
 
 REPO = Path(__file__).resolve().parent.parent
 PLACEHOLDER = REPO / "submission" / "placeholder"

@@ -123,7 +123,7 @@ def test_lora_and_scratch_arms_train_their_parameters(tiny_ckpt, data_file, tmp_
     scratch = run_arm("scratch", ckpt, tasks, cfg, tmp_path / "scratch", log=lambda s: None)
     assert "q_head.bias" in set(scratch.changed) and TABLE in set(scratch.changed)
     # scratch starts from fresh weights, not the checkpoint's
-    from trm_core.data import Variants
+    from trm_core.variants import Variants
     from trm_core.study import _start_model
 
     fresh = _start_model("scratch", ckpt, tasks, Variants(tasks, 2), cfg).state_dict()

@@ -15,7 +15,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from trm_core import checkpoint
-from trm_core.data import TrainSampler, Variants
+from trm_core.batches import TrainSampler
+from trm_core.variants import Variants
 from trm_core.encoding import encode_pair, to_labels
 from trm_core.loss import act_loss
 from trm_core.model import TRM, TRMConfig

@@ -18,7 +18,7 @@ from conftest import reference_root
 from trm_core.augment import Augmentation, grid_hash
 from trm_core.encoding import crop
 from trm_core.evaluate import coverage
-from trm_core.submission import (build_submission, fallback_grid, reference_submission,
+from trm_core.submission_file import (build_submission, fallback_grid, reference_submission,
                                  challenge_inputs, validate)
 from trm_core.vote import Predictions, sigmoid, vote
 

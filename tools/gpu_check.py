@@ -163,7 +163,7 @@ def rehearsal(cfg: TRMConfig, device: torch.device, budget_s: float) -> list[str
                      f"train {(record.get('train') or {}).get('steps_done')} steps "
                      f"(compile {(record.get('train') or {}).get('compile')}), "
                      f"{(record.get('predict') or {}).get('from_model')} test inputs answered by the model")
-        from trm_core.submission import validate_file
+        from trm_core.submission_file import validate_file
 
         challenges = json.loads((inputs / "arc-agi_test_challenges.json").read_text())
         problems = validate_file(tmp_p / "w" / "submission.json", challenges)

@@ -10,7 +10,7 @@ Semantics are the reference's (dataset/common.py, dataset/build_arc_dataset.py):
 - an augmentation maps colours first, then applies the dihedral transform; colour 0 (background)
   stays fixed unless permute_background is asked for;
 - a name is "{task}|||t{k}|||{ten perm digits}"; a name without "|||" is the original task.
-The translation offset used in training lives in the sampler (data.py), not here: it is drawn
+The translation offset used in training lives in the sampler (batches.py), not here: it is drawn
 per example per epoch and never needs inverting, because predictions are made untranslated.
 """
 
@@ -131,7 +131,7 @@ class Augmentation:
         return task_id, cls(int(trans[1]), tuple(int(c) for c in digits))
 
     def code(self) -> np.ndarray:
-        """Compact form uint8 [11]: dihedral id, then the ten perm entries (how data.py stores variants)."""
+        """Compact form uint8 [11]: dihedral id, then the ten perm entries (how variants.py stores variants)."""
         return np.asarray((self.dihedral, *self.perm), dtype=np.uint8)
 
     @classmethod

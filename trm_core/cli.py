@@ -55,7 +55,7 @@ def tasks_check_cmd(paths: tuple[str, ...], solutions: tuple[str, ...], max_side
 
 
 def _load_challenges(path: str) -> dict:
-    from trm_core.submission import challenge_inputs, load_json
+    from trm_core.submission_file import challenge_inputs, load_json
 
     try:
         challenges = load_json(path)
@@ -71,7 +71,7 @@ def _load_challenges(path: str) -> dict:
               help="The Kaggle *_challenges.json the submission answers.")
 def validate_cmd(submission: str, challenges_path: str) -> None:
     """Check SUBMISSION against the Kaggle format rules; list every problem (exit 1 if any)."""
-    from trm_core.submission import challenge_inputs, validate_file
+    from trm_core.submission_file import challenge_inputs, validate_file
 
     challenges = _load_challenges(challenges_path)
     problems = validate_file(submission, challenges)
@@ -94,7 +94,7 @@ def repair_cmd(submission: str, challenges_path: str, output: str | None) -> Non
     from pathlib import Path
 
     from trm_core import jsonio
-    from trm_core.submission import repair, write_submission
+    from trm_core.submission_file import repair, write_submission
 
     challenges = _load_challenges(challenges_path)
     path = Path(submission)
@@ -318,7 +318,9 @@ def _train_config(mode: str, steps: int | None, epochs: int | None, sampler_exam
 def _run_training(recipe, tasks, mode: str, opts: dict, **recipe_kwargs) -> None:
     import time
 
-    from trm_core.data import TrainSampler, Variants
+    from trm_core.batches import TrainSampler
+
+    from trm_core.variants import Variants
     from trm_core.distributed import process_group
     from trm_core.recipes import DataConfig
 
@@ -518,7 +520,7 @@ def _predict(ckpt_path, config, tasks, views, batch_size, halt_steps, device, se
 def predict_cmd(ckpt_path, config, views, batch_size, halt_steps, rule, fill, device, seed, data, solutions, split,
                 out_path, preds_path) -> None:
     """Predict every test input under K augmented views, vote, and write a Kaggle submission."""
-    from trm_core.submission import build_submission, complete_submission, readable_tasks, write_submission
+    from trm_core.submission_file import build_submission, complete_submission, readable_tasks, write_submission
     from trm_core.tasks import raw_challenges
     from trm_core.vote import vote
 
@@ -587,7 +589,7 @@ def _evaluation_folder(out_dir: str, tasks, preds, voted, report, fill: str):
     from pathlib import Path
 
     from trm_core.report import PREDICTIONS_FILE, write_atomic, write_report
-    from trm_core.submission import build_submission, write_submission
+    from trm_core.submission_file import build_submission, write_submission
     from trm_core.tasks import write_kaggle
 
     out = Path(out_dir)

@@ -74,7 +74,7 @@ def encode_pair(
 def encode_into(board: np.ndarray, grid: np.ndarray, offset: tuple[int, int] = (0, 0)) -> None:
     """Fill a caller-owned row `board` (uint8 [C*C] or [C, C]) with the encoding of `grid`.
 
-    The batch builders in data.py use this to write straight into their batch arrays.
+    The batch builders in batches.py use this to write straight into their batch arrays.
     """
     canvas = int(round(board.size**0.5))
     _check_fits(grid, canvas, offset, "encode_into")

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from trm_core.data import PredictViews, Variants
+from trm_core.batches import PredictViews
+
+from trm_core.variants import Variants
 from trm_core.encoding import crop_batch
 from trm_core.model import TRM
 from trm_core.vote import Predictions

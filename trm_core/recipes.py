@@ -19,7 +19,8 @@ import torch.distributed as dist
 
 from trm_core import __version__
 from trm_core.checkpoint import Checkpoint, build_model
-from trm_core.data import TrainSampler, Variants
+from trm_core.batches import TrainSampler
+from trm_core.variants import Variants
 from trm_core.loggers import MetricsLogger
 from trm_core.model import TRM, TRMConfig
 from trm_core.tasks import TaskSet

@@ -47,7 +47,8 @@ import torch
 from trm_core import __version__
 from trm_core import checkpoint as ckpt_io
 from trm_core.checkpoint import Checkpoint
-from trm_core.data import TrainSampler, Variants
+from trm_core.batches import TrainSampler
+from trm_core.variants import Variants
 from trm_core.encoding import encode_grid, to_labels
 from trm_core.evaluate import coverage
 from trm_core.loggers import LoggerSpec
