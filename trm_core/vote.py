@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-MAX_SIDE = 30
+from trm_core.safe_io import MAX_SIDE
+
 CELLS = MAX_SIDE * MAX_SIDE
 ROW = 2 + CELLS  # fixed-width packed grid: [h, w, h*w cells row-major, unused tail]
 MAX_WORDS = (2 + CELLS // 2 + 7) // 8  # 8-byte words a grid can take in compact storage (57)
