@@ -2,15 +2,19 @@
 leaves a file Kaggle can score, whatever happened before.
 
 Template copied into the generated .ipynb by bundle/notebook.py. Standard library only (it must
-work when the package failed to install) and it never raises.
+work when the package failed to install) and it never raises. The grid check, the fallback grid
+and the atomic writer are the project's own (trm_core/safe_io.py): in the generated notebook the
+`# <safe_io>` block holds that file's text instead of its import, so the cell needs no package.
 
 Inputs: the test challenges file found under TRM_KAGGLE_INPUT (default /kaggle/input; the file
 TRM_CHALLENGES_FILE, if set, wins) and the submission in TRM_KAGGLE_WORKING (default
 /kaggle/working), which may be missing or malformed. Output: submission.json rewritten atomically
 with every task id of the challenges file, one {"attempt_1", "attempt_2"} dict per test input in
 order, each attempt a rectangular grid of ints 0-9, 1-30 cells a side. An attempt that is missing
-or invalid is replaced by the test input itself (or [[0]] if that is not a valid grid either).
+or invalid is replaced by the test input itself (its top-left 30x30; [[0]] if that is not a grid).
 """
+
+from __future__ import annotations
 
 import json
 import os
@@ -21,28 +25,19 @@ SUBMISSION_NAME = "submission.json"
 CHALLENGES_NAME = "arc-agi_test_challenges.json"
 # </settings>
 
+# <safe_io> (the text of trm_core/safe_io.py in the generated notebook)
+from trm_core.safe_io import fallback_grid, is_grid, write_json_atomic
+# </safe_io>
+
 ATTEMPTS = ("attempt_1", "attempt_2")
-MAX_SIDE = 30
 
 
 def log(msg):
     print(f"[trm final] {msg}", flush=True)
 
 
-def is_grid(grid):
-    """A list of 1..30 equally long lists of 1..30 ints in 0..9 (bools are not ints here)."""
-    if not isinstance(grid, list) or not 1 <= len(grid) <= MAX_SIDE:
-        return False
-    width = len(grid[0]) if isinstance(grid[0], list) else 0
-    if not 1 <= width <= MAX_SIDE:
-        return False
-    return all(isinstance(row, list) and len(row) == width and
-               all(type(v) is int and 0 <= v <= 9 for v in row) for row in grid)
-
-
 def fallback_for(test):
-    grid = test.get("input") if isinstance(test, dict) else None
-    return [list(row) for row in grid] if is_grid(grid) else [[0]]
+    return fallback_grid(test.get("input") if isinstance(test, dict) else None)
 
 
 def repair(submission, challenges):
@@ -123,15 +118,6 @@ def load_json(path):
         return None
 
 
-def write_atomic(path, data):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def main():
     try:
         input_root = os.environ.get("TRM_KAGGLE_INPUT", "/kaggle/input")
@@ -152,7 +138,7 @@ def main():
             notes = []
         for note in notes[:20]:
             log(note)
-        write_atomic(path, fixed)
+        write_json_atomic(path, fixed)
         outputs = sum(len(v) for v in fixed.values())
         log(f"{path}: {len(fixed)} tasks, {outputs} test outputs, {replaced} attempts filled with the fallback "
             f"({time.strftime('%H:%M:%S')})")

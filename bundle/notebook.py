@@ -6,7 +6,8 @@ a markdown cell saying what the notebook does, then three code cells, each the t
 template with its settings block filled in:
   cell_setup.py     start time, find the bundle under /kaggle/input, offline pip install
   cell_run.py       `python -m submission.run` as a subprocess with the deadline
-  cell_finalize.py  validate and repair submission.json (standard library only, never raises)
+  cell_finalize.py  validate and repair submission.json (standard library only, never raises),
+                    its `# <safe_io>` block replaced by the text of trm_core/safe_io.py
 Each template runs its `main()` under `if __name__ == "__main__":`, which holds in a notebook
 kernel, so importing a template does nothing while the cell runs it.
 """
@@ -20,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from bundle.manifest import MARKER_NAME
+from trm_core import safe_io
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
 NOTEBOOK_NAME = "trm-submit.ipynb"
 _SETTINGS_RE = re.compile(r"^# <settings>.*?\n(.*?)^# </settings>\n", re.S | re.M)
+_SAFE_IO_RE = re.compile(r"^# <safe_io>.*?\n.*?^# </safe_io>\n", re.S | re.M)
+_FUTURE = "from __future__ import annotations\n"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,20 @@ def fill_template(name: str, values: dict[str, Any]) -> str:
     return text[: m.start()] + block + text[m.end():]
 
 
+def inline_safe_io(text: str) -> str:
+    """`text` with its `# <safe_io>` block replaced by the source of trm_core/safe_io.py, so the
+    cell runs with the standard library alone. The template itself starts with the `__future__`
+    import that safe_io's text carries (it must come first in a cell), so that line is dropped."""
+    m = _SAFE_IO_RE.search(text)
+    if m is None:
+        raise ValueError("no '# <safe_io>' ... '# </safe_io>' block to fill")
+    if _FUTURE not in text[: m.start()]:
+        raise ValueError(f"a template taking safe_io's text must start with {_FUTURE.strip()!r}")
+    source = Path(safe_io.__file__).read_text().replace(_FUTURE, "", 1)
+    block = f"# <safe_io> (trm_core/safe_io.py)\n{source.rstrip()}\n# </safe_io>\n"
+    return text[: m.start()] + block + text[m.end():]
+
+
 def _code_cell(cell_id: str, source: str) -> dict[str, Any]:
     return {"cell_type": "code", "execution_count": None, "id": cell_id, "metadata": {},
             "outputs": [], "source": source.splitlines(keepends=True)}
@@ -94,7 +112,7 @@ def build_notebook(settings: NotebookSettings) -> dict[str, Any]:
                                         "TIME_LIMIT_S": settings.time_limit_s,
                                         "RUNNER_MARGIN_S": settings.runner_margin_s,
                                         "KILL_GRACE_S": settings.kill_grace_s})
-    final = fill_template("cell_finalize.py", {})
+    final = inline_safe_io(fill_template("cell_finalize.py", {}))
     cells = [
         {"cell_type": "markdown", "id": "trm-about", "metadata": {}, "source": _intro(settings).splitlines(keepends=True)},
         _code_cell("trm-setup", setup),

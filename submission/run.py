@@ -41,11 +41,13 @@ from typing import Any
 
 from submission import env as env_mod
 from submission import faults as faults_mod
+from submission.bundle_check import checkpoint_tampering, verify_bundle
+from submission.fallback import fallback_submission
 from trm_core import jsonio
+from trm_core.safe_io import write_atomic, write_json_atomic
 from submission.launch import Handle, SubprocessLauncher, wait
 from submission.scheduler import Budget, Calibration, Plan, Workload, plan as make_plan, tasks_that_fit
 
-ATTEMPT_KEYS = ("attempt_1", "attempt_2")
 RUN_DIR = "trm-run"
 # calibration beats at every step and batch, but one unit may hold a cold start or a compilation:
 # its heartbeat may pause 10 x this (or min_stall, if longer) before the job counts as hung
@@ -99,66 +101,6 @@ class RunnerOptions:
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
         if self.cpu_procs < 1 or self.max_attempts < 1:
             raise ValueError("cpu_procs and max_attempts must be >= 1")
-
-
-# ---------------------------------------------------------------------------------------------
-# The fallback: standard library only, so it is written before anything can fail
-# ---------------------------------------------------------------------------------------------
-
-
-def _is_grid(g: object) -> bool:
-    if not isinstance(g, list) or not 1 <= len(g) or not isinstance(g[0], list):
-        return False
-    w = len(g[0])
-    return all(isinstance(r, list) and len(r) == w and all(type(v) is int and 0 <= v <= 9 for v in r) for r in g) \
-        and 1 <= w
-
-
-def fallback_grid(x: object) -> list[list[int]]:
-    """The test input itself (its top-left 30x30), or [[0]] if it is not a grid."""
-    if _is_grid(x):
-        return [list(r[:30]) for r in x[:30]]
-    return [[0]]
-
-
-def fallback_submission(raw: object) -> tuple[dict[str, list], list[str]]:
-    """(submission, ids of tasks whose test list is unreadable) for raw challenges JSON.
-
-    Every task id is present; one entry per test input when the test list is readable, else one
-    entry of [[0]] (the best guess at a count that cannot be read). A task is "broken" when its test
-    list is not a non-empty list of {"input": grid} objects: validation cannot check it."""
-    out: dict[str, list] = {}
-    broken: list[str] = []
-    if not isinstance(raw, dict):
-        return out, broken
-    for task_id, task in raw.items():
-        tests = task.get("test") if isinstance(task, dict) else None
-        if not isinstance(tests, list) or not tests:
-            broken.append(str(task_id))
-            out[str(task_id)] = [{k: [[0]] for k in ATTEMPT_KEYS}]
-            continue
-        if not all(isinstance(t, dict) and "input" in t for t in tests):
-            broken.append(str(task_id))  # the count is known, but a validator cannot read the inputs
-        entries = []
-        for t in tests:
-            g = fallback_grid(t.get("input") if isinstance(t, dict) else None)
-            entries.append({k: [list(r) for r in g] for k in ATTEMPT_KEYS})
-        out[str(task_id)] = entries
-    return out, broken
-
-
-def _write_atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +230,7 @@ class Runner:
             self.record.update(phases=self.phases, problems=self.problems, writes=self.writes,
                                end_time=self.clock())
             self.record["actual_total_s"] = self.record["end_time"] - self.start
-            _write_atomic_text(self.run_dir / "run.json", json.dumps(self.record, indent=1, default=str) + "\n")
+            write_atomic(self.run_dir / "run.json", json.dumps(self.record, indent=1, default=str) + "\n")
         except Exception as e:  # noqa: BLE001 - the record is best effort
             self.log(f"could not write run.json: {e}")
 
@@ -301,7 +243,7 @@ class Runner:
 
             write_submission(self.sub_path, submission, None if self.broken or not self.clean else self.raw)
         except ImportError:
-            _write_atomic_text(self.sub_path, json.dumps(submission, separators=(",", ":")))
+            write_json_atomic(self.sub_path, submission)
         except Exception as e:  # noqa: BLE001
             self.problem(f"could not write {what} submission: {type(e).__name__}: {e}")
             return False
@@ -383,12 +325,7 @@ class Runner:
             bundle = env_mod.find_bundle(self.opts.input_dir)
         self.record.setdefault("inputs", {})["bundle_dir"] = str(bundle) if bundle else None
         if bundle is not None and Path(bundle).is_dir():
-            try:
-                from bundle.manifest import verify_bundle
-            except ImportError:
-                verify_bundle = None  # the bundle package is a build tool, not always installed
-            bundle_problems = verify_bundle(bundle, check_python=True) if verify_bundle else \
-                ["bundle.manifest not importable: checksums not verified"]
+            bundle_problems = verify_bundle(bundle, check_python=True)
             for p in bundle_problems:
                 self.problem(f"bundle: {p}")
             self.record["bundle_problems"] = bundle_problems
@@ -946,29 +883,6 @@ class Runner:
         self._phase("finalize", None, t0, "ok")
         self.log(f"done in {end - self.start:.1f} s, {self.deadline - end:.1f} s before the deadline; "
                  f"{len(self.problems)} problem(s)")
-
-
-def checkpoint_tampering(ckpt: Path, manifest: object, bundle_problems: list[str]) -> str | None:
-    """Why the checkpoint must not be used (None: it may): its weights' sha256 differs from its
-    manifest's, or the bundle's own check found a checkpoint file changed. Standard library only."""
-    import hashlib
-
-    for p in bundle_problems:
-        if p.startswith("checkpoint/"):
-            return f"bundle check: {p}"
-    want = manifest.get("weights_sha256") if isinstance(manifest, dict) else None
-    if not isinstance(want, str) or not want:
-        return f"{ckpt / 'manifest.json'} has no weights_sha256 to check the weights against"
-    h = hashlib.sha256()
-    try:
-        with open(ckpt / "model.safetensors", "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-    except OSError as e:
-        return f"{ckpt / 'model.safetensors'}: {e.strerror}"
-    if h.hexdigest() != want:
-        return f"{ckpt / 'model.safetensors'} has sha256 {h.hexdigest()[:16]}..., its manifest says {want[:16]}..."
-    return None
 
 
 def dedupe(preds: Any) -> Any:

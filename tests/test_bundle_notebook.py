@@ -56,6 +56,34 @@ def test_repair_cell_imports_only_the_standard_library():
     assert modules <= set(sys.stdlib_module_names), modules - set(sys.stdlib_module_names)
 
 
+def test_repair_cell_carries_safe_io_and_runs_without_the_package(tmp_path):
+    """The last cell holds trm_core/safe_io.py's own text (one source for the grid check and the
+    atomic writer) and repairs a submission in an interpreter that cannot import trm_core."""
+    import subprocess
+
+    from trm_core import safe_io
+
+    src = code_cells(build_notebook(settings()))[2]
+    body = Path(safe_io.__file__).read_text().replace("from __future__ import annotations\n", "")
+    assert body.strip() in src and "trm_core.safe_io import" not in src
+    assert src.count("from __future__ import annotations") == 1
+    (tmp_path / "final.py").write_text(src)
+    inp, work = tmp_path / "input", tmp_path / "working"
+    inp.mkdir()
+    work.mkdir()
+    (inp / "arc-agi_test_challenges.json").write_text(json.dumps(CHALLENGES))
+    (work / "submission.json").write_text(json.dumps({"aaa": [{"attempt_1": [[0]] * 31}]}))
+    env = {"TRM_KAGGLE_INPUT": str(inp), "TRM_KAGGLE_WORKING": str(work), "PATH": "/usr/bin:/bin"}
+    check = "import sys; sys.modules['trm_core'] = None; exec(open(sys.argv[1]).read(), {'__name__': '__main__'})"
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", check, str(tmp_path / "final.py")], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "ERROR" not in proc.stdout, proc.stdout + proc.stderr
+    sub = json.loads((work / "submission.json").read_text())
+    assert_valid(sub)
+    assert sub["aaa"][0]["attempt_1"] == [[1, 2], [3, 4]] and sub["ccc"][0]["attempt_2"] == [[0]]
+    assert not [p.name for p in work.iterdir() if p.name != "submission.json"]  # no temporary file left
+
+
 def test_templates_import_without_side_effects(capsys, monkeypatch):
     monkeypatch.delenv("TRM_START_TIME", raising=False)
     for name in ("bundle.cell_setup", "bundle.cell_run", "bundle.cell_finalize"):
