@@ -33,7 +33,7 @@ from typing import Any
 from trm_core import jsonio
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PLACEHOLDER = Path(__file__).resolve().parent / "placeholder"
+PLACEHOLDER = REPO_ROOT / "submission" / "placeholder"  # shipped with the runner package
 DEFAULT_CHECKPOINT = REPO_ROOT / "pretrained" / "demo"
 SLUG, OWNER, BUNDLE_SLUG = "arc-prize-dry-run", "local", "trm-kit-bundle"
 CPU_VIEWS = (8, 32, 64)  # views min / target / max on a CPU: the Kaggle defaults (64/256/512) take hours there

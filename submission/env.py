@@ -4,7 +4,7 @@ Inputs: the process environment (KAGGLE_IS_COMPETITION_RERUN, KAGGLE_KERNEL_RUN_
 (nvidia-smi or torch.cuda for GPUs, os.cpu_count, /proc/meminfo) and an input folder tree.
 Outputs: the run kind ("rerun", "commit", "interactive" or "local"), a `Hardware` record, the path
 of the test challenges file (searched for by name) and of the trm-kit bundle (searched for by its
-marker file, bundle.manifest.MARKER_NAME).
+marker file, submission.bundle_check.MARKER_NAME).
 
 Kaggle mounts inputs under /kaggle/input/<slug>/ (2025) or /kaggle/input/competitions/<slug>/ and
 /kaggle/input/datasets/<owner>/<slug>/ (2026), so nothing here assumes a layout. Standard library
@@ -22,10 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from submission.bundle_check import MARKER_NAME
+
 RUN_KINDS = ("rerun", "commit", "interactive", "local")
 CHALLENGES_NAME = "arc-agi_test_challenges.json"
 CHALLENGES_PATTERN = "*test_challenges*.json"
-BUNDLE_MARKER = "trm-bundle.json"  # bundle.manifest.MARKER_NAME (not imported: bundle is not installed on Kaggle)
+BUNDLE_MARKER = MARKER_NAME  # the bundle folder's marker file
 MAX_DEPTH = 6  # /kaggle/input/datasets/<owner>/<slug>/<folder>/<file> is depth 5
 
 

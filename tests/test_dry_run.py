@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from submission.dry_run import DryRunError, DryRunOptions, dry_run, resolve_data
+from bundle.dry_run import DryRunError, DryRunOptions, dry_run, resolve_data
 from trm_core.cli import main
 from trm_core.submission_file import validate
 

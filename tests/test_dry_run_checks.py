@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from submission.dry_run import DryRunError, DryRunOptions, dry_run
+from bundle.dry_run import DryRunError, DryRunOptions, dry_run
 
 REPO = Path(__file__).resolve().parent.parent
 PLACEHOLDER = REPO / "submission" / "placeholder"

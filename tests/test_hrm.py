@@ -323,7 +323,7 @@ def micro_hrm_checkpoint(tmp_path_factory) -> Path:
 
 
 def test_dry_run_takes_an_hrm_checkpoint(tmp_path: Path, micro_hrm_checkpoint: Path) -> None:
-    from submission.dry_run import DryRunOptions, dry_run
+    from bundle.dry_run import DryRunOptions, dry_run
 
     # the same generous budget and step cap as the TRM dry-run test
     opts = DryRunOptions(checkpoint=micro_hrm_checkpoint, budget_s=120.0, out=tmp_path / "out", cpu_procs=2,
