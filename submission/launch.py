@@ -11,7 +11,6 @@ that the job checks at every step and batch. Tests use it for many cheap fault-i
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -141,11 +140,12 @@ class InProcessLauncher:
 
     def start(self, job_path: Path, *, name: str, nprocs: int = 1, distributed: bool = False,
               gpus: str | None = None, cpu: bool = False) -> Handle:
+        from submission.jobs import read_job
         from submission.worker import run_job
 
         if nprocs != 1:
             raise ValueError("the in-process launcher runs one process per job; use SubprocessLauncher for torchrun")
-        job = json.loads(Path(job_path).read_text())
+        job = read_job(job_path)
         handle = _ThreadHandle(name)
 
         def target() -> None:

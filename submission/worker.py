@@ -4,15 +4,9 @@ GPU) or predict shards of the views.
     python -m submission.worker --job JOB.json
     python -m torch.distributed.run --standalone --nproc-per-node G -m submission.worker --job JOB.json
 
-Input: a job file written by submission.run. Common fields: kind (calibrate | train | predict),
-phase (for fault injection: calibrate, train, predict, baseline), name, job_dir, challenges,
-task_ids (the tasks to use, in order), canvas, checkpoint, device (cpu | cuda), seed, attempt,
-fault (a spec as in submission.faults; $TRM_FAULT otherwise). Per kind:
-  calibrate  train_batch, predict_batch, views (and heartbeat, touched at every step and batch)
-  train      plan (scheduler.Plan JSON), train (TrainConfig fields), data (DataConfig fields),
-             out_dir, deadline, init, pg_timeout_s (the process group's timeout)
-  predict    shards [[rank, world], ...], views, predict_batch, deadline, prefix, save_every_s
-and, for train and predict, heartbeat (a file touched at every step or batch, at most every 0.5 s).
+Input: a job file written by submission.run, read as one of the typed jobs of submission/jobs.py
+(`CalibrateJob`, `TrainJob`, `PredictJob`: their fields are documented there); each kind runs the
+method of the same name here.
 Output: `result.rank<r>.json` in job_dir: ok, error (oom | checkpoint | tasks | cancelled | crash),
 message, part (what ran when it failed), started_at, ready_at (model and tasks loaded), ended_at and
 the kind's figures; predictions go to `<prefix>-r<rank>of<world>.npz` (saved every save_every_s,
@@ -35,15 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from submission import faults as faults_mod
+from submission.jobs import CalibrateJob, Job, PredictJob, TrainJob, job_from_json, read_job
 from submission.scheduler import Plan, Watchdog, calibrate
+from trm_core.safe_io import write_atomic
 
 OOM_STATUS = 3
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1, default=str) + "\n")
 
 
 def classify(e: BaseException) -> str:
@@ -70,15 +64,15 @@ class _TaskMismatch(ValueError):
     pass
 
 
-def load_job_tasks(job: dict[str, Any]) -> Any:
+def load_job_tasks(job: Job) -> Any:
     """The job's tasks, loaded leniently at the checkpoint's canvas, in the job's order."""
     from trm_core.tasks import TaskSet, load_tasks
 
-    loaded = load_tasks(job["challenges"], strict=False, max_side=int(job["canvas"]))
-    missing = [t for t in job["task_ids"] if t not in loaded.tasks]
+    loaded = load_tasks(job.challenges, strict=False, max_side=int(job.canvas))
+    missing = [t for t in job.task_ids if t not in loaded.tasks]
     if missing:
-        raise _TaskMismatch(f"{job['challenges']}: tasks {missing[:5]} ({len(missing)}) did not load here")
-    return TaskSet(tasks={t: loaded.tasks[t] for t in job["task_ids"]})
+        raise _TaskMismatch(f"{job.challenges}: tasks {missing[:5]} ({len(missing)}) did not load here")
+    return TaskSet(tasks={t: loaded.tasks[t] for t in job.task_ids})
 
 
 def _device(name: str) -> Any:
@@ -90,26 +84,27 @@ def _device(name: str) -> Any:
 
 
 class _Job:
-    def __init__(self, job: dict[str, Any], rank: int, cancel: threading.Event | None, in_process: bool,
+    def __init__(self, job: Job, rank: int, cancel: threading.Event | None, in_process: bool,
                  log: Callable[[str], None]) -> None:
         self.job, self.rank, self.cancel, self.in_process, self.log = job, rank, cancel, in_process, log
-        self.result: dict[str, Any] = {"name": job.get("name"), "kind": job["kind"], "rank": rank}
+        self.result: dict[str, Any] = {"name": job.name, "kind": job.kind, "rank": rank}
         self.part = "start"
         self.beat_at = 0.0
+        self.kinds: dict[type, Callable[[], None]] = {CalibrateJob: self.calibrate, TrainJob: self.train,
+                                                      PredictJob: self.predict}
 
     def beat(self) -> None:
         """Touch the job's heartbeat file (at most every 0.5 s): the runner kills a job whose
         heartbeat stops, long before its deadline."""
-        path, now = self.job.get("heartbeat"), time.time()
+        path, now = self.job.heartbeat, time.time()
         if path and now - self.beat_at >= 0.5:
             Path(path).touch()
             self.beat_at = now
 
     def injector(self, rank: int) -> faults_mod.Injector:
-        spec = self.job.get("fault")
+        spec = self.job.fault
         specs = faults_mod.parse_faults(spec if spec is not None else os.environ.get("TRM_FAULT"))
-        return faults_mod.Injector(specs, self.job.get("phase", self.job["kind"]), int(self.job.get("attempt", 0)),
-                                   rank, cancel=self.cancel, in_process=self.in_process, log=self.log)
+        return faults_mod.Injector(specs, self.job.phase, self.job.attempt, rank, cancel=self.cancel, in_process=self.in_process, log=self.log)
 
     def hook(self, inj: faults_mod.Injector) -> Callable[[str, int], None]:
         def point(part: str, index: int) -> None:
@@ -122,7 +117,7 @@ class _Job:
 
         self.part = "load"
         # the runner checked the weights' sha256 once before any job; each worker need not hash again
-        ckpt = checkpoint.load(self.job["checkpoint"], verify=False)
+        ckpt = checkpoint.load(self.job.checkpoint, verify=False)
         tasks = load_job_tasks(self.job)
         self.result["ready_at"] = time.time()
         return ckpt, tasks
@@ -131,6 +126,7 @@ class _Job:
 
     def calibrate(self) -> None:
         job = self.job
+        assert isinstance(job, CalibrateJob)
         inject = self.hook(self.injector(self.rank))
 
         def point(part: str, index: int) -> None:  # every calibration step and batch is a heartbeat
@@ -139,9 +135,9 @@ class _Job:
 
         point("start", 0)
         ckpt, tasks = self.load()
-        cal = calibrate(ckpt, tasks, train_batch=int(job["train_batch"]), predict_batch=int(job["predict_batch"]),
-                        views=int(job["views"]), device=_device(job["device"]), seed=int(job.get("seed", 0)),
-                        hook=point, log=self.log, scratch=job.get("job_dir"))
+        cal = calibrate(ckpt, tasks, train_batch=job.train_batch, predict_batch=job.predict_batch,
+                        views=job.views, device=_device(job.device), seed=job.seed,
+                        hook=point, log=self.log, scratch=job.job_dir)
         self.result["calibration"] = cal.to_json()
 
     def train(self) -> None:
@@ -150,13 +146,14 @@ class _Job:
         from trm_core.train import TrainConfig
 
         job = self.job
-        with process_group(job["device"], job.get("pg_timeout_s")) as (rank, world, device):
+        assert isinstance(job, TrainJob)
+        with process_group(job.device, job.pg_timeout_s) as (rank, world, device):
             self.rank = self.result["rank"] = rank
             point = self.hook(self.injector(rank))
             point("start", 0)
             ckpt, tasks = self.load()
-            dog = Watchdog(Plan.from_json(job["plan"]), log=self.log if rank == 0 else None)
-            watch_path = Path(job["job_dir"]) / "watchdog.json"
+            dog = Watchdog(Plan.from_json(job.plan), log=self.log if rank == 0 else None)
+            watch_path = Path(job.job_dir) / "watchdog.json"
 
             def stop(step: int) -> bool:
                 point("train", step)
@@ -167,11 +164,11 @@ class _Job:
                     _write_json(watch_path, dog.to_json())
                 return decision
 
-            cfg = TrainConfig.from_dict(job["train"])
-            data = DataConfig(**job["data"])
+            cfg = TrainConfig.from_dict(job.train)
+            data = DataConfig(**job.data)
             self.part = "train"
-            res = posttrain(ckpt, tasks, cfg, data, job["out_dir"], device=device, init=job.get("init", "mean"),
-                            stop=stop, deadline=float(job["deadline"]), source=str(job["challenges"]),
+            res = posttrain(ckpt, tasks, cfg, data, job.out_dir, device=device, init=job.init,
+                            stop=stop, deadline=job.deadline, source=job.challenges,
                             log=self.log if rank == 0 else (lambda line: None))
             if dog.stop_reason is None:  # train() ran its last step without asking the watchdog again
                 dog.stop_reason = f"all {res.steps_done} steps of the run done"
@@ -189,17 +186,17 @@ class _Job:
         from trm_core.recipes import model_for_tasks
 
         job = self.job
+        assert isinstance(job, PredictJob)
         point = self.hook(self.injector(self.rank))
         point("start", 0)
         ckpt, tasks = self.load()
-        views, batch = int(job["views"]), int(job["predict_batch"])
-        model, variants, adapted = model_for_tasks(ckpt, tasks, views, int(job.get("seed", 0)))
+        views, batch = job.views, job.predict_batch
+        model, variants, adapted = model_for_tasks(ckpt, tasks, views, job.seed)
         self.result.update(adapted=adapted, views=views, shards=[])
-        device = _device(job["device"])
-        save_every = float(job.get("save_every_s", 60.0))
-        deadline = float(job["deadline"])
-        for rank, world in job["shards"]:
-            path = Path(f"{job['prefix']}-r{rank}of{world}.npz")
+        device = _device(job.device)
+        save_every, deadline = job.save_every_s, job.deadline
+        for rank, world in job.shards:
+            path = Path(f"{job.prefix}-r{rank}of{world}.npz")
             state = {"done": 0, "total": 0, "saved": time.time()}
 
             def stop() -> bool:
@@ -231,7 +228,7 @@ class _Job:
         self.result["started_at"] = time.time()
         status = 0
         try:
-            getattr(self, self.job["kind"])()
+            self.kinds[type(self.job)]()
             self.result["ok"] = True
         except BaseException as e:  # noqa: BLE001 - every failure is reported to the runner, then ends the job
             if isinstance(e, faults_mod.AbruptExit):
@@ -244,7 +241,7 @@ class _Job:
         finally:
             self.result["ended_at"] = time.time()
             if "ok" in self.result:
-                _write_json(Path(self.job["job_dir"]) / f"result.rank{self.rank}.json", self.result)
+                _write_json(Path(self.job.job_dir) / f"result.rank{self.rank}.json", self.result)
         return status
 
 
@@ -255,11 +252,12 @@ def _save_predictions(preds: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def run_job(job: dict[str, Any], *, cancel: threading.Event | None = None, in_process: bool = False,
+def run_job(job: Job | dict[str, Any], *, cancel: threading.Event | None = None, in_process: bool = False,
             log: Callable[[str], None] | None = None) -> int:
-    """Run one job in this process (the in-process launcher of the tests uses this directly)."""
+    """Run one job (typed, or its parsed JSON) in this process (the in-process launcher uses this)."""
+    job = job if isinstance(job, Job) else job_from_json(job)
     rank = int(os.environ.get("RANK", "0")) if not in_process else 0
-    name = job.get("name", job["kind"])
+    name = job.name
     out = log or (lambda line: print(f"[{name} r{rank}] {line}", file=sys.stderr, flush=True))
     return _Job(job, rank, cancel, in_process, out).run()
 
@@ -305,8 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     runner_pid = os.environ.get("TRM_RUNNER_PID", "")
     if runner_pid.isdigit():
         exit_with_runner(int(runner_pid))
-    job = json.loads(Path(args.job).read_text())
-    return run_job(job)
+    return run_job(read_job(args.job))
 
 
 if __name__ == "__main__":

@@ -75,13 +75,18 @@ def test_a_hung_calibration_or_raw_prediction_is_killed_at_its_heartbeat_limit(t
     from submission.launch import InProcessLauncher, wait
     from submission.run import CALIBRATION_UNIT_S
 
+    from submission.jobs import job_from_json
+
     runner = _stall_runner(tmp_path, 400.0)  # min_stall: 10% of the budget = 40 s
     beat = tmp_path / "heartbeat"
     beat.touch()
-    job = {"heartbeat": str(beat)}
-    calibration = runner._stall(job, time.time(), CALIBRATION_UNIT_S)
-    raw_predict = runner._stall(job, time.time(), None)  # no plan, no unit time: it used to have no stall check
-    limit = max(runner.min_stall, 10 * CALIBRATION_UNIT_S)
+    hang = {"kind": "calibrate", "phase": "calibrate", "name": "cal", "job_dir": str(tmp_path), "fault":
+            "calibrate:hang:1:0", "heartbeat": str(beat), "checkpoint": "x", "challenges": "x", "task_ids": ["x"],
+            "canvas": 12, "device": "cpu", "train_batch": 2, "predict_batch": 2, "views": 1}
+    job = job_from_json(hang)
+    calibration = runner.dispatch.stall(job, time.time(), CALIBRATION_UNIT_S)
+    raw_predict = runner.dispatch.stall(job, time.time(), None)  # no plan, no unit time: it used to have no stall check
+    limit = max(runner.dispatch.min_stall, 10 * CALIBRATION_UNIT_S)
     assert limit == 40.0
     for stalled in (calibration, raw_predict):
         os.utime(beat, (time.time() - limit + 2,) * 2)
@@ -92,15 +97,12 @@ def test_a_hung_calibration_or_raw_prediction_is_killed_at_its_heartbeat_limit(t
     # and wait() kills a job whose heartbeat stopped long before its kill time
     launcher = InProcessLauncher(echo=lambda line: None)
     job_path = tmp_path / "job.json"
-    hang = {"kind": "calibrate", "phase": "calibrate", "name": "cal", "job_dir": str(tmp_path), "fault":
-            "calibrate:hang:1:0", "heartbeat": str(beat), "checkpoint": "x", "challenges": "x", "task_ids": [],
-            "canvas": 12, "device": "cpu", "train_batch": 2, "predict_batch": 2, "views": 1}
     job_path.write_text(json.dumps(hang))
     handle = launcher.start(job_path, name="cal")
     time.sleep(1.0)  # its first beat (at the start point) is in; then it hangs
     t0 = time.time()
     os.utime(beat, (t0 - 1000,) * 2)
-    ended = wait([handle], [t0 + 60], stalled=[runner._stall(hang, t0, CALIBRATION_UNIT_S)], poll_s=0.05)
+    ended = wait([handle], [t0 + 60], stalled=[runner.dispatch.stall(job, t0, CALIBRATION_UNIT_S)], poll_s=0.05)
     assert ended == ["stalled"] and time.time() - t0 < 10
 
 

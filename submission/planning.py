@@ -1,0 +1,91 @@
+"""The run's plan: batches, the scheduler's budget for this run, the plan from a calibration,
+the tasks that fit when not all do, and the post-training config a plan implies.
+
+Input: the runner's options, the run mode (full | smoke), the device and process count, the
+measured write time, the tasks and a `Calibration`. Output: scheduler `Plan`s and TrainConfig
+fields (a dict: the worker builds the TrainConfig, so torch is not imported here).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from submission.dispatch import LINGER_S
+from submission.options import RunnerOptions
+from submission.scheduler import Budget, Calibration, Plan, Workload, plan as make_plan, tasks_that_fit
+
+
+class Planner:
+    def __init__(self, opts: RunnerOptions, mode: str, device: str, world: int, write_s: float,
+                 clock: Callable[[], float], deadline: float) -> None:
+        self.opts, self.mode, self.device, self.world = opts, mode, device, world
+        self.write_s, self.clock, self.deadline = write_s, clock, deadline
+        self.budget: Budget | None = None
+
+    def batches(self) -> tuple[int, int]:
+        """Global (train, predict) batches, split evenly over the processes."""
+        gpu = self.device == "cuda"
+        tb = self.opts.train_batch or (Budget.train_batch if gpu else 32)
+        pb = self.opts.predict_batch or (Budget.predict_batch if gpu else 64)
+        return max(1, tb // self.world) * self.world, max(1, pb // self.world) * self.world
+
+    def views(self) -> int:
+        """Views per test input when nothing was planned (or calibration is measuring)."""
+        return self.opts.smoke_views if self.mode == "smoke" else self.opts.views_min
+
+    def make_budget(self, train_batch: int, predict_batch: int) -> Budget:
+        o = self.opts
+        # write_s: the final build + validate + write, from the fallback's (measured, x2, + 0.1 s)
+        common = dict(time_limit_s=o.time_limit_s, margin_s=min(o.margin_s, o.time_limit_s / 2),
+                      train_batch=train_batch, predict_batch=predict_batch, reserve_min_s=o.reserve_min_s,
+                      baseline=o.baseline, write_s=self.write_s)
+        if self.mode == "smoke":
+            k = max(1, o.smoke_views)
+            return Budget(views_min=k, views_target=k, views_max=k, max_steps=o.smoke_steps, **common)
+        return Budget(views_min=o.views_min, views_target=o.views_target, views_max=o.views_max,
+                      max_epochs=o.max_epochs, max_steps=o.max_steps, **common)
+
+    def plan(self, tasks: Any, cal: Calibration, world: int | None = None, train_batch: int | None = None,
+             steps_done: int = 0) -> Plan:
+        world = world or self.world
+        if world > 1:  # a torchrun group takes longer to go: its ranks may linger up to LINGER_S
+            cal = replace(cal, save_s=cal.save_s + LINGER_S)
+            if self.device == "cpu":  # processes started together share the cores while they import
+                cal = replace(cal, launch_s=cal.launch_s * world)
+        train_b = train_batch or cal.train_batch * world
+        pred_b = cal.predict_batch * world
+        self.budget = self.make_budget(train_b, pred_b)
+        work = Workload(tasks=len(tasks), test_inputs=sum(len(t.test_inputs) for t in tasks),
+                        train_pairs=sum(len(t.train) for t in tasks), world=world)
+        return make_plan(self.budget, work, cal, self.clock(), self.deadline, train_batch=train_b,
+                         predict_batch=pred_b, steps_done=steps_done)
+
+    def fit_tasks(self, tasks: Any, cal: Calibration) -> list[str]:
+        """Not every task fits: the ids of those that do, fewest test inputs (so fewest views)
+        first; [] if not even one fits."""
+        order = sorted(tasks.tasks, key=lambda t: len(tasks.tasks[t].test_inputs))  # stable
+        sizes = [(len(tasks.tasks[t].test_inputs), len(tasks.tasks[t].train)) for t in order]
+        probe = self.plan(tasks, cal)  # the batches and budget of a plan, to size the subset with
+        n = tasks_that_fit(self.budget, sizes, cal, self.clock(), self.deadline, world=probe.workload.world,
+                           train_batch=probe.train_batch, predict_batch=probe.predict_batch)
+        return order[:max(0, n)]
+
+    def train_config(self, p: Plan, micro: int = 0) -> dict[str, Any]:
+        """TrainConfig fields for post-training along plan `p` (the rates only when set: else the
+        TrainConfig defaults apply)."""
+        steps, ceiling = p.steps - p.steps_done, p.steps_ceiling
+        rates = {k: v for k, v in (("lr", self.opts.lr), ("puzzle_emb_lr", self.opts.puzzle_emb_lr)) if v is not None}
+        return {"steps": ceiling, "global_batch_size": p.train_batch, "mode": self.opts.train_mode,
+                "micro_batch_size": micro, **rates,
+                "warmup_steps": min(2000, max(1, round(0.1 * p.steps))),
+                # a constant rate after warm-up: stopping early never leaves the schedule half-way
+                "lr_min_ratio": 1.0,
+                # the trunk's EMA horizon (1 / (1 - rate)) at most a tenth of the run
+                "ema_rate": min(0.999, max(0.5, 1 - 10 / max(p.steps, 1))),
+                # a quarter of the *planned* steps frozen, however far past them the run goes
+                "freeze_fraction": 0.25 * p.steps / max(ceiling, 1),
+                "checkpoint_every": max(1, math.ceil(max(steps, 1) / 4)),
+                "log_every": max(1, p.steps // 20), "seed": self.opts.seed}

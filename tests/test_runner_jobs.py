@@ -1,0 +1,87 @@
+"""The runner's job files (submission/jobs.py) and its one retry policy (submission/retry.py):
+typed jobs survive the trip through JSON and name what is wrong; every kind of failure maps to
+the attempt the runner makes next."""
+
+from pathlib import Path
+
+import pytest
+
+from submission.jobs import CalibrateJob, PredictJob, TrainJob, job_from_json, read_job
+from submission.retry import RetryPolicy, Try
+
+COMMON = dict(phase="train", challenges="c.json", task_ids=["a", "b"], canvas=12, checkpoint="ckpt",
+              device="cpu", seed=3, attempt=1, fault="")
+
+
+def test_each_kind_survives_its_job_file(tmp_path: Path) -> None:
+    jobs = [CalibrateJob(name="cal", job_dir=str(tmp_path / "c"), train_batch=4, predict_batch=8, views=2,
+                         **{**COMMON, "phase": "calibrate"}),
+            TrainJob(name="tr", job_dir=str(tmp_path / "t"), plan={"steps": 5}, train={"steps": 5}, data={},
+                     out_dir="out", deadline=1e9, pg_timeout_s=60.0, heartbeat="hb", **COMMON),
+            PredictJob(name="pr", job_dir=str(tmp_path / "p"), shards=[[0, 2], [1, 2]], views=4, predict_batch=16,
+                       deadline=1e9, prefix="pre", **{**COMMON, "phase": "baseline"})]
+    for job in jobs:
+        path = job.write()
+        assert path == Path(job.job_dir) / "job.json"
+        back = read_job(path)
+        assert type(back) is type(job) and back == job and back.to_json()["kind"] == job.kind
+
+
+def test_a_malformed_job_is_named_not_run(tmp_path: Path) -> None:
+    good = CalibrateJob(name="cal", job_dir=str(tmp_path), train_batch=4, predict_batch=8, views=2,
+                        **{**COMMON, "phase": "calibrate"}).to_json()
+    with pytest.raises(ValueError, match="kind is one of"):
+        job_from_json({**good, "kind": "evaluate"})
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['batch'\]"):
+        job_from_json({**good, "batch": 3})
+    with pytest.raises(ValueError, match="views"):
+        job_from_json({k: v for k, v in good.items() if k != "views"})
+    with pytest.raises(ValueError, match="phase must be one of"):
+        job_from_json({**good, "phase": "warmup"})
+    with pytest.raises(ValueError, match="shards"):
+        PredictJob(name="p", job_dir=".", shards=[[2, 2]], views=1, predict_batch=1, deadline=0.0, prefix="x",
+                   **{**COMMON, "phase": "predict"})
+    (tmp_path / "job.json").write_text("{not json")
+    with pytest.raises(ValueError, match="job.json"):
+        read_job(tmp_path / "job.json")
+
+
+POLICY = RetryPolicy(max_attempts=3)
+
+
+def test_training_out_of_memory_keeps_the_global_batch_until_single_rows() -> None:
+    t = Try("train", world=2, train_batch=64, micro_batch=0)
+    t = POLICY.next("oom", "train", t)
+    assert (t.index, t.world, t.train_batch, t.micro_batch) == (1, 2, 64, 16)  # 32 rows per process, halved
+    assert "global batch 64 kept" in t.why
+    one_row = Try("train", index=1, world=2, train_batch=64, micro_batch=1)
+    t = POLICY.next("oom", "train", one_row)
+    assert (t.train_batch, t.micro_batch) == (32, 0)  # a fresh run with half the batch
+    assert POLICY.next("oom", "train", Try("train", world=4, train_batch=4, micro_batch=1)) is None
+
+
+def test_a_crash_retries_and_a_second_one_takes_fewer_processes() -> None:
+    t = POLICY.next("crash", None, Try("train", world=4, train_batch=64, micro_batch=8))
+    assert (t.index, t.world, t.train_batch) == (1, 4, 64)
+    t = POLICY.next("stalled", "train", t)  # a hang killed at its heartbeat counts as a crash
+    assert (t.index, t.world, t.train_batch, t.micro_batch) == (2, 2, 64, 8)
+    assert POLICY.next("crash", None, t) is None  # max_attempts reached
+
+
+@pytest.mark.parametrize("error", ["timeout", "checkpoint", "tasks"])
+def test_what_a_retry_cannot_fix_stops(error: str) -> None:
+    for job in ("calibrate", "train", "predict"):
+        assert POLICY.next(error, None, Try(job, world=1, train_batch=8, predict_batch=8, shards=((0, 1),))) is None
+    assert POLICY.next(None, None, Try("train")) is None  # nothing to retry after a success
+
+
+def test_calibration_and_prediction_shrink_what_ran_out_of_memory() -> None:
+    cal = Try("calibrate", train_batch=8, predict_batch=16)
+    assert (POLICY.next("oom", "predict", cal).train_batch, POLICY.next("oom", "predict", cal).predict_batch) == (8, 8)
+    assert (POLICY.next("oom", "train", cal).train_batch, POLICY.next("oom", "train", cal).predict_batch) == (4, 16)
+    assert (POLICY.next("oom", "load", cal).train_batch, POLICY.next("oom", "load", cal).predict_batch) == (4, 8)
+    assert POLICY.next("oom", "load", Try("calibrate", train_batch=1, predict_batch=4)) is None
+    shard = Try("predict", predict_batch=16, shards=((1, 2),))
+    assert POLICY.next("oom", "predict", shard).shards == ((2, 4), (3, 4))
+    odd = Try("predict", predict_batch=6, shards=((1, 4),))  # 6 rows do not split over 8 shards
+    assert POLICY.next("oom", "predict", odd).shards == ((1, 4),)
