@@ -186,18 +186,12 @@ def _accuracy(run: dict[str, Any], solutions: dict[str, Any], submission: dict[s
     from trm_core.evaluate import coverage, score_submission
     from trm_core.vote import Predictions, vote
 
-    from submission.run import dedupe
+    from submission.assemble import merge_shards
 
     def score(files: list[str], views: int | None = None) -> dict[str, Any] | None:
-        parts = []
-        for f in files:
-            try:
-                parts.append(Predictions.load(f))
-            except (OSError, ValueError):
-                continue
-        if not parts:
+        preds = merge_shards(files)
+        if preds is None:
             return None
-        preds = dedupe(Predictions.merge(parts))
         if views is not None:  # only each test input's first `views` views (variant order)
             kept = Predictions(capacity=max(1, len(preds)))
             for i in range(len(preds)):
@@ -368,9 +362,7 @@ def _report_files(out: Path, run: dict[str, Any], challenges: Path, solutions: P
     (merged, as voted) and the training log."""
     from trm_core.report import BASELINE_FILE, PREDICTIONS_FILE
     from trm_core.train import METRICS_FILE
-    from trm_core.vote import Predictions
-
-    from submission.run import dedupe
+    from submission.assemble import merge_shards
 
     files = {}
     for name in ("challenges.json", "solutions.json", PREDICTIONS_FILE, BASELINE_FILE, METRICS_FILE):
@@ -385,14 +377,9 @@ def _report_files(out: Path, run: dict[str, Any], challenges: Path, solutions: P
     if adapted:  # without an adapted checkpoint the predictions are the un-adapted model's: no baseline
         sources.append((BASELINE_FILE, (run.get("baseline") or {}).get("files") or []))
     for name, parts in sources:
-        loaded = []
-        for f in parts:
-            try:
-                loaded.append(Predictions.load(f))
-            except (OSError, ValueError):
-                continue
-        if loaded:
-            dedupe(Predictions.merge(loaded)).save(out / name)
+        merged = merge_shards(parts)
+        if merged is not None:
+            merged.save(out / name)
             files[name] = out / name
     ckpt = (run.get("train") or {}).get("checkpoint")
     if ckpt and (Path(ckpt).parent / METRICS_FILE).is_file():

@@ -39,6 +39,21 @@ def dedupe(preds: Any) -> Any:
     return out
 
 
+def merge_shards(files: list[str], on_error: Callable[[str, Exception], None] | None = None) -> Any:
+    """The prediction shard files merged, repeats dropped (None when none can be read); a shard
+    that cannot be read is passed to `on_error` and left out (a killed shard loses only itself)."""
+    from trm_core.vote import Predictions
+
+    parts = []
+    for f in files:
+        try:
+            parts.append(Predictions.load(f))
+        except Exception as e:  # noqa: BLE001 - a corrupt shard is dropped, not fatal
+            if on_error is not None:
+                on_error(f, e)
+    return dedupe(Predictions.merge(parts)) if parts else None
+
+
 class Answers:
     """What the run has to say for every task, and the file that says it."""
 
@@ -74,15 +89,7 @@ class Answers:
         return out
 
     def load_predictions(self, files: list[str]) -> Any:
-        from trm_core.vote import Predictions
-
-        parts = []
-        for f in files:
-            try:
-                parts.append(Predictions.load(f))
-            except Exception as e:  # noqa: BLE001 - a corrupt shard is dropped, not fatal
-                self.problem(f"{f}: unreadable predictions ({e})")
-        return dedupe(Predictions.merge(parts)) if parts else None
+        return merge_shards(files, lambda f, e: self.problem(f"{f}: unreadable predictions ({e})"))
 
     def provisional(self, folder: Path, tag: str) -> None:
         try:

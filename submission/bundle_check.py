@@ -2,7 +2,8 @@
 
 The runner calls this at start, before any job touches the checkpoint; bundle/manifest.py (the
 writer side) imports the names from here, so the marker's format lives in one place.
-Standard library only: it runs on Kaggle, where the bundle package is not installed.
+Standard library only (with trm_core/safe_io.py): it runs on Kaggle before the package's
+dependencies are known to work, and the bundle package is not installed there.
 
 Inputs: a bundle folder holding `trm-bundle.json` (every file with size and sha256, the Python
 tag the wheels were chosen for), or a checkpoint folder and its manifest.
@@ -12,23 +13,16 @@ and `checkpoint_tampering(ckpt, manifest, problems)`, why a checkpoint must not 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from trm_core.safe_io import sha256_file
+
 MARKER_NAME = "trm-bundle.json"
 FORMAT = "trm-kit-bundle/1"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_manifest(bundle_dir: str | os.PathLike) -> dict[str, Any]:

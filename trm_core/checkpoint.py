@@ -11,7 +11,6 @@ Loading always works on CPU; reference pickles are read with `weights_only=True`
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import pickle
@@ -24,7 +23,7 @@ import torch
 
 from trm_core import __version__, jsonio
 from trm_core.model import TRM, TRMConfig
-from trm_core.safe_io import atomic_path, write_atomic
+from trm_core.safe_io import atomic_path, sha256_file, write_atomic
 
 REFERENCE_PREFIXES = ("_orig_mod.model.inner.", "model.inner.")
 TABLE_KEY = "puzzle_emb.weights"
@@ -58,14 +57,6 @@ class Checkpoint:
         if STD_KEY in self.state:
             return self.state[STD_KEY]
         return self.state[TABLE_KEY].float().std(0)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---- arch configs from files ---------------------------------------------------------------

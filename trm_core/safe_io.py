@@ -14,11 +14,13 @@ or numpy are known to work.
   folder, fsync, os.replace, then fsync of the folder where the filesystem allows it; the
   temporary file is removed if anything fails, and an existing file is left as it was.
   `atomic_path(path)` gives the same guarantee to a writer that wants a path (torch.save).
+- `sha256_file(path)`: a file's sha256, read in blocks (checkpoint weights, bundle files).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -105,6 +107,14 @@ def write_json_atomic(path: str | os.PathLike, obj: object, *, indent: int | Non
     """`obj` as JSON (compact unless `indent`), written atomically; return the path."""
     separators = (",", ":") if indent is None else (",", ": ")
     return write_atomic(path, json.dumps(obj, indent=indent, separators=separators))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _sync_folder(folder: Path) -> None:
