@@ -546,7 +546,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def load_run(run_dir: str | os.PathLike, rule: str = "reference") -> RunData:
     """Everything a report can show from the files in run_dir (see the module docstring)."""
     from trm_core.tasks import load_tasks
-    from trm_core.vote import Predictions, vote
+    from trm_core.predictions import Predictions
+    from trm_core.vote import vote
 
     d = Path(run_dir)
     if not d.is_dir():
