@@ -14,7 +14,8 @@ from trm_core.cli import main
 from trm_core.submission_file import (Problem, SubmissionError, build_submission, challenge_inputs,
                                  fallback_grid, grid_problem, reference_submission, repair,
                                  validate, validate_file, write_submission)
-from trm_core.vote import Predictions, vote
+from trm_core.predictions import Predictions
+from trm_core.vote import vote
 
 CHALLENGES = {
     "aaa": {"train": [], "test": [{"input": [[1, 2], [3, 4]]}]},

@@ -23,7 +23,7 @@ from trm_core.variants import Variants
 from trm_core.distributed import rank_world
 from trm_core.encoding import crop_batch
 from trm_core.model import TRM
-from trm_core.vote import Predictions
+from trm_core.predictions import Predictions
 
 
 @dataclass(frozen=True)

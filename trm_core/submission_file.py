@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from trm_core import jsonio, safe_io
-from trm_core.safe_io import grid_problem
-from trm_core.vote import MAX_SIDE, Vote
+from trm_core.safe_io import MAX_SIDE, grid_problem
+from trm_core.vote import Vote
 
 ATTEMPT_KEYS = ("attempt_1", "attempt_2")
 Grid = list[list[int]]
