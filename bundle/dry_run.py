@@ -184,7 +184,8 @@ def run_cell(dirs: dict[str, Path], budget_s: float, extra_args: list[str], echo
 
 def _accuracy(run: dict[str, Any], solutions: dict[str, Any], submission: dict[str, Any] | None) -> dict[str, Any]:
     from trm_core.evaluate import coverage, score_submission
-    from trm_core.vote import Predictions, vote
+    from trm_core.predictions import Predictions
+    from trm_core.vote import vote
 
     from submission.assemble import merge_shards
 

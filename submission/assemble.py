@@ -23,7 +23,7 @@ def dedupe(preds: Any) -> Any:
     saved); the first copy stays."""
     import numpy as np
 
-    from trm_core.vote import Predictions
+    from trm_core.predictions import Predictions
 
     n = len(preds)
     if not n:
@@ -42,7 +42,7 @@ def dedupe(preds: Any) -> Any:
 def merge_shards(files: list[str], on_error: Callable[[str, Exception], None] | None = None) -> Any:
     """The prediction shard files merged, repeats dropped (None when none can be read); a shard
     that cannot be read is passed to `on_error` and left out (a killed shard loses only itself)."""
-    from trm_core.vote import Predictions
+    from trm_core.predictions import Predictions
 
     parts = []
     for f in files:

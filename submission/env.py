@@ -205,3 +205,17 @@ def detect(environ: Mapping[str, str] | None = None) -> Environment:
     env = os.environ if environ is None else environ
     seen = {k: env[k] for k in ("KAGGLE_IS_COMPETITION_RERUN", "KAGGLE_KERNEL_RUN_TYPE") if k in env}
     return Environment(run_kind(env), detect_hardware(env), seen)
+
+
+def versions() -> dict[str, str]:
+    """The versions a run.json records: Python and the packages the jobs import."""
+    import platform
+
+    out = {"python": platform.python_version()}
+    for mod in ("torch", "numpy", "numba", "trm_core"):
+        try:
+            m = __import__(mod)
+            out[mod] = getattr(m, "__version__", "?")
+        except Exception:  # noqa: BLE001
+            out[mod] = "not importable"
+    return out

@@ -2,8 +2,9 @@
 the tasks that fit when not all do, and the post-training config a plan implies.
 
 Input: the runner's options, the run mode (full | smoke), the device and process count, the
-measured write time, the tasks and a `Calibration`. Output: scheduler `Plan`s and TrainConfig
-fields (a dict: the worker builds the TrainConfig, so torch is not imported here).
+measured write time, the tasks and calibration jobs' measurements. Output: a `Calibration`,
+scheduler `Plan`s and TrainConfig fields (a dict: the worker builds the TrainConfig, so torch is
+not imported here).
 """
 
 from __future__ import annotations
@@ -13,9 +14,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from submission.dispatch import LINGER_S
+from submission.dispatch import LINGER_S, Dispatcher
+from submission.jobs import CalibrateJob
 from submission.options import RunnerOptions
+from submission.retry import RetryPolicy, Try
 from submission.scheduler import Budget, Calibration, Plan, Workload, plan as make_plan, tasks_that_fit
+
+
+# calibration beats at every step and batch, but one unit may hold a cold start or a compilation:
+# its heartbeat may pause 10 x this (or min_stall, if longer) before the job counts as hung
+CALIBRATION_UNIT_S = 3.0
 
 
 class Planner:
@@ -35,6 +43,36 @@ class Planner:
     def views(self) -> int:
         """Views per test input when nothing was planned (or calibration is measuring)."""
         return self.opts.smoke_views if self.mode == "smoke" else self.opts.views_min
+
+    def calibrate(self, dispatch: Dispatcher, retry: RetryPolicy, limit_s: float, kill_limit: float,
+                  log: Callable[[str], None], problem: Callable[[str], None]) -> tuple[Calibration | None, list]:
+        """Measure the unit times with calibration jobs, retried by the policy; (calibration or
+        None, each attempt's summary). An attempt runs limit_s at most, and never past kill_limit."""
+        train_b, pred_b = self.batches()
+        views = self.opts.smoke_views if self.mode == "smoke" else self.opts.views_target
+        attempts = []
+        t: Try | None = Try("calibrate", train_batch=train_b // self.world, predict_batch=pred_b // self.world)
+        while t is not None:
+            kill_at = min(self.clock() + limit_s, kill_limit)
+            if kill_at - self.clock() < 1.0:
+                break
+            name = f"calibrate-a{t.index}"
+            job = dispatch.job(CalibrateJob, name, "calibrate", train_batch=t.train_batch,
+                               predict_batch=t.predict_batch, views=views, attempt=t.index,
+                               heartbeat=dispatch.heartbeat(name))
+            out = dispatch.run_one(job, kill_at, unit_s=CALIBRATION_UNIT_S)
+            attempts.append(out.summary())
+            if out.ok:
+                c = out.results[0]["calibration"]
+                ready = out.ready_at or out.launched_at
+                # a launch costs start-up (imports, loading) plus tear-down (exit), both measured here
+                return Calibration.from_json({**c, "launch_s": max(0.0, ready - out.launched_at) + out.teardown_s}), \
+                    attempts
+            problem(out.describe())
+            t = retry.next(out.error, out.part, t)
+            if t is not None:
+                log(t.why)
+        return None, attempts
 
     def make_budget(self, train_batch: int, predict_batch: int) -> Budget:
         o = self.opts

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -46,24 +45,22 @@ from submission import env as env_mod
 from submission import faults as faults_mod
 from submission.assemble import Answers, dedupe
 from submission.bundle_check import checkpoint_tampering, verify_bundle
-from submission.dispatch import LINGER_S, Dispatcher, Outcome
+from submission.dispatch import Dispatcher, Outcome
 from submission.fallback import fallback_submission
-from submission.jobs import CalibrateJob, PredictJob, TrainJob
 from submission.launch import SubprocessLauncher
 from submission.options import RunnerOptions, options_from_args, parser
-from submission.planning import Planner
-from submission.retry import RetryPolicy, Try
+from submission.planning import CALIBRATION_UNIT_S, Planner
+from submission.predicting import Prediction
+from submission.retry import RetryPolicy
+from submission.training import Training, group_timeout as _group_timeout
 from submission.scheduler import Calibration, Plan
 from trm_core import jsonio
 from trm_core.safe_io import write_atomic
 
-__all__ = ["Outcome", "Runner", "RunnerOptions", "dedupe", "fallback_submission", "main", "options_from_args",
-           "parser"]
+__all__ = ["CALIBRATION_UNIT_S", "Outcome", "Runner", "RunnerOptions", "_group_timeout", "dedupe",
+           "fallback_submission", "main", "options_from_args", "parser"]
 
 RUN_DIR = "trm-run"
-# calibration beats at every step and batch, but one unit may hold a cold start or a compilation:
-# its heartbeat may pause 10 x this (or min_stall, if longer) before the job counts as hung
-CALIBRATION_UNIT_S = 3.0
 FORMAT = "trm-kit-run/1"
 
 
@@ -239,7 +236,8 @@ class Runner:
         self.planner = Planner(self.opts, mode, want, self.world, self.planner.write_s, self.clock,
                                self.run_deadline)
         self.record.update(environment=environment.to_json(), run_mode=mode, device=want, world=self.world,
-                           versions=_versions(), seeds={"seed": self.opts.seed}, options=_jsonable(asdict(self.opts)))
+                           versions=env_mod.versions(), seeds={"seed": self.opts.seed},
+                           options={k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.opts).items()})
         self.log(f"{self.kind} run, {mode} mode: {hw.describe()}; {self.world} x {want}")
         self._phase("detect", None, t0, "ok")
 
@@ -318,30 +316,10 @@ class Runner:
 
     def calibrate(self) -> Calibration | None:
         t0 = self.clock()
-        train_b, pred_b = self.planner.batches()
-        views = self.opts.smoke_views if self.mode == "smoke" else self.opts.views_target
-        attempts = []
-        cal = None
         # a cold start (imports, numba compilation) on a loaded CPU can take most of a minute
         limit = max(min(60.0, 0.5 * self.left()), min(0.15 * self.left(), 1200.0))
-        t: Try | None = Try("calibrate", train_batch=train_b // self.world, predict_batch=pred_b // self.world)
-        while t is not None:
-            kill_at = min(self.clock() + limit, self.run_deadline - self.final_reserve)
-            if kill_at - self.clock() < 1.0:
-                break
-            name = f"calibrate-a{t.index}"
-            job = self.dispatch.job(CalibrateJob, name, "calibrate", train_batch=t.train_batch,
-                                    predict_batch=t.predict_batch, views=views, attempt=t.index,
-                                    heartbeat=self.dispatch.heartbeat(name))
-            out = self._outcome(self.dispatch.run_one(job, kill_at, unit_s=CALIBRATION_UNIT_S))
-            attempts.append(out.summary())
-            if out.ok:
-                c = out.results[0]["calibration"]
-                ready = out.ready_at or out.launched_at
-                # a launch costs start-up (imports, loading) plus tear-down (exit), both measured here
-                cal = Calibration.from_json({**c, "launch_s": max(0.0, ready - out.launched_at) + out.teardown_s})
-                break
-            t = self._next_try(out, t)
+        cal, attempts = self.planner.calibrate(self.dispatch, self.retry, limit, self.run_deadline - self.final_reserve,
+                                               self.log, self.problem)
         self.record["calibration"] = cal.to_json() if cal else None
         self.calibration = cal
         self._phase("calibrate", None, t0, "ok" if cal else "failed", attempts=attempts)
@@ -375,17 +353,6 @@ class Runner:
             self.initial_plan = self.plan
         return self.plan
 
-    def _outcome(self, out: Outcome) -> Outcome:
-        if not out.ok:
-            self.problem(out.describe())
-        return out
-
-    def _next_try(self, out: Outcome, t: Try) -> Try | None:
-        nxt = self.retry.next(out.error, out.part, t)
-        if nxt is not None:
-            self.log(nxt.why)
-        return nxt
-
     # ---- phase: post-training ---------------------------------------------------------------------
 
     def train(self, cal: Calibration) -> Path | None:
@@ -395,57 +362,12 @@ class Runner:
         if p is None or p.steps <= 0:
             self._phase("train", 0.0, t0, "skipped", reason=p.reason if p else "no plan")
             return None
-        attempts: list[dict[str, Any]] = []
-        adapted = partial = None
-        watch: dict[str, Any] = {}
-        result: dict[str, Any] = {}
+        training = Training(self.dispatch, self.retry, self.planner, self.scratch, self.log, self.problem, self.left,
+                            kill_limit=self.run_deadline - self.final_reserve, grace=self.grace, seed=self.opts.seed)
+        ckpt, status, self.plan, self.record["train"], attempts = training.run(self.tasks, cal, p, self.world)
         planned = p.phases["train_launch"] + p.phases["train"] + p.phases["save"]
-        trained_views: dict[Path, int] = {}  # a resumed run keeps its variants (its sampler checks them)
-        t: Try | None = Try("train", world=self.world, train_batch=p.train_batch, micro_batch=cal.train_micro_batch)
-        while t is not None:
-            out_dir = self.scratch / f"train-w{t.world}-b{t.train_batch}"
-            resume_at = _saved_step(out_dir)
-            if t.index:
-                p = self.planner.plan(self.tasks, cal, world=t.world, train_batch=t.train_batch, steps_done=resume_at)
-                if p.steps <= resume_at:
-                    self.log("no time left for another training attempt")
-                    break
-                if resume_at and out_dir in trained_views:
-                    p = replace(p, views=min(p.views, trained_views[out_dir]))
-                self.plan = p
-            out = self._train_once(t, p, out_dir, resume_at, trained_views.setdefault(out_dir, p.views), cal)
-            attempts.append({**out.summary(), "world": t.world, "train_batch": t.train_batch,
-                             "micro_batch": t.micro_batch, "resume_at": resume_at})
-            watch = _read_json(self.scratch / "jobs" / out.name / "watchdog.json") or watch
-            if out.ok:
-                result = out.results[0] if out.results else {}
-                adapted = Path(result["checkpoint"]) if result.get("checkpoint") else None
-                break
-            if (out_dir / "checkpoint" / "manifest.json").is_file():
-                partial = out_dir / "checkpoint"
-            t = self._next_try(out, t)
-        if watch.get("final_plan"):
-            final = Plan.from_json(watch["final_plan"])
-            self.plan = replace(self.plan, views=min(self.plan.views, final.views))
-        ckpt = adapted or partial
-        self.record["train"] = _train_record(self.plan, result, watch, ckpt)
-        self._phase("train", planned, t0, "ok" if adapted else ("partial" if partial else "failed"), attempts=attempts)
+        self._phase("train", planned, t0, status, attempts=attempts)
         return ckpt
-
-    def _train_once(self, t: Try, p: Plan, out_dir: Path, resume_at: int, views: int, cal: Calibration) -> Outcome:
-        """One training attempt along plan `p`, as a torchrun group of t.world processes."""
-        kill_at = min(p.train_deadline + self.grace + 2 * cal.save_s + LINGER_S, self.run_deadline - self.final_reserve)
-        name = f"train-a{t.index}"
-        self.log(f"{name}: {p.steps - resume_at} steps of {t.train_batch} on {t.world} x {self.device}"
-                 + (f", resuming at step {resume_at}" if resume_at else ""))
-        job = self.dispatch.job(TrainJob, name, "train", plan=p.to_json(),
-                                train=self.planner.train_config(p, t.micro_batch),
-                                pg_timeout_s=_group_timeout(self.left()),
-                                data={"num_variants": max(0, views - 1), "variant_seed": self.opts.seed,
-                                      "sampler_seed": self.opts.seed},
-                                out_dir=str(out_dir), deadline=p.train_deadline, attempt=t.index,
-                                heartbeat=self.dispatch.heartbeat(name))
-        return self._outcome(self.dispatch.run_one(job, kill_at, nprocs=t.world, unit_s=p.step_s))
 
     # ---- phases: prediction and vote --------------------------------------------------------------
 
@@ -493,46 +415,17 @@ class Runner:
                 provisional: bool, phase: str | None = None) -> list[str]:
         """Shard processes over the GPUs (or CPU processes); returns the prediction files. phase
         (for fault injection): predict, or baseline for the un-adapted checkpoint after training."""
-        phase = phase or ("baseline" if tag == "baseline" else "predict")
         t0 = self.clock()
-        world = self.world
-        if batch % world:
-            batch = max(world, batch // world * world)
-        pending = [Try("predict", predict_batch=batch, shards=((r, world),)) for r in range(world)]
-        attempts: list[dict[str, Any]] = []
-        files: set[str] = set()
-        lost = 0  # shard groups that failed with no try left
-        folder = self.scratch / "predictions"
-        folder.mkdir(parents=True, exist_ok=True)
-        kill_at = min(deadline + self.grace, self.run_deadline - self.final_reserve)
-        tick = (lambda: self.answers.provisional(folder, tag)) if provisional else None
-        while pending and kill_at - self.clock() > 0.05:
-            a = pending[0].index
-            jobs = [self.dispatch.job(PredictJob, f"{tag}-a{a}-g{i}", phase, checkpoint=str(ckpt),
-                                      shards=[list(s) for s in t.shards], views=views, predict_batch=batch,
-                                      deadline=deadline, prefix=f"{folder / tag}-a{a}",
-                                      save_every_s=self.opts.save_every_s, attempt=a,
-                                      heartbeat=self.dispatch.heartbeat(f"{tag}-a{a}-g{i}"))
-                    for i, t in enumerate(pending)]
-            unit = self.plan.predict_batch_s * max(len(t.shards) for t in pending) if self.plan else None
-            gpus = [i % world if self.device == "cuda" else None for i in range(len(jobs))]
-            outs = self.dispatch.run_many(jobs, kill_at, unit, tick, self.opts.provisional_every_s, gpus)
-            files.update(str(f) for f in folder.glob(f"{tag}-a{a}-r*of*.npz"))
-            retry: list[Try] = []
-            for t, out in zip(pending, outs):
-                attempts.append({**out.summary(), "shards": [list(s) for s in t.shards],
-                                 "compile": next((r["compile"] for r in out.results if "compile" in r), None)})
-                if self._outcome(out).ok:
-                    continue
-                nxt = self._next_try(out, t)
-                retry += [nxt] if nxt else []
-                lost += nxt is None
-            pending = retry
-        self.predictions[tag] = sorted(files)
-        failed = any(not a["ok"] for a in attempts)
-        status = "failed" if not files else "partial" if pending or lost else "ok (after retries)" if failed else "ok"
+        prediction = Prediction(self.dispatch, self.retry, self.answers, self.log, self.problem,
+                                self.scratch / "predictions", self.world, self.opts.save_every_s,
+                                self.opts.provisional_every_s)
+        files, status, attempts = prediction.run(
+            ckpt, tag, phase or ("baseline" if tag == "baseline" else "predict"), views, batch, deadline,
+            kill_at=min(deadline + self.grace, self.run_deadline - self.final_reserve),
+            batch_s=self.plan.predict_batch_s if self.plan else None, provisional=provisional)
+        self.predictions[tag] = files
         self._phase(tag, planned, t0, status, views=views, files=len(files), attempts=attempts)
-        return sorted(files)
+        return files
 
     def _room_for_a_launch(self) -> bool:
         """Time for one more prediction launch to give something (start-up, warm-up, a batch, twice)."""
@@ -561,57 +454,6 @@ class Runner:
         self._phase("finalize", None, t0, "ok")
         self.log(f"done in {end - self.start:.1f} s, {self.deadline - end:.1f} s before the deadline; "
                  f"{len(self.problems)} problem(s)")
-
-
-def _train_record(plan: Plan, result: dict[str, Any], watch: dict[str, Any], ckpt: Path | None) -> dict[str, Any]:
-    """run.json's "train" entry: planned vs done, the watchdog's re-plans, the last metrics."""
-    return {"steps_planned": plan.steps,
-            "steps_done": result.get("steps_done", _saved_step(ckpt.parent) if ckpt else 0),
-            "stopped_early": result.get("stopped_early"), "samples_per_s": result.get("samples_per_s"),
-            "seconds": result.get("seconds"), "first_metrics": result.get("first_metrics"),
-            "last_metrics": result.get("last_metrics"), "checkpoint": str(ckpt) if ckpt else None,
-            "replans": watch.get("replans", []), "stop_reason": watch.get("stop_reason"),
-            "measured_step_s": watch.get("measured_step_s"), "micro_batch": result.get("micro_batch"),
-            "compile": result.get("compile")}
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _group_timeout(left_s: float) -> float:
-    """A process group's timeout: a hung rendezvous or collective must fail while time is left to
-    recover (a tenth of what is left, between 60 s and 10 minutes)."""
-    return max(60.0, min(600.0, 0.1 * left_s))
-
-
-def _saved_step(out_dir: Path | None) -> int:
-    """The step of the checkpoint a training folder holds (0 if none)."""
-    if out_dir is None:
-        return 0
-    try:
-        return int(json.loads((Path(out_dir) / "checkpoint" / "manifest.json").read_text())["train"]["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for mod in ("torch", "numpy", "numba", "trm_core"):
-        try:
-            m = __import__(mod)
-            out[mod] = getattr(m, "__version__", "?")
-        except Exception:  # noqa: BLE001
-            out[mod] = "not importable"
-    return out
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
 def main(argv: list[str] | None = None, **runner_kwargs: Any) -> int:
