@@ -224,16 +224,14 @@ def _accuracy(run: dict[str, Any], solutions: dict[str, Any], submission: dict[s
 
 
 def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> DryRunResult:
-    """Lay out the tree, run the notebook's run cell, check and score the result, write the report."""
-    from trm_core import checkpoint as ckpt_io
-    from trm_core.model import TRMConfig
-    from trm_core.submission_file import challenge_inputs, validate
+    """Lay out the tree, run the notebook's run cell, check and score the result, write the report.
 
+    About 75 lines on purpose: the rehearsal reads top to bottom in the order it happens (each step
+    that is more than a few lines is a helper below)."""
     from submission import projection as proj
-    from trm_core.report import write_report
-
-    from submission.report import render, timing_report, timing_section
-    from submission.scheduler import Calibration
+    from submission.report import render, timing_report
+    from trm_core import checkpoint as ckpt_io
+    from trm_core.submission_file import challenge_inputs, validate
 
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
     t0 = time.time()
@@ -261,24 +259,7 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
         except ValueError:
             counts = {}
         dirs = layout(root, challenges, ckpt)
-        on_gpu = opts.device == "cuda" or (opts.device is None and _gpu_seen())
-        views = opts.views or (None if on_gpu else CPU_VIEWS)
-        args = ["--baseline", "--run-mode", "full", "--scratch-dir", str(dirs["scratch"] / "run"),
-                "--seed", str(opts.seed), "--cpu-procs", str(opts.cpu_procs),
-                "--provisional-every", str(max(5.0, opts.budget_s / 10)),
-                "--save-every", str(max(2.0, opts.budget_s / 20)),
-                "--reserve-min", str(min(10.0, max(1.0, opts.budget_s / 100)))]
-        if views:
-            args += ["--views-min", str(views[0]), "--views-target", str(views[1]), "--views-max", str(views[2])]
-        mode = opts.train_mode or (None if on_gpu else CPU_TRAIN_MODE)
-        lr = opts.lr if opts.lr is not None else (None if on_gpu else CPU_LR)
-        emb_lr = opts.puzzle_emb_lr if opts.puzzle_emb_lr is not None else (None if on_gpu else CPU_EMB_LR)
-        for flag, value in (("--device", opts.device), ("--train-batch", opts.train_batch),
-                            ("--predict-batch", opts.predict_batch), ("--train-mode", mode), ("--lr", lr),
-                            ("--puzzle-emb-lr", emb_lr)):
-            if value is not None:
-                args += [flag, str(value)]
-        args += list(opts.extra_args)
+        args = _runner_args(opts, dirs["scratch"] / "run")
         echo(f"dry run: {label}, checkpoint {ckpt}, budget {opts.budget_s:g} s, tree {root}")
         rc = run_cell(dirs, opts.budget_s, args, echo)
 
@@ -293,29 +274,8 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
         sol = jsonio.load(solutions) if solutions else None
         accuracy = _accuracy(run, sol, submission) if sol else None
 
-        measured = Calibration.from_json(run["calibration"]) if run.get("calibration") else None
-        models = [("this checkpoint", cfg)]
-        released = "hrm" if cfg.architecture == "hrm" else "paper"  # the released size of this architecture
-        paper = TRMConfig.from_name(released)
-        if cfg.with_(num_puzzle_identifiers=1) != paper.with_(num_puzzle_identifiers=1):
-            models.append((f"{released} preset (what a competition bundle runs)", paper))
-        projections = []
-        for name, c in models:
-            same = c is cfg
-            p = proj.project(c, opts.target_gpu, opts.target_gpus, mfu_train=opts.target_mfu,
-                             mfu_predict=opts.target_mfu, measured=measured if same else None,
-                             model_name=f"{name}: {c.architecture.upper()}, hidden {c.hidden_size}, canvas {c.canvas}, "
-                                        f"{c.H_cycles}x{c.L_cycles} cycles, {c.halt_max_steps} ACT steps")
-            projections.append({**p.to_json(), "text": p.render()})
-
-        tasks_info = run.get("tasks") or {}
-        by_task: dict[str, list[str]] = {}
-        for p in run.get("task_problems", []):
-            by_task.setdefault(str(p["task_id"]), []).append(f"{p['where'] + ': ' if p.get('where') else ''}"
-                                                           f"{p['message']}")
-        failed = [f"{t}: {msgs[0]}" + (f" (and {len(msgs) - 1} more)" if len(msgs) > 1 else "")
-                  for t, msgs in by_task.items()]
-        failed += [f"{t}: no readable test inputs" for t in tasks_info.get("broken", [])]
+        projections = _projections(cfg, run, opts)
+        failed = _failed_tasks(run)
         from_model = 0
         if submission is not None and run.get("predict"):
             from_model = run["predict"].get("from_model", 0)
@@ -334,28 +294,96 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
                                       "wall_s": wall, "budget_s": opts.budget_s})
         text = render(report)
         out = Path(opts.out)
-        out.mkdir(parents=True, exist_ok=True)
-        files = {}
-        for name, src in (("submission.json", sub_path), ("run.json", run_path),
-                          ("plan.json", dirs["working"] / "trm-run" / "plan.json")):
-            if src.is_file():
-                shutil.copy2(src, out / name)
-                files[name] = out / name
-        (out / "timing-report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-        (out / "timing-report.txt").write_text(text + "\n")
-        files.update({"timing-report.json": out / "timing-report.json", "timing-report.txt": out / "timing-report.txt"})
-        files.update(_report_files(out, run, challenges, solutions))
-        try:
-            files["report.html"] = write_report(out, sections=[timing_section(report)],
-                                                title=f"trm-kit dry run: {label}")
-        except Exception as e:  # noqa: BLE001 - the page is a view of the files above, never worth the run
-            echo(f"report.html not written: {type(e).__name__}: {e}")
+        files = _write_outputs(out, report, text, dirs, run, challenges, solutions, label, echo)
         return DryRunResult(report, text, out, not problems, wall, files)
     finally:
         if opts.keep:
             echo(f"kept the dry-run tree at {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _runner_args(opts: DryRunOptions, scratch: Path) -> list[str]:
+    """The runner's command line for this rehearsal: full mode with the baseline pass, saves and
+    provisional writes scaled to the budget, CPU-sized views and rates where no GPU is seen."""
+    on_gpu = opts.device == "cuda" or (opts.device is None and _gpu_seen())
+    views = opts.views or (None if on_gpu else CPU_VIEWS)
+    args = ["--baseline", "--run-mode", "full", "--scratch-dir", str(scratch),
+            "--seed", str(opts.seed), "--cpu-procs", str(opts.cpu_procs),
+            "--provisional-every", str(max(5.0, opts.budget_s / 10)),
+            "--save-every", str(max(2.0, opts.budget_s / 20)),
+            "--reserve-min", str(min(10.0, max(1.0, opts.budget_s / 100)))]
+    if views:
+        args += ["--views-min", str(views[0]), "--views-target", str(views[1]), "--views-max", str(views[2])]
+    mode = opts.train_mode or (None if on_gpu else CPU_TRAIN_MODE)
+    lr = opts.lr if opts.lr is not None else (None if on_gpu else CPU_LR)
+    emb_lr = opts.puzzle_emb_lr if opts.puzzle_emb_lr is not None else (None if on_gpu else CPU_EMB_LR)
+    for flag, value in (("--device", opts.device), ("--train-batch", opts.train_batch),
+                        ("--predict-batch", opts.predict_batch), ("--train-mode", mode), ("--lr", lr),
+                        ("--puzzle-emb-lr", emb_lr)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args + list(opts.extra_args)
+
+
+def _projections(cfg: Any, run: dict[str, Any], opts: DryRunOptions) -> list[dict[str, Any]]:
+    """The hidden rerun projected onto the target GPUs, for this checkpoint (from the measured
+    calibration) and, when it is smaller, for the released size of its architecture."""
+    from submission import projection as proj
+    from submission.scheduler import Calibration
+    from trm_core.model import TRMConfig
+
+    measured = Calibration.from_json(run["calibration"]) if run.get("calibration") else None
+    models = [("this checkpoint", cfg)]
+    released = "hrm" if cfg.architecture == "hrm" else "paper"  # the released size of this architecture
+    paper = TRMConfig.from_name(released)
+    if cfg.with_(num_puzzle_identifiers=1) != paper.with_(num_puzzle_identifiers=1):
+        models.append((f"{released} preset (what a competition bundle runs)", paper))
+    projections = []
+    for name, c in models:
+        same = c is cfg
+        p = proj.project(c, opts.target_gpu, opts.target_gpus, mfu_train=opts.target_mfu,
+                         mfu_predict=opts.target_mfu, measured=measured if same else None,
+                         model_name=f"{name}: {c.architecture.upper()}, hidden {c.hidden_size}, canvas {c.canvas}, "
+                                    f"{c.H_cycles}x{c.L_cycles} cycles, {c.halt_max_steps} ACT steps")
+        projections.append({**p.to_json(), "text": p.render()})
+    return projections
+
+
+def _failed_tasks(run: dict[str, Any]) -> list[str]:
+    """One line per task the runner could not load (its first problem) or read test inputs of."""
+    by_task: dict[str, list[str]] = {}
+    for p in run.get("task_problems", []):
+        by_task.setdefault(str(p["task_id"]), []).append(f"{p['where'] + ': ' if p.get('where') else ''}"
+                                                       f"{p['message']}")
+    failed = [f"{t}: {msgs[0]}" + (f" (and {len(msgs) - 1} more)" if len(msgs) > 1 else "")
+              for t, msgs in by_task.items()]
+    return failed + [f"{t}: no readable test inputs" for t in (run.get("tasks") or {}).get("broken", [])]
+
+
+def _write_outputs(out: Path, report: dict[str, Any], text: str, dirs: dict[str, Path], run: dict[str, Any],
+                   challenges: Path, solutions: Path | None, label: str, echo: Callable[[str], None]) -> dict[str, Path]:
+    """Copy the run's files into `out`, write the timing report (JSON, text) and report.html."""
+    from submission.report import timing_section
+    from trm_core.report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, src in (("submission.json", dirs["working"] / "submission.json"),
+                      ("run.json", dirs["working"] / "trm-run" / "run.json"),
+                      ("plan.json", dirs["working"] / "trm-run" / "plan.json")):
+        if src.is_file():
+            shutil.copy2(src, out / name)
+            files[name] = out / name
+    (out / "timing-report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    (out / "timing-report.txt").write_text(text + "\n")
+    files.update({"timing-report.json": out / "timing-report.json", "timing-report.txt": out / "timing-report.txt"})
+    files.update(_report_files(out, run, challenges, solutions))
+    try:
+        files["report.html"] = write_report(out, sections=[timing_section(report)], title=f"trm-kit dry run: {label}")
+    except Exception as e:  # noqa: BLE001 - the page is a view of the files above, never worth the run
+        echo(f"report.html not written: {type(e).__name__}: {e}")
+    return files
 
 
 def _report_files(out: Path, run: dict[str, Any], challenges: Path, solutions: Path | None) -> dict[str, Path]:

@@ -84,6 +84,8 @@ def _s(x: float | None) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
+    """The timing report as text. Long on purpose: one section after another, in the order the
+    report prints them, each a few appends; split up it would only scatter the layout."""
     r = report
     lines = ["trm-kit timing report", "=" * 21]
     if r.get("data"):

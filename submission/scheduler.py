@@ -2,8 +2,8 @@
 and watch the clock while training.
 
 Inputs: a `Budget` (limits and assumptions), a `Workload` (tasks, test inputs, demonstration pairs,
-processes), a `Calibration` (unit times measured by `calibrate`, or derived from FLOPs for a
-projection) and two absolute times, now and the deadline.
+processes), a `Calibration` (unit times measured by submission/measure.py's `calibrate`, or
+derived from FLOPs for a projection) and two absolute times, now and the deadline.
 Outputs: a `Plan` (steps, K, batch sizes and the planned seconds of every phase, with every
 assumption, printable and saved as JSON) and, during training, a `Watchdog` whose `stop(step)` is
 the callable `trm_core.train.train` takes.
@@ -24,8 +24,9 @@ checkpoint save). Allocation policy, in order:
 Only the first K variants of a task are trained (one embedding row each), so K is fixed once
 training starts; a re-plan may lower it, never raise it.
 
-calibrate() imports torch and trm_core lazily; everything else here is standard-library arithmetic
-with an injectable clock, so it is tested with a fake one.
+Everything here is standard-library arithmetic with an injectable clock, so it is tested with a
+fake one; the measurement that needs torch is submission/measure.py. About 530 lines: the plan,
+the re-plan and the watchdog that triggers it share one cost model and stay together.
 """
 
 from __future__ import annotations
@@ -501,149 +502,8 @@ class Watchdog:
 
 
 # ---------------------------------------------------------------------------------------------
-# Calibration
+# Fitting the work to the time
 # ---------------------------------------------------------------------------------------------
-
-
-def _steady(intervals: list[float], warm: int) -> tuple[float, float]:
-    """(steady mean, warm-up excess) from per-unit durations whose first `warm` include warm-up."""
-    steady = intervals[warm:] or intervals[-1:]
-    mean = sum(steady) / len(steady)
-    excess = max(0.0, sum(intervals[:warm]) - warm * mean)
-    return mean, excess
-
-
-def calibrate(ckpt: Any, tasks: Any, *, train_batch: int, predict_batch: int, views: int, device: Any = "cpu",
-              train_mode: str = "full", warmup_steps: int = 2, timed_steps: int = 3, timed_batches: int = 2,
-              seed: int = 0, clock: Callable[[], float] = time.perf_counter,
-              hook: Callable[[str, int], None] | None = None, log: Callable[[str], None] | None = None,
-              scratch: str | os.PathLike | None = None, peak_bytes: Callable[[str, int], int] | None = None,
-              budget_bytes: float | None = None) -> Calibration:
-    """Time post-training steps and prediction batches of `ckpt` on `tasks` on one device.
-
-    On CUDA (or with a fake `peak_bytes(kind, rows)` and `budget_bytes`, as in tests) peak memory is
-    measured first at two small batches for training and for prediction and fitted per row
-    (trm_core.memory); the timed steps then run at the largest micro-batch that fits (the local
-    batch stays `train_batch`, as gradient accumulation) and prediction at the largest batch up to
-    `predict_batch` that fits. No step is sized by running out of memory.
-
-    Training runs warmup_steps + timed_steps + 1 steps of `train_batch` rows in `train_mode`
-    ("full" is the most expensive post-training step, so the plan errs on the safe side) with an
-    embedding table of `views` variants per task; prediction runs 1 + timed_batches batches of
-    `predict_batch` rows. The first steps/batch are the warm-up (allocation, numba JIT, torch.compile):
-    their excess over the steady time is reported as *_warmup_s. hook(part, index) runs before each
-    step and batch (fault injection in tests). save_s times writing the checkpoint; the resumable
-    state written with it holds about 4x the trunk (weights, EMA, two Adam moments), so it is 4x that.
-    """
-    import tempfile
-
-    import torch
-
-    from trm_core import checkpoint as ckpt_io
-    from trm_core.batches import TrainSampler
-    from trm_core.model import flops_per_sample
-    from trm_core.perf import device_name
-    from trm_core.predict import PredictConfig, predict
-    from trm_core.recipes import DataConfig, model_for_tasks, prepare_posttrain
-    from trm_core.train import TrainConfig, train
-
-    from trm_core import memory
-
-    device = torch.device(device)
-    cfg = ckpt.config
-    quiet = log or (lambda line: None)
-    sized = peak_bytes is not None or device.type == "cuda"
-    budget = budget_bytes if budget_bytes is not None else memory.device_budget(device)
-
-    def fit_memory(kind: str, model: Any, rows: tuple[int, int]) -> memory.MemoryFit:
-        if peak_bytes is not None:
-            return memory.fit([(r, peak_bytes(kind, r)) for r in rows])
-        step = memory.train_step_peak if kind == "train" else memory.predict_batch_peak
-        return memory.measure_peak(lambda r: (hook and hook(kind, 0), step(model, r, device)), rows, device)
-
-    # ---- training steps
-    model, variants = prepare_posttrain(ckpt, tasks, DataConfig(num_variants=max(0, views - 1), variant_seed=seed),
-                                        seed=seed)
-    sampler = TrainSampler(variants, train_batch, seed=seed, canvas=cfg.canvas)
-    micro, train_fit = 0, None
-    if sized and budget:
-        model.to(device)
-        train_fit = fit_memory("train", model, (2, 4))
-        # Adam's two moments and the EMA copy come after the fit: 3 x the trunk in fp32
-        extra = 1.5 * memory.optimiser_bytes(model)
-        micro = memory.choose_micro_batch(train_fit, train_batch, budget, cfg, extra)
-        micro = 0 if micro >= train_batch else micro
-        quiet(f"memory: training {train_fit.render(budget)}; micro-batch {micro or train_batch} of {train_batch}")
-    marks: list[float] = []
-
-    def on_step(step: int) -> bool:
-        if hook:
-            hook("train", step)
-        marks.append(clock())
-        return False
-
-    n_steps = warmup_steps + timed_steps + 1
-    tc = TrainConfig(steps=n_steps, global_batch_size=train_batch, mode=train_mode, warmup_steps=1,
-                     log_every=10**9, seed=seed, micro_batch_size=micro)
-    train_res = train(model, sampler, tc, device=device, stop=on_step, log=quiet)
-    step_times = [b - a for a, b in zip(marks, marks[1:])]  # step 1 .. n_steps-1
-    step_s, train_warm = _steady(step_times, warmup_steps)
-
-    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-        t0 = clock()
-        ckpt_io.save(ckpt_io.from_model(model.to("cpu")), Path(tmp) / "ckpt")
-        save_s = 4 * (clock() - t0)
-    del model
-
-    # ---- prediction batches
-    test_inputs = sum(len(t.test_inputs) for t in tasks)
-    need = math.ceil((1 + timed_batches) * predict_batch / max(1, test_inputs))
-    model, variants, _ = model_for_tasks(ckpt, tasks, max(1, min(need, 1000)), seed)
-    predict_fit = None
-    if sized and budget:
-        model.to(device)
-        predict_fit = fit_memory("predict", model, (2, 4))
-        fits = predict_fit.largest_batch(budget)
-        if fits < 1:
-            raise RuntimeError(f"calibration: not one prediction row fits ({predict_fit.render(budget)})")
-        if fits < predict_batch:
-            quiet(f"memory: prediction {predict_fit.render(budget)}; batch {fits} instead of {predict_batch}")
-            predict_batch = fits
-            need = math.ceil((1 + timed_batches) * predict_batch / max(1, test_inputs))
-    pmarks: list[float] = []
-    pstatus: dict[str, str] = {}
-    done_batches = [0]
-
-    def before_batch() -> bool:
-        if hook:
-            hook("predict", done_batches[0])
-        return done_batches[0] >= 1 + timed_batches
-
-    def after_batch(preds: Any, done: int, total: int) -> None:
-        done_batches[0] = done
-        pmarks.append(clock())
-
-    pmarks.append(clock())
-    predict(model, variants, PredictConfig(num_views=max(1, min(need, 1000)), batch_size=predict_batch,
-                                           order="variant"),
-            device=device, stop=before_batch, on_batch=after_batch, status=pstatus)
-    batch_times = [b - a for a, b in zip(pmarks, pmarks[1:])]
-    if not batch_times:
-        raise RuntimeError("calibration: prediction ran no batch")
-    batch_s, predict_warm = _steady(batch_times, 1)
-    halt = cfg.halt_max_steps
-    return Calibration(device=device_name(device), train_batch=train_batch, train_step_s=step_s,
-                       train_warmup_s=train_warm, predict_batch=predict_batch, predict_batch_s=batch_s,
-                       predict_warmup_s=predict_warm, launch_s=0.0, save_s=save_s,
-                       steps_timed=max(0, len(step_times) - warmup_steps), batches_timed=max(0, len(batch_times) - 1),
-                       train_flops_per_step=flops_per_sample(cfg, train=True) * train_batch,
-                       predict_flops_per_batch=flops_per_sample(cfg, train=False) * halt * predict_batch,
-                       train_memory=train_fit.to_json() if train_fit else None,
-                       predict_memory=predict_fit.to_json() if predict_fit else None,
-                       memory_budget_bytes=int(budget) if sized and budget else None,
-                       memory_headroom=memory.HEADROOM if sized and budget else 0.0,
-                       train_micro_batch=micro, train_compile=train_res.compile,
-                       predict_compile=pstatus.get("compile", "off"))
 
 
 def largest_fitting(lo: int, hi: int, fits: Callable[[int], bool]) -> int:

@@ -30,7 +30,8 @@ from typing import Any
 
 from submission import faults as faults_mod
 from submission.jobs import CalibrateJob, Job, PredictJob, TrainJob, job_from_json, read_job
-from submission.scheduler import Plan, Watchdog, calibrate
+from submission.measure import calibrate
+from submission.scheduler import Plan, Watchdog
 from trm_core.safe_io import write_atomic
 
 OOM_STATUS = 3

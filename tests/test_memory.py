@@ -106,7 +106,8 @@ def test_calibration_sizes_micro_batch_and_prediction_batch_from_the_fit(micro_c
     import json
     from pathlib import Path
 
-    from submission.scheduler import Calibration, calibrate
+    from submission.measure import calibrate
+    from submission.scheduler import Calibration
     from trm_core import checkpoint
     from trm_core.tasks import load_tasks
 

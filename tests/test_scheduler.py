@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from submission import env
 from submission.projection import EVAL_TASKS, EVAL_TEST_INPUTS, EVAL_TRAIN_PAIRS, hidden_workload, project
-from submission.scheduler import Budget, Calibration, Plan, Watchdog, Workload, calibrate, phase_costs, plan, replan
+from submission.measure import calibrate
+from submission.scheduler import Budget, Calibration, Plan, Watchdog, Workload, phase_costs, plan, replan
 
 PLACEHOLDER = Path(__file__).resolve().parent.parent / "submission" / "placeholder"
 
