@@ -1,6 +1,7 @@
-"""The runner's job files (submission/jobs.py) and its one retry policy (submission/retry.py):
-typed jobs survive the trip through JSON and name what is wrong; every kind of failure maps to
-the attempt the runner makes next."""
+"""The runner's job files (submission/jobs.py), its one retry policy (submission/retry.py) and its
+options (submission/options.py, planning.py): typed jobs survive the trip through JSON and name
+what is wrong; every kind of failure maps to the attempt the runner makes next; the command line
+is the options' fields, and unset rates are left to TrainConfig."""
 
 from pathlib import Path
 
@@ -85,3 +86,45 @@ def test_calibration_and_prediction_shrink_what_ran_out_of_memory() -> None:
     assert POLICY.next("oom", "predict", shard).shards == ((2, 4), (3, 4))
     odd = Try("predict", predict_batch=6, shards=((1, 4),))  # 6 rows do not split over 8 shards
     assert POLICY.next("oom", "predict", odd).shards == ((1, 4),)
+
+
+def test_the_command_line_is_built_from_the_options() -> None:
+    from dataclasses import MISSING, fields
+
+    from submission.options import RunnerOptions, options_from_args, parser
+    from submission.scheduler import Budget
+
+    dests = {a.dest for a in parser()._actions if a.dest != "help"}
+    assert dests == {f.name for f in fields(RunnerOptions)}  # one flag per field, none re-typed
+    opts = options_from_args(["--time-limit", "600", "--margin", "60", "--bundle-dir", "", "--baseline"])
+    assert (opts.time_limit_s, opts.margin_s, opts.bundle_dir, opts.baseline) == (600.0, 60.0, None, True)
+    assert opts.input_dir == Path("/kaggle/input") and opts.working_dir == Path("/kaggle/working")
+    for f in fields(RunnerOptions):
+        if f.default is not MISSING:
+            assert getattr(opts, f.name) == f.default or f.name in ("time_limit_s", "margin_s", "baseline")
+    assert (opts.views_min, opts.views_target, opts.views_max, opts.max_epochs) == \
+        (Budget.views_min, Budget.views_target, Budget.views_max, Budget.max_epochs)
+    with pytest.raises(SystemExit):
+        options_from_args(["--run-mode", "fast"])
+
+
+def test_unset_learning_rates_are_left_to_the_train_config(tmp_path: Path) -> None:
+    from submission.options import RunnerOptions
+    from submission.planning import Planner
+    from submission.scheduler import Budget, Calibration, Workload, plan as make_plan
+    from trm_core.train import TrainConfig
+
+    cal = Calibration(device="cpu", train_batch=8, predict_batch=16, train_step_s=0.05, predict_batch_s=0.1,
+                      launch_s=1.0, train_warmup_s=0.5, predict_warmup_s=0.5, save_s=0.2)
+    plan = make_plan(Budget(views_min=2, views_target=4, views_max=8, max_steps=40, train_batch=8, predict_batch=16),
+                     Workload(tasks=2, test_inputs=2, train_pairs=6), cal, 0.0, 100.0)
+    assert plan.steps > 0
+    default = Planner(RunnerOptions(input_dir=tmp_path, working_dir=tmp_path), "full", "cpu", 1, 1.0,
+                      lambda: 0.0, 100.0).train_config(plan)
+    assert "lr" not in default and "puzzle_emb_lr" not in default
+    cfg = TrainConfig.from_dict(default)
+    assert (cfg.lr, cfg.puzzle_emb_lr, cfg.steps, cfg.global_batch_size) == \
+        (TrainConfig.lr, TrainConfig.puzzle_emb_lr, plan.steps_ceiling, 8)
+    set_ = Planner(RunnerOptions(input_dir=tmp_path, working_dir=tmp_path, lr=3e-4), "full", "cpu", 1, 1.0,
+                   lambda: 0.0, 100.0).train_config(plan)
+    assert set_["lr"] == 3e-4
