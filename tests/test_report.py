@@ -18,7 +18,8 @@ from report_helpers import STUDY, Page, decode_png, figure_picture, make_run, ti
 from trm_core import draw
 from trm_cli import main
 from trm_core.report import PLOTS_HINT, esc, load_run, write_report
-from trm_core.vote import Predictions, vote
+from trm_core.predictions import Predictions
+from trm_core.vote import vote
 
 
 @pytest.fixture()

@@ -182,7 +182,8 @@ def show_cmd(file: str, task_ids: tuple[str, ...], challenges_path: str | None, 
     from pathlib import Path
 
     from trm_core import draw
-    from trm_core.report import RunData, is_submission, show_page, task_picture, write_atomic
+    from trm_core.report import RunData, is_submission, show_page, task_picture
+    from trm_core.safe_io import write_atomic
 
     submission = None
     path = Path(file)

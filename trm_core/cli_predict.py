@@ -58,7 +58,8 @@ def _voted(opts: dict, saved: str | None = None, need_solutions: bool = False):
     """The tasks of --data, their predictions (`saved`, else --checkpoint under --views) and the vote."""
     from trm_core.distributed import default_device
     from trm_core.pipeline import predict_views
-    from trm_core.vote import Predictions, vote
+    from trm_core.predictions import Predictions
+    from trm_core.vote import vote
 
     tasks = load_task_set(opts["data"], opts["solutions"], opts["split"], strict=False)
     report_skipped(tasks)
@@ -128,7 +129,8 @@ def _evaluation_folder(out_dir: str, tasks, preds, voted, report, fill: str):
     from pathlib import Path
 
     from trm_core.pipeline import challenges_of
-    from trm_core.report import PREDICTIONS_FILE, write_atomic, write_report
+    from trm_core.report import PREDICTIONS_FILE, write_report
+    from trm_core.safe_io import write_atomic
     from trm_core.submission_file import build_submission, write_submission
     from trm_core.tasks import write_kaggle
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from trm_core import draw
+from trm_core.safe_io import write_atomic
 from trm_core.tasks import Task
 
 REPORT_FILE = "report.html"
@@ -545,7 +546,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def load_run(run_dir: str | os.PathLike, rule: str = "reference") -> RunData:
     """Everything a report can show from the files in run_dir (see the module docstring)."""
     from trm_core.tasks import load_tasks
-    from trm_core.vote import Predictions, vote
+    from trm_core.predictions import Predictions
+    from trm_core.vote import vote
 
     d = Path(run_dir)
     if not d.is_dir():
@@ -575,13 +577,6 @@ def load_run(run_dir: str | os.PathLike, rule: str = "reference") -> RunData:
         study = _read_json(d / "study.json", run.notes)
         run.study = study if isinstance(study, dict) else None
     return run
-
-
-def write_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,

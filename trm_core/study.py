@@ -450,10 +450,9 @@ def plot(study: dict[str, Any], path: Path) -> bool:
 
 
 def write_outputs(study: dict[str, Any], out: Path) -> None:
-    from trm_core.report import write_atomic
-    from trm_core.tasks import _write_json_atomic
+    from trm_core.safe_io import write_atomic, write_json_atomic
 
-    _write_json_atomic(out / "study.json", study)
+    write_json_atomic(out / "study.json", study)
     write_atomic(out / "study.md", render_table(study))
     plot(study, out / "study.png")
 
