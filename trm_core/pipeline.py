@@ -28,13 +28,14 @@ from trm_core.checkpoint import Checkpoint
 from trm_core.loggers import MetricsLogger
 from trm_core.predict import PredictConfig, predict
 from trm_core.recipes import DataConfig, model_for_tasks, posttrain
+from trm_core.report import PREDICTIONS_FILE
 from trm_core.submission_file import build_submission, complete_submission, readable_tasks, write_submission
 from trm_core.tasks import TaskSet
 from trm_core.train import TrainConfig, TrainResult
 from trm_core.predictions import Predictions
 from trm_core.vote import Vote, vote
 
-SUBMISSION_FILE, PREDICTIONS_FILE, POSTTRAIN_DIR = "submission.json", "predictions.npz", "posttrain"
+SUBMISSION_FILE, POSTTRAIN_DIR = "submission.json", "posttrain"
 
 
 @dataclass
