@@ -23,7 +23,7 @@ for every fault found, so no task disappears silently.
 import importlib.util
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -320,33 +320,40 @@ def load_tasks(
                 result.tasks[task_id] = task
 
     if solutions is not None:
-        sol_paths = [Path(solutions)] if isinstance(solutions, (str, os.PathLike)) else [Path(p) for p in solutions]
-        merged: dict[str, tuple[object, str]] = {}
-        for sp in sol_paths:
-            data, duplicates, error = _read_json(sp)
-            if error is None and not isinstance(data, dict):
-                error = f"expected a JSON object {{task_id: [grid, ...]}}, got {describe(data)}"
-            if error is not None:
-                report([Problem(str(sp), None, None, error)])
-                continue
-            for key in dict.fromkeys(duplicates):
-                if key in data:
-                    report([Problem(str(sp), key, None, "task id appears more than once in the solutions file")])
-            for tid, raw in data.items():
-                merged[tid] = (raw, str(sp))
-        for tid in list(result.tasks):
-            task = result.tasks[tid]
-            if tid not in merged:
-                problems = [Problem(", ".join(map(str, sol_paths)), tid, None, "no solutions for this task")]
-            else:
-                problems = _parse_solutions(task, merged[tid][0], merged[tid][1], max_side)
-            report(problems)
-            if problems:
-                del result.tasks[tid]
-        for tid, (_, label) in merged.items():
-            if tid not in result.tasks and not any(p.task_id == tid for p in result.problems):
-                report([Problem(label, tid, None, "solutions given for a task that is not in the challenges")])
+        _merge_solutions(result, solutions, max_side, report)
     return result
+
+
+def _merge_solutions(result: TaskSet, solutions: str | os.PathLike | Iterable[str | os.PathLike], max_side: int,
+                     report: Callable[[list[Problem]], None]) -> None:
+    """Put each solutions file's grids into the loaded tasks' test outputs; a task without a valid
+    entry for every test input is dropped and named, as is an entry for a task not loaded."""
+    sol_paths = [Path(solutions)] if isinstance(solutions, (str, os.PathLike)) else [Path(p) for p in solutions]
+    merged: dict[str, tuple[object, str]] = {}
+    for sp in sol_paths:
+        data, duplicates, error = _read_json(sp)
+        if error is None and not isinstance(data, dict):
+            error = f"expected a JSON object {{task_id: [grid, ...]}}, got {describe(data)}"
+        if error is not None:
+            report([Problem(str(sp), None, None, error)])
+            continue
+        for key in dict.fromkeys(duplicates):
+            if key in data:
+                report([Problem(str(sp), key, None, "task id appears more than once in the solutions file")])
+        for tid, raw in data.items():
+            merged[tid] = (raw, str(sp))
+    for tid in list(result.tasks):
+        task = result.tasks[tid]
+        if tid not in merged:
+            problems = [Problem(", ".join(map(str, sol_paths)), tid, None, "no solutions for this task")]
+        else:
+            problems = _parse_solutions(task, merged[tid][0], merged[tid][1], max_side)
+        report(problems)
+        if problems:
+            del result.tasks[tid]
+    for tid, (_, label) in merged.items():
+        if tid not in result.tasks and not any(p.task_id == tid for p in result.problems):
+            report([Problem(label, tid, None, "solutions given for a task that is not in the challenges")])
 
 
 # ---------------------------------------------------------------------------------------------
