@@ -24,9 +24,10 @@ out of time -> stop; what cannot be done keeps the fallback. The commit run (Kag
 still writes a complete file. Nothing escapes `main`: every error is logged and the exit status is 0.
 
 The parts: submission/options.py (RunnerOptions and the command line built from it),
-fallback.py, bundle_check.py, jobs.py (the typed job files), dispatch.py (launching and outcomes),
-retry.py, planning.py (the plan and the post-training config), assemble.py (votes over the
-fallback, the final repair); this file runs them as a short sequence of phases (`Runner._run`).
+fallback.py, bundle_check.py, record.py (run.json), jobs.py (the typed job files), dispatch.py
+(launching and outcomes), retry.py, planning.py (calibration, the plan, the post-training config),
+training.py and predicting.py (their attempts), assemble.py (votes over the fallback, the final
+repair); this file runs them as a short sequence of phases (`Runner._run`).
 """
 from __future__ import annotations
 
@@ -51,17 +52,16 @@ from submission.launch import SubprocessLauncher
 from submission.options import RunnerOptions, options_from_args, parser
 from submission.planning import CALIBRATION_UNIT_S, Planner
 from submission.predicting import Prediction
+from submission.record import RunLog
 from submission.retry import RetryPolicy
 from submission.training import Training, group_timeout as _group_timeout
 from submission.scheduler import Calibration, Plan
 from trm_core import jsonio
-from trm_core.safe_io import write_atomic
 
 __all__ = ["CALIBRATION_UNIT_S", "Outcome", "Runner", "RunnerOptions", "_group_timeout", "dedupe",
            "fallback_submission", "main", "options_from_args", "parser"]
 
 RUN_DIR = "trm-run"
-FORMAT = "trm-kit-run/1"
 
 
 class Runner:
@@ -75,7 +75,7 @@ class Runner:
         self.deadline = opts.deadline if opts.deadline is not None else \
             self.start + opts.time_limit_s - opts.margin_s
         self.run_deadline = self.deadline  # a smoke run ends sooner
-        self._echo = echo or (lambda line: print(line, flush=True))
+        say = echo or (lambda line: print(line, flush=True))
         span = self.deadline - self.start
         self.final_reserve = max(1.0, min(60.0, 0.02 * span))
         self.grace = max(0.5, min(120.0, 0.02 * span))
@@ -83,13 +83,13 @@ class Runner:
         self.scratch = opts.scratch_dir or Path(self.environ.get("TRM_SCRATCH") or tempfile.gettempdir()) / \
             f"trm-run-{int(self.start)}"
         # a job whose heartbeat stops for this long (or 10 of its steps) is killed and retried
-        self.dispatch = Dispatcher(launcher or SubprocessLauncher(echo=self._echo), self.scratch, clock,
+        self.dispatch = Dispatcher(launcher or SubprocessLauncher(echo=say), self.scratch, clock,
                                    min_stall=max(2.0, min(600.0, 0.1 * span)))
+        self.rec = RunLog(self.run_dir / "run.json", self.start, self.deadline, clock, say, lambda: self.answers.writes)
+        self.log, self.problem = self.rec.log, self.rec.problem
+        self.record = self.rec.data  # what run.json holds besides phases and problems
         self.answers = Answers(opts.working_dir / "submission.json", self.log, self.problem)
         self.retry = RetryPolicy(opts.max_attempts)
-        self.problems: list[str] = []
-        self.phases: list[dict[str, Any]] = []
-        self.record: dict[str, Any] = {"format": FORMAT, "start_time": self.start, "deadline": self.deadline}
         self.fault_spec = ""  # what every job injects: $TRM_FAULT once checked (see check_faults)
         self.challenges_path: Path | None = None
         self.kind, self.mode, self.device, self.world = "local", "full", "cpu", 1
@@ -108,31 +108,15 @@ class Runner:
     def sub_path(self) -> Path:
         return self.answers.path
 
-    def log(self, msg: str) -> None:
-        self._echo(f"[trm runner +{self.clock() - self.start:7.1f}s] {msg}")
+    @property
+    def problems(self) -> list[str]:
+        return self.rec.problems
 
-    def problem(self, msg: str) -> None:
-        self.problems.append(msg)
-        self.log(f"PROBLEM: {msg}")
+    def _phase(self, name: str, planned: float | None, started: float, status: str, **detail: Any) -> dict:
+        return self.rec.phase(name, planned, started, status, **detail)
 
     def left(self) -> float:
         return self.run_deadline - self.clock()
-
-    def _phase(self, name: str, planned: float | None, started: float, status: str, **detail: Any) -> dict:
-        rec = {"name": name, "planned_s": planned, "start": started - self.start, "actual_s": self.clock() - started,
-               "status": status, **detail}
-        self.phases.append(rec)
-        self.save_record()
-        return rec
-
-    def save_record(self) -> None:
-        try:
-            self.record.update(phases=self.phases, problems=self.problems, writes=self.answers.writes,
-                               end_time=self.clock())
-            self.record["actual_total_s"] = self.record["end_time"] - self.start
-            write_atomic(self.run_dir / "run.json", json.dumps(self.record, indent=1, default=str) + "\n")
-        except Exception as e:  # noqa: BLE001 - the record is best effort
-            self.log(f"could not write run.json: {e}")
 
     # ---- the whole run -------------------------------------------------------------------------
 
