@@ -33,6 +33,7 @@ from trm_core.loss import act_loss
 from trm_core.model import TRM, Carry, flops_per_sample
 from trm_core.optim import EMA, AdamAtan2, SparseSignSGD, lr_at, set_lr
 from trm_core.perf import mfu
+from trm_core.warmup import WarmupOverLimit, warmup_limit
 
 MODES = ("pretrain", "full", "embeddings", "embeddings-then-full", "lora")
 STATE_FILE, METRICS_FILE, CHECKPOINT_DIR = "train_state.pt", "metrics.jsonl", "checkpoint"
@@ -66,6 +67,8 @@ class TrainConfig:
     # -1 = the most rows that fit this GPU's memory, from a peak-memory fit at two small batches (CPU: whole batch)
     micro_batch_size: int = 0
     compile: bool | None = None  # torch.compile the recursion; None = on CUDA only. A failure falls back to eager
+    # seconds the first compiled step (the compile warm-up) may take before training goes on eagerly; 0 = no limit
+    compile_limit_s: float = 600.0
     checkpoint_activations: bool = False  # recompute the gradient-carrying cycle in backward (memory, not speed)
 
     def __post_init__(self) -> None:
@@ -82,6 +85,8 @@ class TrainConfig:
             raise ValueError("TrainConfig.lora_rank must be >= 1")
         if self.log_every < 1 or self.warmup_steps < 0 or self.checkpoint_every < 0:
             raise ValueError("TrainConfig: log_every >= 1, warmup_steps >= 0 and checkpoint_every >= 0 are required")
+        if self.compile_limit_s < 0:
+            raise ValueError(f"TrainConfig.compile_limit_s must be >= 0 (0 = no limit), got {self.compile_limit_s}")
         if self.micro_batch_size < -1:
             raise ValueError(f"TrainConfig.micro_batch_size must be >= -1 (0 = the whole local batch, -1 = fit to memory), "
                              f"got {self.micro_batch_size}")
@@ -477,15 +482,18 @@ class _Trainer:
 
     def _first_compiled_step(self, batch: dict[str, torch.Tensor], draws: tuple[torch.Tensor, torch.Tensor] | None
                              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The first step of a compiled run; if compiling or running the compiled code fails, the
-        same step runs again eagerly (nothing of the failed attempt is kept) and the run goes on."""
+        """The first step of a compiled run; if compiling or running the compiled code fails, or the
+        step runs past cfg.compile_limit_s, the same step runs again eagerly (nothing of the failed
+        attempt is kept) and the run goes on."""
         carry = self.carry
         try:
-            return self._forward_backward(batch, draws)
-        except Exception as e:  # noqa: BLE001 - any compiler failure: eager is always available
+            with warmup_limit(self.cfg.compile_limit_s):
+                return self._forward_backward(batch, draws)
+        except (Exception, WarmupOverLimit) as e:  # noqa: BLE001 - any compiler failure: eager is always available
             if isinstance(e, torch.OutOfMemoryError):  # memory, not the compiler: the caller decides
                 raise
-            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+            why = str(e) if isinstance(e, WarmupOverLimit) else \
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
             self.log(f"torch.compile failed ({why}); training eagerly")
             self.compile = f"fallback: {why}"
             self.model.recursion = self.eager_recursion
