@@ -182,6 +182,13 @@ def main() -> None:
             spread = f"  rounds {args.rounds}: {rates[0]:.1f}-{rates[-1]:.1f} samples/s"
         print(f"{name:10s} compile={'on ' if c else 'off'} {1e3 * sec:10.1f} ms/step {args.batch / sec:9.1f} samples/s "
               f"{flops / sec / 1e12:8.4f} TFLOP/s  MFU {util_s}  (warm-up {warm:.1f} s){spread}")
+    if args.reference:
+        for c in compiles:
+            # per round, the kit's rate over the reference's measured in the same round
+            ratios = sorted(r_s / k_s for (_, k_s), (_, r_s) in zip(results[("trm-kit", c)], results[("reference", c)]))
+            print(f"trm-kit / reference compile={'on ' if c else 'off'}  samples/s ratio: median "
+                  f"{statistics.median(ratios):.2f}x  min {ratios[0]:.2f}x  max {ratios[-1]:.2f}x  "
+                  f"over {len(ratios)} round(s)")
 
 
 if __name__ == "__main__":

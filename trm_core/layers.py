@@ -176,18 +176,27 @@ class RopeQKVFn(torch.autograd.Function):
     """apply_rope on the q and k heads of a packed qkv (B, S, 3H, hd), into one new (B, S, 3H, hd).
 
     Attention then keeps q, k and v as views of that one buffer instead of the rotated q and k plus
-    the whole projection output (v is a view of it). RoPE is linear with constant tables, so backward
-    keeps nothing per row: dx = dy * cos - rotate_half(dy * sin).
+    the whole projection output (v is a view of it). The tables' halves are equal (cat(freqs, freqs)),
+    so with x = (x1, x2): y = (x1 c - x2 s, x2 c + x1 s), apply_rope's values bit for bit without its
+    rotate_half copies. RoPE is linear with constant tables, so backward keeps nothing per row:
+    dx = (dy1 c + dy2 s, dy2 c - dy1 s).
     """
 
     @staticmethod
+    def _rotate(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, out: torch.Tensor) -> None:
+        # x (B, S, 2H, hd) in the tables' dtype; c, s (S, 1, hd/2); writes the rotation into out
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        out[..., :half] = x1 * c - x2 * s
+        out[..., half:] = x2 * c + x1 * s
+
+    @staticmethod
     def forward(ctx, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int) -> torch.Tensor:
-        qk = qkv[:, :, :2 * num_heads]  # (B, S, 2H, hd)
-        c, s = cos.unsqueeze(-2), sin.unsqueeze(-2)  # (S, 1, hd)
-        qk32 = qk.to(cos.dtype)
+        n, half = 2 * num_heads, cos.shape[-1] // 2
+        c, s = cos[:, None, :half], sin[:, None, :half]  # (S, 1, hd/2)
         out = torch.empty_like(qkv)
-        out[:, :, :2 * num_heads] = qk32 * c + rotate_half(qk32) * s
-        out[:, :, 2 * num_heads:] = qkv[:, :, 2 * num_heads:]
+        RopeQKVFn._rotate(qkv[:, :, :n].to(cos.dtype), c, s, out[:, :, :n])
+        out[:, :, n:] = qkv[:, :, n:]
         ctx.save_for_backward(cos, sin)
         ctx.num_heads = num_heads
         return out
@@ -195,11 +204,10 @@ class RopeQKVFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         cos, sin = ctx.saved_tensors
-        n = 2 * ctx.num_heads
-        c, s = cos.unsqueeze(-2), sin.unsqueeze(-2)
-        d32 = dout[:, :, :n].to(cos.dtype)
+        n, half = 2 * ctx.num_heads, cos.shape[-1] // 2
+        c, s = cos[:, None, :half], sin[:, None, :half]
         dqkv = torch.empty_like(dout)
-        dqkv[:, :, :n] = d32 * c - rotate_half(d32 * s)
+        RopeQKVFn._rotate(dout[:, :, :n].to(cos.dtype), c, -s, dqkv[:, :, :n])  # the inverse rotation
         dqkv[:, :, n:] = dout[:, :, n:]
         return dqkv, None, None, None
 
@@ -241,8 +249,7 @@ class SwiGLUFn(torch.autograd.Function):
     """swiglu (silu(gate) * up of a packed (..., 2I)) keeping only its input: plain autograd keeps
     the input (gate and up are views of it) and silu(gate) besides; backward recomputes silu.
 
-    Rounds where the plain ops round (silu(gate) to the activation dtype before the product), so
-    forward is bit-identical and backward agrees to the activation dtype's rounding.
+    Forward and backward run the plain ops' kernels, so both are bit-identical to plain autograd.
     """
 
     @staticmethod
@@ -254,11 +261,9 @@ class SwiGLUFn(torch.autograd.Function):
     def backward(ctx, dout: torch.Tensor) -> torch.Tensor:
         (gate_up,) = ctx.saved_tensors
         gate, up = gate_up.chunk(2, dim=-1)
-        g32 = gate.to(_compute_dtype(gate.dtype))
-        sig = torch.sigmoid(g32)
-        silu = (g32 * sig).to(gate.dtype)
-        dgate = ((dout * up).to(g32.dtype) * (sig * (1 + g32 * (1 - sig)))).to(gate.dtype)
-        return torch.cat((dgate, dout * silu), dim=-1)
+        # the plain ops' own kernels, so the gradient is theirs bit for bit
+        dgate = torch.ops.aten.silu_backward(dout * up, gate)
+        return torch.cat((dgate, dout * F.silu(gate)), dim=-1)
 
 
 class Block(nn.Module):
