@@ -237,7 +237,11 @@ def marker_environment(python_version: str, extra: str = "") -> dict[str, str]:
 
 
 def evaluate_marker(marker: str, env: dict[str, str]) -> bool:
-    """Evaluate a PEP 508 marker ('python_version < "3.12" and extra == "cli"') in `env`."""
+    """Evaluate a PEP 508 marker ('python_version < "3.12" and extra == "cli"') in `env`.
+
+    One function of ~70 lines on purpose: a recursive-descent parser whose nested rules
+    (value, compare, conjunction, disjunction) share one token position.
+    """
     tokens = [t for t in _TOKEN_RE.findall(marker)]
     if "".join(tokens).replace(" ", "") != re.sub(r"\s+", "", marker):
         raise VersionError(f"cannot parse environment marker: {marker!r}")

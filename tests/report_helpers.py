@@ -15,7 +15,8 @@ import numpy as np
 from trm_core.report import BASELINE_FILE, PREDICTIONS_FILE
 from trm_core.submission_file import build_submission, write_submission
 from trm_core.tasks import Task, write_kaggle
-from trm_core.vote import Predictions, vote
+from trm_core.predictions import Predictions
+from trm_core.vote import vote
 
 VOID = {"img", "input", "meta", "br", "hr", "link"}
 

@@ -88,7 +88,7 @@ def test_timing_report_fields(result) -> None:
 def test_dry_run_writes_its_html_report(result) -> None:
     from report_helpers import Page
 
-    from trm_core.vote import Predictions
+    from trm_core.predictions import Predictions
 
     res, _ = result
     assert res.files["report.html"] == res.out / "report.html"

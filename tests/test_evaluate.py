@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from trm_core.evaluate import CoverageReport, PairCoverage, coverage, score_submission
-from trm_core.vote import Predictions, vote
+from trm_core.predictions import Predictions
+from trm_core.vote import vote
 
 R, W1, W2, EMPTY = [[1, 2]], [[9]], [[8, 8]], np.zeros((0, 0), np.uint8)
 SOLUTIONS = {

@@ -101,7 +101,7 @@ def _shard_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 def test_ranks_predict_disjoint_shards_that_gather_to_the_whole(tmp_path: Path) -> None:
     mp.spawn(_shard_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    from trm_core.vote import Predictions
+    from trm_core.predictions import Predictions
 
     single = predict(OracleModel(TRMConfig.from_name("tiny", canvas=CANVAS)), Variants(_tasks(), 5, seed=1),
                      PredictConfig(num_views=6, batch_size=6))

@@ -235,7 +235,7 @@ def test_fault_specs_parse_and_reject_nonsense() -> None:
 
 
 def test_dedupe_keeps_the_first_copy_of_each_view() -> None:
-    from trm_core.vote import Predictions
+    from trm_core.predictions import Predictions
 
     p = Predictions()
     g = np.array([[1, 2]], np.uint8)

@@ -14,7 +14,8 @@ from trm_core.cli import main
 from trm_core.submission_file import (Problem, SubmissionError, build_submission, challenge_inputs,
                                  fallback_grid, grid_problem, reference_submission, repair,
                                  validate, validate_file, write_submission)
-from trm_core.vote import Predictions, vote
+from trm_core.predictions import Predictions
+from trm_core.vote import vote
 
 CHALLENGES = {
     "aaa": {"train": [], "test": [{"input": [[1, 2], [3, 4]]}]},
@@ -56,25 +57,25 @@ MALFORMED = [
      ("aaa", 0, "attempt_2", "missing attempt")),
     ("unexpected key", _with(_set("aaa", 0, "attempt_3", [[1]])), ("aaa", 0, None, "unexpected key")),
     ("grid not a list", _with(_set("bbb", 0, "attempt_1", "[[5]]")),
-     ("bbb", 0, "attempt_1", "not a list of rows")),
-    ("empty grid", _with(_set("bbb", 0, "attempt_2", [])), ("bbb", 0, "attempt_2", "empty (0 rows)")),
-    ("empty row", _with(_set("bbb", 1, "attempt_1", [[]])), ("bbb", 1, "attempt_1", "row 0 is empty")),
+     ("bbb", 0, "attempt_1", "non-empty list of rows, got str")),
+    ("empty grid", _with(_set("bbb", 0, "attempt_2", [])), ("bbb", 0, "attempt_2", "non-empty list of rows, got an empty list")),
+    ("empty row", _with(_set("bbb", 1, "attempt_1", [[]])), ("bbb", 1, "attempt_1", "row 0 must be a non-empty list of integers, got an empty list")),
     ("row not a list", _with(_set("aaa", 0, "attempt_1", [[1], 2])),
-     ("aaa", 0, "attempt_1", "row 1 is not a list")),
+     ("aaa", 0, "attempt_1", "row 1 must be a non-empty list of integers, got int")),
     ("non-rectangular", _with(_set("aaa", 0, "attempt_1", [[1, 2], [3]])),
-     ("aaa", 0, "attempt_1", "not rectangular: row 1 has 1 cells, row 0 has 2")),
+     ("aaa", 0, "attempt_1", "row 1 has 1 cells but row 0 has 2; rows must have equal length")),
     ("31 rows", _with(_set("ccc", 0, "attempt_1", [[1]] * 31)),
-     ("ccc", 0, "attempt_1", "31 rows; at most 30")),
+     ("ccc", 0, "attempt_1", "grid is 31x1; each side must be 1..30")),
     ("31 columns", _with(_set("ccc", 0, "attempt_2", [[1] * 31])),
-     ("ccc", 0, "attempt_2", "31 cells; at most 30")),
+     ("ccc", 0, "attempt_2", "grid is 1x31; each side must be 1..30")),
     ("value 10", _with(_set("bbb", 1, "attempt_2", [[1, 10]])),
-     ("bbb", 1, "attempt_2", "cell [0][1] = 10; expected 0..9")),
+     ("bbb", 1, "attempt_2", "cell [0][1] = 10 is outside 0..9")),
     ("negative value", _with(_set("bbb", 1, "attempt_2", [[-1]])), ("bbb", 1, "attempt_2", "= -1")),
     ("bool cell", _with(_set("aaa", 0, "attempt_2", [[True]])), ("aaa", 0, "attempt_2", "(bool)")),
     ("float cell", _with(_set("aaa", 0, "attempt_2", [[1.0]])), ("aaa", 0, "attempt_2", "(float)")),
     ("string cell", _with(_set("aaa", 0, "attempt_2", [["1"]])), ("aaa", 0, "attempt_2", "(str)")),
     ("null cell", _with(_set("aaa", 0, "attempt_2", [[None]])), ("aaa", 0, "attempt_2", "(NoneType)")),
-    ("null attempt", _with(_set("aaa", 0, "attempt_1", None)), ("aaa", 0, "attempt_1", "not a list")),
+    ("null attempt", _with(_set("aaa", 0, "attempt_1", None)), ("aaa", 0, "attempt_1", "non-empty list of rows, got null")),
 ]
 
 
@@ -168,7 +169,7 @@ def test_write_is_atomic_and_refuses_invalid(tmp_path):
     before = path.read_text()
     with pytest.raises(SubmissionError, match="missing task"):
         write_submission(path, _with(lambda s: s.pop("aaa")), CHALLENGES)
-    with pytest.raises(SubmissionError, match="expected 0..9"):
+    with pytest.raises(SubmissionError, match="is outside 0..9"):
         write_submission(path, _with(_set("aaa", 0, "attempt_1", [[11]])), None)
     assert path.read_text() == before  # the old file is untouched
     assert sorted(os.listdir(path.parent)) == ["submission.json"]  # no temporary left behind
@@ -241,7 +242,7 @@ def test_cli_validate_ok_and_problems(files):
     assert r.exit_code == 0 and "valid (3 tasks, 4 test inputs)" in r.output
     r = runner.invoke(main, ["validate", str(bad), "--challenges", str(challenges)])
     assert r.exit_code == 1
-    assert "task bbb, test 1, attempt_2: cell [0][1] = 10; expected 0..9" in r.output
+    assert "task bbb, test 1, attempt_2: cell [0][1] = 10 is outside 0..9" in r.output
     r = runner.invoke(main, ["validate", str(tmp / "missing.json"), "--challenges", str(challenges)])
     assert r.exit_code == 1 and "file not found" in r.output
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trm_core.vote import (ROW, Predictions, grid_hashes, group_grids, pack_grid, rank_order,
-                           sigmoid, unpack_grid, vote)
+from trm_core.predictions import ROW, Predictions, pack_grid, unpack_grid
+from trm_core.vote import grid_hashes, group_grids, rank_order, sigmoid, vote
 
 FALLBACK = np.array([[7]], np.uint8)
 

@@ -20,7 +20,8 @@ from trm_core.encoding import crop
 from trm_core.evaluate import coverage
 from trm_core.submission_file import (build_submission, fallback_grid, reference_submission,
                                  challenge_inputs, validate)
-from trm_core.vote import Predictions, sigmoid, vote
+from trm_core.predictions import Predictions
+from trm_core.vote import sigmoid, vote
 
 
 def _cases() -> list[Path]:

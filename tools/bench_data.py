@@ -61,6 +61,8 @@ def _tasks(n: int) -> list[Task]:
 
 
 def main() -> None:
+    """Measure, then print every figure (one linear script of ~80 lines: split, it would only pass
+    the figures from one function to the next)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=240)
     parser.add_argument("--variants", type=int, default=1000)

@@ -23,7 +23,8 @@ import time
 import numba
 import numpy as np
 
-from trm_core.vote import Predictions, pack_grid, vote
+from trm_core.predictions import Predictions, pack_grid
+from trm_core.vote import vote
 
 
 def _grid(rng: np.random.Generator) -> np.ndarray:

@@ -24,6 +24,7 @@ import torch
 
 from trm_core import __version__, jsonio
 from trm_core.model import TRM, TRMConfig
+from trm_core.safe_io import atomic_path, write_atomic
 
 REFERENCE_PREFIXES = ("_orig_mod.model.inner.", "model.inner.")
 TABLE_KEY = "puzzle_emb.weights"
@@ -391,15 +392,12 @@ def save(ckpt: Checkpoint, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in ckpt.state.items()}
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={CONFIG_META_KEY: json.dumps(ckpt.config.to_dict())})
-    os.replace(tmp, out / WEIGHTS_FILE)
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={CONFIG_META_KEY: json.dumps(ckpt.config.to_dict())})
     manifest = dict(ckpt.manifest)
     manifest.update({"format": FORMAT, "config": ckpt.config.to_dict(), "slim": ckpt.slim,
                      "weights_sha256": sha256_file(out / WEIGHTS_FILE), "trm_kit_version": __version__})
-    tmp = out / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, out / MANIFEST_FILE)
+    write_atomic(out / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
     return out
 
 

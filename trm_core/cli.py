@@ -588,7 +588,8 @@ def _evaluation_folder(out_dir: str, tasks, preds, voted, report, fill: str):
     import json
     from pathlib import Path
 
-    from trm_core.report import PREDICTIONS_FILE, write_atomic, write_report
+    from trm_core.report import PREDICTIONS_FILE, write_report
+    from trm_core.safe_io import write_atomic
     from trm_core.submission_file import build_submission, write_submission
     from trm_core.tasks import write_kaggle
 
@@ -663,7 +664,8 @@ def show_cmd(file: str, task_ids: tuple[str, ...], challenges_path: str | None, 
     from pathlib import Path
 
     from trm_core import draw
-    from trm_core.report import RunData, is_submission, show_page, task_picture, write_atomic
+    from trm_core.report import RunData, is_submission, show_page, task_picture
+    from trm_core.safe_io import write_atomic
 
     submission = None
     path = Path(file)

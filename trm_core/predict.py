@@ -20,9 +20,10 @@ import torch.distributed as dist
 from trm_core.batches import PredictViews
 
 from trm_core.variants import Variants
+from trm_core.distributed import rank_world
 from trm_core.encoding import crop_batch
 from trm_core.model import TRM
-from trm_core.vote import Predictions
+from trm_core.predictions import Predictions
 from trm_core.warmup import WarmupOverLimit, warmup_limit
 
 
@@ -42,12 +43,6 @@ class PredictConfig:
             raise ValueError("PredictConfig: halt_steps must be >= 1")
         if self.compile_limit_s < 0:
             raise ValueError(f"PredictConfig.compile_limit_s must be >= 0 (0 = no limit), got {self.compile_limit_s}")
-
-
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 @torch.inference_mode()
@@ -73,7 +68,7 @@ def predict(model: TRM, variants: Variants, cfg: PredictConfig, *, device: torch
     batch ran past cfg.compile_limit_s; eager after).
     """
     status = {} if status is None else status
-    rank, world = _dist() if shard is None else shard
+    rank, world = rank_world() if shard is None else shard
     device = torch.device(device)
     model.to(device).eval()
     compiled = cfg.compile if cfg.compile is not None else device.type == "cuda"
@@ -128,7 +123,7 @@ def predict(model: TRM, variants: Variants, cfg: PredictConfig, *, device: torch
 
 def gather(preds: Predictions) -> Predictions:
     """Every rank's predictions merged in rank order (a collective; a no-op on one process)."""
-    rank, world = _dist()
+    rank, world = rank_world()
     if world == 1:
         return preds
     group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None

@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from trm_core import __version__
 from trm_core.checkpoint import Checkpoint, build_model
+from trm_core.distributed import rank_world
 from trm_core.batches import TrainSampler
 from trm_core.variants import Variants
 from trm_core.loggers import MetricsLogger
@@ -61,14 +61,8 @@ def variants_from_record(record: dict[str, Any], tasks: TaskSet) -> Variants:
     return variants
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _sampler(variants: Variants, cfg: TrainConfig, data: DataConfig, canvas: int) -> TrainSampler:
-    rank, world = _rank_world()
+    rank, world = rank_world()
     return TrainSampler(variants, cfg.global_batch_size, seed=data.sampler_seed, rank=rank, world_size=world,
                         canvas=canvas, translate=data.translate, include_test_pairs=data.include_test_pairs,
                         max_examples_per_puzzle=data.max_examples_per_puzzle)

@@ -235,11 +235,7 @@ def run_arm(arm: str, ckpt: Checkpoint, tasks: TaskSet, cfg: StudyConfig, arm_di
         if 0 not in done:
             t0 = time.perf_counter()
             record = {"step": 0, **evaluate_model(start, variants, tasks, cfg, device, arm_dir), "train_s": 0.0}
-            record["eval_s"] = time.perf_counter() - t0
-            _append(curve_path, record)
-            curve.append(record)
-            result.wall_s += record["eval_s"]
-            log(_progress(arm, record, cfg, result.wall_s, 0))
+            _record(result, curve_path, record, eval_s=time.perf_counter() - t0, log=log, cfg=cfg)
         return result
 
     run_dir = arm_dir / "run"
@@ -263,11 +259,8 @@ def run_arm(arm: str, ckpt: Checkpoint, tasks: TaskSet, cfg: StudyConfig, arm_di
             last = boundary == cfg.steps
             record = {"step": boundary,
                       **evaluate_model(trained, variants, tasks, cfg, device, arm_dir if last else None)}
-            record.update(train_s=train_s, eval_s=time.perf_counter() - t0)
-            _append(curve_path, record)
-            curve.append(record)
-            result.wall_s += train_s + record["eval_s"]
-            log(_progress(arm, record, cfg, result.wall_s, boundary))
+            record["train_s"] = train_s
+            _record(result, curve_path, record, eval_s=time.perf_counter() - t0, log=log, cfg=cfg)
             model = None  # the next segment rebuilds the model and resumes from the saved state
     finally:
         if logger is not None:
@@ -275,6 +268,16 @@ def run_arm(arm: str, ckpt: Checkpoint, tasks: TaskSet, cfg: StudyConfig, arm_di
     final = ckpt_io.load(run_dir / "checkpoint")
     result.changed = changed_entries(start_state, final.state)
     return result
+
+
+def _record(result: ArmResult, curve_path: Path, record: dict[str, Any], *, eval_s: float,
+            log: Callable[[str], None], cfg: StudyConfig) -> None:
+    """Add one evaluation to the arm's curve (on disk first, so a kill loses nothing) and log it."""
+    record["eval_s"] = eval_s
+    _append(curve_path, record)
+    result.curve.append(record)
+    result.wall_s += record["train_s"] + eval_s
+    log(_progress(result.arm, record, cfg, result.wall_s, record["step"]))
 
 
 def _progress(arm: str, r: dict[str, Any], cfg: StudyConfig, wall_s: float, step: int) -> str:
@@ -450,10 +453,9 @@ def plot(study: dict[str, Any], path: Path) -> bool:
 
 
 def write_outputs(study: dict[str, Any], out: Path) -> None:
-    from trm_core.report import write_atomic
-    from trm_core.tasks import _write_json_atomic
+    from trm_core.safe_io import write_atomic, write_json_atomic
 
-    _write_json_atomic(out / "study.json", study)
+    write_json_atomic(out / "study.json", study)
     write_atomic(out / "study.md", render_table(study))
     plot(study, out / "study.png")
 

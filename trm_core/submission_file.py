@@ -12,17 +12,15 @@ input itself, cut to 30x30) is written instead, so a missing prediction costs on
 day's submission.
 """
 
-import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from trm_core import jsonio
-from trm_core.vote import MAX_SIDE, Vote
+from trm_core import jsonio, safe_io
+from trm_core.safe_io import MAX_SIDE, grid_problem
+from trm_core.vote import Vote
 
 ATTEMPT_KEYS = ("attempt_1", "attempt_2")
 Grid = list[list[int]]
@@ -92,35 +90,6 @@ def challenge_inputs(challenges: Mapping, where: str = "challenges") -> dict[str
 # ---------------------------------------------------------------------------------------------
 
 
-def grid_problem(grid: object) -> str | None:
-    """What makes `grid` unacceptable to Kaggle (None if it is fine): a list of 1..30 rows, each a
-    list of the same 1..30 ints, every int 0..9 (bool and float are not ints)."""
-    if not isinstance(grid, list):
-        return f"grid is not a list of rows (got {type(grid).__name__})"
-    if not grid:
-        return "grid is empty (0 rows); sides must be 1..30"
-    if len(grid) > MAX_SIDE:
-        return f"grid has {len(grid)} rows; at most {MAX_SIDE} allowed"
-    width = None
-    for r, row in enumerate(grid):
-        if not isinstance(row, list):
-            return f"row {r} is not a list (got {type(row).__name__})"
-        if not row:
-            return f"row {r} is empty; sides must be 1..30"
-        if len(row) > MAX_SIDE:
-            return f"row {r} has {len(row)} cells; at most {MAX_SIDE} allowed"
-        if width is None:
-            width = len(row)
-        elif len(row) != width:
-            return f"grid is not rectangular: row {r} has {len(row)} cells, row 0 has {width}"
-        for c, v in enumerate(row):
-            if type(v) is not int:  # bool is a subclass of int: reject it explicitly
-                return f"cell [{r}][{c}] is {v!r} ({type(v).__name__}); expected an int 0..9"
-            if not 0 <= v <= 9:
-                return f"cell [{r}][{c}] = {v}; expected 0..9"
-    return None
-
-
 def to_grid(grid: np.ndarray | list) -> Grid:
     """A plain list-of-lists of ints from an array-like grid [h, w]."""
     return [[int(v) for v in row] for row in np.asarray(grid).tolist()]
@@ -129,13 +98,9 @@ def to_grid(grid: np.ndarray | list) -> Grid:
 def fallback_grid(test_input: object) -> Grid:
     """The guess used where nothing better exists: the test input itself, cut to its top-left
     30x30; [[0]] if the input is not a usable rectangular grid of ints 0..9."""
-    try:
-        a = np.array(test_input)
-    except (ValueError, TypeError):
-        return [[0]]
-    if a.ndim != 2 or a.size == 0 or a.dtype.kind not in "iu" or a.min() < 0 or a.max() > 9:
-        return [[0]]
-    return to_grid(a[:MAX_SIDE, :MAX_SIDE])
+    if isinstance(test_input, np.ndarray):
+        test_input = test_input.tolist()
+    return safe_io.fallback_grid(test_input)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,25 +319,5 @@ def write_submission(path: str | Path, submission: Mapping, challenges: Mapping 
                     if (why := grid_problem(e.get(k) if isinstance(e, Mapping) else None))]
     if problems:
         raise SubmissionError(problems, where=str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(submission, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every filesystem allows opening a directory
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    safe_io.write_json_atomic(path, submission)
     return path

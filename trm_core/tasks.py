@@ -23,14 +23,14 @@ for every fault found, so no task disappears silently.
 import importlib.util
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from trm_core import jsonio
+from trm_core.safe_io import describe, grid_problem, write_json_atomic
 
 ARC_MAX_SIDE = 30
 NAME_SEP = "|||"  # the variant-name separator (augment.NAME_SEP); a task id must not contain it
@@ -102,41 +102,6 @@ class TaskSet:
         return list(dict.fromkeys(p.task_id for p in self.problems if p.task_id is not None))
 
 
-# ---------------------------------------------------------------------------------------------
-# grids
-
-
-def _grid_error(value: object, max_side: int) -> str | None:
-    """What is wrong with `value` as a grid, or None. Pure Python checks: JSON gives lists."""
-    if not isinstance(value, list) or not value:
-        return f"grid must be a non-empty list of rows, got {_describe(value)}"
-    width = None
-    for r, row in enumerate(value):
-        if not isinstance(row, list) or not row:
-            return f"row {r} must be a non-empty list of integers, got {_describe(row)}"
-        if width is None:
-            width = len(row)
-        elif len(row) != width:
-            return f"row {r} has {len(row)} cells but row 0 has {width}; rows must have equal length"
-        for c, x in enumerate(row):
-            if type(x) is not int:  # bool and float are rejected too
-                return f"cell [{r}][{c}] = {x!r} is not an integer 0..9"
-            if not 0 <= x <= 9:
-                return f"cell [{r}][{c}] = {x} is outside 0..9"
-    h = len(value)
-    if h > max_side or width > max_side:
-        return f"grid is {h}x{width}; each side must be 1..{max_side}"
-    return None
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, list):
-        return "an empty list" if not value else "a list"
-    if value is None:
-        return "null"
-    return type(value).__name__
-
-
 class _Collector:
     """Problems of one task; grids are parsed only when they are valid."""
 
@@ -148,7 +113,7 @@ class _Collector:
         self.problems.append(Problem(self.file, self.task_id, where, message))
 
     def grid(self, value: object, where: str) -> np.ndarray | None:
-        error = _grid_error(value, self.max_side)
+        error = grid_problem(value, self.max_side)
         if error is not None:
             self.add(where, error)
             return None
@@ -165,13 +130,13 @@ def _parse_task(task_id: str, raw: object, file: str, max_side: int) -> tuple[Ta
         # prediction files store ids as numpy strings, which drop trailing NULs: refuse rather than merge
         col.add(None, f"task id {task_id!r} contains a control character (NUL, newline, ...); rename the task")
     if not isinstance(raw, dict):
-        col.add(None, f"task must be an object with 'train' and 'test', got {_describe(raw)}")
+        col.add(None, f"task must be an object with 'train' and 'test', got {describe(raw)}")
         return None, col.problems
     for key in ("train", "test"):
         if key not in raw:
             col.add(None, f"missing '{key}'")
         elif not isinstance(raw[key], list):
-            col.add(key, f"'{key}' must be a list of pairs, got {_describe(raw[key])}")
+            col.add(key, f"'{key}' must be a list of pairs, got {describe(raw[key])}")
     if col.problems:
         return None, col.problems
     if not raw["train"]:
@@ -182,7 +147,7 @@ def _parse_task(task_id: str, raw: object, file: str, max_side: int) -> tuple[Ta
     train = []
     for i, pair in enumerate(raw["train"]):
         if not isinstance(pair, dict):
-            col.add(f"train[{i}]", f"pair must be an object with 'input' and 'output', got {_describe(pair)}")
+            col.add(f"train[{i}]", f"pair must be an object with 'input' and 'output', got {describe(pair)}")
             continue
         grids = []
         for key in ("input", "output"):
@@ -196,7 +161,7 @@ def _parse_task(task_id: str, raw: object, file: str, max_side: int) -> tuple[Ta
     test_inputs, test_outputs, with_output = [], [], []
     for i, pair in enumerate(raw["test"]):
         if not isinstance(pair, dict):
-            col.add(f"test[{i}]", f"pair must be an object with 'input', got {_describe(pair)}")
+            col.add(f"test[{i}]", f"pair must be an object with 'input', got {describe(pair)}")
             continue
         if "input" not in pair:
             col.add(f"test[{i}]", "missing 'input'")
@@ -218,7 +183,7 @@ def _parse_solutions(task: Task, raw: object, file: str, max_side: int) -> list[
     """Merge one solutions entry into `task` (in place) or return what is wrong with it."""
     col = _Collector(file, task.id, max_side)
     if not isinstance(raw, list):
-        col.add(None, f"solutions must be a list of output grids, got {_describe(raw)}")
+        col.add(None, f"solutions must be a list of output grids, got {describe(raw)}")
         return col.problems
     if len(raw) != len(task.test_inputs):
         col.add(None, f"{len(raw)} solution grid(s) for {len(task.test_inputs)} test input(s)")
@@ -281,7 +246,7 @@ def _raw_tasks(path: Path, split: str | None) -> tuple[list[tuple[str, object, s
     if _looks_like_task(data):  # one per-task file
         return [(path.stem, data, label)], []
     if not isinstance(data, dict):
-        return [], [Problem(label, None, None, f"expected a JSON object {{task_id: task}}, got {_describe(data)}")]
+        return [], [Problem(label, None, None, f"expected a JSON object {{task_id: task}}, got {describe(data)}")]
     problems = [Problem(label, key, None, "task id appears more than once in the file")
                 for key in dict.fromkeys(duplicates) if key in data]
     if _looks_like_split_file(data):
@@ -355,33 +320,40 @@ def load_tasks(
                 result.tasks[task_id] = task
 
     if solutions is not None:
-        sol_paths = [Path(solutions)] if isinstance(solutions, (str, os.PathLike)) else [Path(p) for p in solutions]
-        merged: dict[str, tuple[object, str]] = {}
-        for sp in sol_paths:
-            data, duplicates, error = _read_json(sp)
-            if error is None and not isinstance(data, dict):
-                error = f"expected a JSON object {{task_id: [grid, ...]}}, got {_describe(data)}"
-            if error is not None:
-                report([Problem(str(sp), None, None, error)])
-                continue
-            for key in dict.fromkeys(duplicates):
-                if key in data:
-                    report([Problem(str(sp), key, None, "task id appears more than once in the solutions file")])
-            for tid, raw in data.items():
-                merged[tid] = (raw, str(sp))
-        for tid in list(result.tasks):
-            task = result.tasks[tid]
-            if tid not in merged:
-                problems = [Problem(", ".join(map(str, sol_paths)), tid, None, "no solutions for this task")]
-            else:
-                problems = _parse_solutions(task, merged[tid][0], merged[tid][1], max_side)
-            report(problems)
-            if problems:
-                del result.tasks[tid]
-        for tid, (_, label) in merged.items():
-            if tid not in result.tasks and not any(p.task_id == tid for p in result.problems):
-                report([Problem(label, tid, None, "solutions given for a task that is not in the challenges")])
+        _merge_solutions(result, solutions, max_side, report)
     return result
+
+
+def _merge_solutions(result: TaskSet, solutions: str | os.PathLike | Iterable[str | os.PathLike], max_side: int,
+                     report: Callable[[list[Problem]], None]) -> None:
+    """Put each solutions file's grids into the loaded tasks' test outputs; a task without a valid
+    entry for every test input is dropped and named, as is an entry for a task not loaded."""
+    sol_paths = [Path(solutions)] if isinstance(solutions, (str, os.PathLike)) else [Path(p) for p in solutions]
+    merged: dict[str, tuple[object, str]] = {}
+    for sp in sol_paths:
+        data, duplicates, error = _read_json(sp)
+        if error is None and not isinstance(data, dict):
+            error = f"expected a JSON object {{task_id: [grid, ...]}}, got {describe(data)}"
+        if error is not None:
+            report([Problem(str(sp), None, None, error)])
+            continue
+        for key in dict.fromkeys(duplicates):
+            if key in data:
+                report([Problem(str(sp), key, None, "task id appears more than once in the solutions file")])
+        for tid, raw in data.items():
+            merged[tid] = (raw, str(sp))
+    for tid in list(result.tasks):
+        task = result.tasks[tid]
+        if tid not in merged:
+            problems = [Problem(", ".join(map(str, sol_paths)), tid, None, "no solutions for this task")]
+        else:
+            problems = _parse_solutions(task, merged[tid][0], merged[tid][1], max_side)
+        report(problems)
+        if problems:
+            del result.tasks[tid]
+    for tid, (_, label) in merged.items():
+        if tid not in result.tasks and not any(p.task_id == tid for p in result.problems):
+            report([Problem(label, tid, None, "solutions given for a task that is not in the challenges")])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,19 +387,6 @@ def _grid_json(grid: np.ndarray) -> list[list[int]]:
     return np.asarray(grid, dtype=np.uint8).tolist()
 
 
-def _write_json_atomic(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a data file should be readable like any other
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_kaggle(tasks: TaskSet | Iterable[Task], challenges_path: str | os.PathLike,
                  solutions_path: str | os.PathLike | None = None) -> None:
     """Write tasks in the Kaggle layout (atomically): challenges without test outputs, solutions apart.
@@ -444,6 +403,6 @@ def write_kaggle(tasks: TaskSet | Iterable[Task], challenges_path: str | os.Path
             if task.test_outputs is None:
                 raise ValueError(f"task {task.id}: no test outputs to write to {solutions_path}")
             solutions[task.id] = [_grid_json(o) for o in task.test_outputs]
-    _write_json_atomic(Path(challenges_path), challenges)
+    write_json_atomic(Path(challenges_path), challenges)
     if solutions_path is not None:
-        _write_json_atomic(Path(solutions_path), solutions)
+        write_json_atomic(Path(solutions_path), solutions)

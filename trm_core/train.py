@@ -28,11 +28,13 @@ import torch
 import torch.distributed as dist
 
 from trm_core import checkpoint as ckpt_io
+from trm_core.distributed import rank_world
 from trm_core.loggers import MetricsLogger, NullLogger
 from trm_core.loss import act_loss
 from trm_core.model import TRM, Carry, flops_per_sample
 from trm_core.optim import EMA, AdamAtan2, SparseSignSGD, lr_at, set_lr
 from trm_core.perf import mfu
+from trm_core.safe_io import atomic_path
 from trm_core.warmup import WarmupOverLimit, warmup_limit
 
 MODES = ("pretrain", "full", "embeddings", "embeddings-then-full", "lora")
@@ -120,12 +122,6 @@ class TrainResult:
     memory_fit: dict[str, Any] | None = None  # the peak-memory fit that chose the micro-batch (CUDA, micro -1)
 
 
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def trainable_parameters(model: TRM, mode: str) -> list[torch.nn.Parameter]:
     """The parameters the trunk optimiser owns in `mode` (empty: embeddings only)."""
     if mode in ("pretrain", "full", "embeddings-then-full"):
@@ -148,12 +144,6 @@ def _log_stderr(line: str) -> None:
 def _fmt_time(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def micro_split(rows: int, max_rows: int) -> list[int]:
@@ -203,7 +193,7 @@ class _Trainer:
                  log: Callable[[str], None], logger: MetricsLogger) -> None:
         self.model, self.batches, self.cfg, self.device = model, batches, cfg, device
         self.out_dir, self.manifest, self.log, self.logger = out_dir, manifest, log, logger
-        self.rank, self.world = _dist()
+        self.rank, self.world = rank_world()
         if cfg.global_batch_size % self.world:
             raise ValueError(f"global_batch_size {cfg.global_batch_size} is not divisible by {self.world} processes")
         self.local_batch = cfg.global_batch_size // self.world
@@ -290,7 +280,8 @@ class _Trainer:
         if self.rank != 0 or self.out_dir is None:
             return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_torch_save(state, self.out_dir / STATE_FILE)
+        with atomic_path(self.out_dir / STATE_FILE) as tmp:
+            torch.save(state, tmp)
         manifest = dict(self.manifest)
         manifest["weights"] = "ema" if self.ema else "raw"
         manifest["train"] = {"step": self.step, **asdict(self.cfg)}
