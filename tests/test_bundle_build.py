@@ -15,7 +15,7 @@ from bundle.manifest import MARKER_NAME, verify_bundle
 from bundle.metadata import validate_dataset_metadata, validate_kernel_metadata
 from bundle.notebook import code_cells
 from bundle.publish import find_credentials
-from trm_core.cli import main
+from trm_cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from submission.dry_run import DryRunError, DryRunOptions, dry_run, resolve_data
-from trm_core.cli import main
+from trm_cli import main
 from trm_core.submission_file import validate
 
 REPO = Path(__file__).resolve().parent.parent

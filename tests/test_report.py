@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from report_helpers import STUDY, Page, decode_png, figure_picture, make_run, tiny_tasks
 from trm_core import draw
-from trm_core.cli import main
+from trm_cli import main
 from trm_core.page import PLOTS_HINT, esc
 from trm_core.report import load_run, write_report
 from trm_core.predictions import Predictions

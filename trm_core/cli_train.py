@@ -1,0 +1,302 @@
+"""The training commands of `trm`: pretrain (a fresh model on public tasks), posttrain (adapt a
+checkpoint to new tasks on their demonstration pairs) and study (post-training arms side by side).
+
+Their option groups (--steps, --lr, ...) are shared with `trm solve`; every default is read from
+TrainConfig, DataConfig or StudyConfig, never typed again here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from trm_core.cli_common import (Default, apply, data_config, data_options, echo_err, load_checkpoint,
+                                 load_task_set, log_options, logger_spec, report_skipped, study_config, train_config)
+
+
+def adapt_options(config):
+    """How the post-training modes adapt (trm posttrain, trm solve: TrainConfig; trm study: StudyConfig)."""
+    def decorate(f):
+        return apply([
+            click.option("--freeze-fraction", type=float, default=Default(config, "freeze_fraction"),
+                         show_default=True, help="embeddings-then-full: share of steps with the trunk frozen."),
+            click.option("--lora-rank", type=int, default=Default(config, "lora_rank"), show_default=True),
+            click.option("--lora-alpha", type=float, default=Default(config, "lora_alpha"), show_default=True),
+            click.option("--init", type=click.Choice(["mean", "normal"]), default=Default(study_config, "init"),
+                         show_default=True, help="Initial embedding rows of the new tasks."),
+        ], f)
+    return decorate
+
+
+def train_options(f):
+    """The optimiser, data and run options of trm pretrain, trm posttrain and trm solve."""
+    return log_options(apply([
+        click.option("--steps", type=int, default=None, help="Optimiser steps (or give --epochs)."),
+        click.option("--epochs", type=int, default=None, help="Epochs over the tasks; converted to steps."),
+        click.option("--batch-size", "batch_size", type=int, default=Default(train_config, "global_batch_size"),
+                     show_default=True, help="Global batch."),
+        click.option("--lr", type=float, default=Default(train_config, "lr"), show_default=True),
+        click.option("--puzzle-emb-lr", type=float, default=Default(train_config, "puzzle_emb_lr"), show_default=True),
+        click.option("--weight-decay", type=float, default=Default(train_config, "weight_decay"), show_default=True),
+        click.option("--warmup", type=int, default=Default(train_config, "warmup_steps"), show_default=True,
+                     help="Warm-up steps."),
+        click.option("--lr-min-ratio", type=float, default=Default(train_config, "lr_min_ratio"), show_default=True,
+                     help="1 = constant after warm-up."),
+        click.option("--optimizer", type=click.Choice(["original", "lucidrains"]),
+                     default=Default(train_config, "optimizer"), show_default=True, help="AdamATan2 variant."),
+        click.option("--ema/--no-ema", default=Default(train_config, "ema"), show_default=True),
+        click.option("--ema-rate", type=float, default=Default(train_config, "ema_rate"), show_default=True),
+        click.option("--variants", "num_variants", type=int, default=Default(data_config, "num_variants"),
+                     show_default=True, help="Augmented variants per task (one embedding row each)."),
+        click.option("--translate/--no-translate", default=Default(data_config, "translate"), show_default=True),
+        click.option("--seed", type=int, default=Default(train_config, "seed"), show_default=True),
+        click.option("--device", default=None, help="cpu, cuda (default: cuda when available)."),
+        click.option("--micro-batch", "micro_batch", type=click.IntRange(min=0), default=None,
+                     help="Rows per forward/backward on each process; gradients accumulate to the global batch "
+                          "[default: the most that fits the GPU's memory, measured; CPU: the whole local batch]."),
+        click.option("--compile/--no-compile", "compile_", default=None,
+                     help="torch.compile the recursion, falling back to eager if compiling fails "
+                          "[default: on CUDA only]."),
+        click.option("--checkpoint-activations", is_flag=True,
+                     help="Recompute the gradient-carrying cycle in backward: less memory, about 30% more compute."),
+        click.option("--log-every", type=int, default=Default(train_config, "log_every"), show_default=True),
+        click.option("--checkpoint-every", type=int, default=Default(train_config, "checkpoint_every"),
+                     show_default=True, help="Steps between resumable checkpoints (0: at the end or on stop only)."),
+        click.option("--max-minutes", type=float, default=None, help="Stop training cleanly after this long."),
+    ], f))
+
+
+def run_folder_option(f):
+    return click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+                        help="Run folder: checkpoint/, train_state.pt (resumable), metrics.jsonl.")(f)
+
+
+def training_configs(tasks, mode: str, opts: dict, canvas: int, include_test_pairs: bool = False,
+                     train_extra: dict | None = None):
+    """The TrainConfig and DataConfig the options describe (--epochs converted to steps)."""
+    from trm_core.batches import TrainSampler
+    from trm_core.recipes import DataConfig
+    from trm_core.train import TrainConfig
+    from trm_core.variants import Variants
+
+    data = DataConfig(num_variants=opts["num_variants"], variant_seed=opts["seed"], sampler_seed=opts["seed"],
+                      translate=opts["translate"], include_test_pairs=include_test_pairs)
+    steps, epochs = opts["steps"], opts["epochs"]
+    if (steps is None) == (epochs is None):
+        raise click.ClickException("give exactly one of --steps and --epochs")
+    if steps is None:
+        examples = TrainSampler(Variants(tasks, 0), 1, canvas=canvas,
+                                include_test_pairs=include_test_pairs).examples_per_epoch
+        steps = max(1, epochs * examples // opts["batch_size"])
+    try:
+        cfg = TrainConfig(steps=steps, global_batch_size=opts["batch_size"], mode=mode, lr=opts["lr"],
+                          puzzle_emb_lr=opts["puzzle_emb_lr"], weight_decay=opts["weight_decay"],
+                          warmup_steps=opts["warmup"], lr_min_ratio=opts["lr_min_ratio"], optimizer=opts["optimizer"],
+                          ema=opts["ema"], ema_rate=opts["ema_rate"], seed=opts["seed"], log_every=opts["log_every"],
+                          checkpoint_every=opts["checkpoint_every"], compile=opts["compile_"],
+                          micro_batch_size=-1 if opts["micro_batch"] is None else opts["micro_batch"],
+                          checkpoint_activations=opts["checkpoint_activations"], **(train_extra or {}))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    return cfg, data
+
+
+def open_logger(opts: dict, out_dir: str, config: dict):
+    spec = logger_spec(opts["log_to"], opts["wandb_project"], opts["wandb_mode"])
+    try:
+        return spec.open(out_dir, config, name=os.path.basename(os.path.normpath(out_dir)))
+    except ImportError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _run_training(recipe, tasks, mode: str, opts: dict, canvas: int, include_test_pairs: bool = False,
+                  train_extra: dict | None = None, **recipe_kwargs) -> None:
+    import time
+    from dataclasses import asdict
+
+    from trm_core.distributed import process_group
+
+    cfg, data = training_configs(tasks, mode, opts, canvas, include_test_pairs, train_extra)
+    deadline = time.time() + 60 * opts["max_minutes"] if opts["max_minutes"] else None
+    with process_group(opts["device"]) as (rank, world, device):
+        if rank == 0:
+            echo_err(f"{mode}: {len(tasks)} tasks, {cfg.steps} steps of {cfg.global_batch_size} on {world} x {device}")
+        config = {"mode": mode, "tasks": len(tasks), "train": asdict(cfg), "data": asdict(data)}
+        logger = open_logger(opts, opts["out_dir"], config) if rank == 0 else None
+        try:
+            result = recipe(tasks=tasks, train_cfg=cfg, data=data, out_dir=opts["out_dir"], device=device,
+                            deadline=deadline, logger=logger, **recipe_kwargs)
+        finally:
+            if logger is not None:
+                logger.close()
+        if rank == 0:
+            state = "stopped early" if result.stopped_early else "done"
+            click.echo(f"{result.checkpoint}  (step {result.steps_done}, {state}, "
+                       f"{result.samples_per_s:.1f} samples/s, micro-batch {result.micro_batch}, "
+                       f"compile {result.compile})")
+
+
+@click.command("pretrain")
+@data_options
+@click.option("--preset", default="tiny", show_default=True, help="Model preset: paper, trelis-emb1, tiny (TRM); hrm, hrm-tiny (HRM).")
+@click.option("--canvas", type=int, default=None, help="Canvas side (default: the preset's).")
+@click.option("--include-test-pairs/--train-pairs-only", default=True, show_default=True,
+              help="Also train on test pairs whose outputs are known.")
+@click.option("--max-side", type=click.IntRange(1, 30), default=None,
+              help="Keep only tasks whose grids all fit this side (default: the canvas minus one, for the EOS border).")
+@click.option("--exclude", "exclude", multiple=True, type=click.Path(exists=True),
+              help="Tasks left out, by id and by content (any task sharing a pair with them), e.g. the tasks "
+                   "you will evaluate on; any layout --data takes, solutions beside a challenges file included.")
+@click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write a slim copy of the final checkpoint here.")
+@train_options
+@run_folder_option
+def pretrain_cmd(data: str, solutions: str | None, split: str | None, preset: str, canvas: int | None,
+                 include_test_pairs: bool, max_side: int | None, exclude: tuple[str, ...], export_dir: str | None,
+                 **opts) -> None:
+    """Pre-train a fresh TRM or HRM (by --preset) on public tasks.
+
+    Multi-GPU: torchrun --nproc-per-node 4 -m trm_core.cli pretrain ... (each process takes its
+    slice of every global batch).
+    """
+    from trm_core import checkpoint
+    from trm_core.model import TRMConfig
+    from trm_core.recipes import pretrain
+    from trm_core.tasks import TaskSet
+
+    try:
+        cfg = TRMConfig.from_name(preset, **({"canvas": canvas} if canvas else {}))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    tasks = load_task_set(data, solutions, split, strict=False, max_side=max_side or min(30, cfg.canvas - 1))
+    dropped = _excluded(tasks, exclude)
+    if dropped:
+        tasks = TaskSet({k: v for k, v in tasks.tasks.items() if k not in dropped}, tasks.problems)
+    report_skipped(tasks)
+    source = data + (f" (max side {max_side or cfg.canvas - 1}, excluding {len(dropped)} ids)" if dropped else "")
+    _run_training(pretrain, tasks, "pretrain", opts, cfg.canvas, include_test_pairs, model_cfg=cfg, source=source)
+    if export_dir and os.environ.get("RANK", "0") == "0":
+        out = checkpoint.convert(os.path.join(opts["out_dir"], "checkpoint"), None, export_dir)
+        click.echo(f"slim copy: {out}")
+
+
+def _excluded(tasks, paths: tuple[str, ...]) -> set[str]:
+    """Ids of `tasks` that one of the task files in `paths` names, or that share a pair with one of them."""
+    from trm_core.tasksets import task_pairs
+
+    ids: set[str] = set()
+    keys: set[bytes] = set()
+    for path in paths:
+        found = load_task_set(path, _solutions_beside(path), None, strict=False)
+        ids |= set(found.tasks) | set(found.skipped)  # an id listed with a task that does not load still counts
+        for task in found:
+            keys |= task_pairs(task)
+    return {t.id for t in tasks if t.id in ids or not task_pairs(t).isdisjoint(keys)}
+
+
+def _solutions_beside(path: str) -> str | None:
+    """The Kaggle solutions file that goes with a challenges file, when it is there."""
+    if os.path.isfile(path) and "challenges" in os.path.basename(path):
+        candidate = os.path.join(os.path.dirname(path), os.path.basename(path).replace("challenges", "solutions"))
+        return candidate if os.path.isfile(candidate) else None
+    return None
+
+
+def checkpoint_options(f):
+    return apply([
+        click.option("--checkpoint", "ckpt_path", required=True, type=click.Path(exists=True),
+                     help="Kit checkpoint directory, or a reference step_N file with --config."),
+        click.option("--config", default=None,
+                     help="Arch config of a reference checkpoint (file, preset or registry name)."),
+    ], f)
+
+
+def mode_option(f):
+    return click.option("--mode", type=click.Choice(["full", "embeddings", "embeddings-then-full", "lora"]),
+                        default="embeddings-then-full", show_default=True, help="Post-training mode.")(f)
+
+
+@click.command("posttrain")
+@checkpoint_options
+@data_options
+@mode_option
+@adapt_options(train_config)
+@train_options
+@run_folder_option
+def posttrain_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | None, split: str | None,
+                  mode: str, freeze_fraction: float, lora_rank: int, lora_alpha: float, init: str, **opts) -> None:
+    """Adapt a checkpoint to new tasks on their demonstration pairs (test-time training)."""
+    from trm_core.recipes import posttrain
+
+    ckpt = load_checkpoint(ckpt_path, config)
+    tasks = load_task_set(data, solutions, split, strict=False)
+    report_skipped(tasks)
+    _run_training(posttrain, tasks, mode, opts, ckpt.config.canvas, ckpt=ckpt, source=data, init=init,
+                  train_extra={"freeze_fraction": freeze_fraction, "lora_rank": lora_rank, "lora_alpha": lora_alpha})
+
+
+def _study_options(f):
+    return apply([
+        click.option("--arms", default=Default(study_config, "arms", form=",".join), show_default=True,
+                     help="Comma-separated arms: none, full, embeddings, embeddings-then-full, lora, scratch."),
+        click.option("--steps", type=click.IntRange(1), default=Default(study_config, "steps"), show_default=True,
+                     help="Optimiser steps per trained arm."),
+        click.option("--eval-every", type=click.IntRange(1), default=Default(study_config, "eval_every"),
+                     show_default=True, help="Steps between evaluations (the last step is always evaluated)."),
+        click.option("--views", type=click.IntRange(1), default=Default(study_config, "views"), show_default=True,
+                     help="K: views per test input, the original included (at most --variants + 1)."),
+        click.option("--batch-size", type=click.IntRange(1), default=Default(study_config, "batch_size"),
+                     show_default=True, help="Global training batch."),
+        click.option("--variants", "num_variants", type=click.IntRange(0), default=Default(study_config, "num_variants"),
+                     show_default=True, help="Augmented variants per task (one embedding row each)."),
+        click.option("--lr", type=float, default=Default(study_config, "lr"), show_default=True,
+                     help="Trunk learning rate (scratch too)."),
+        click.option("--puzzle-emb-lr", type=float, default=Default(study_config, "puzzle_emb_lr"), show_default=True),
+        click.option("--weight-decay", type=float, default=Default(study_config, "weight_decay"), show_default=True),
+        click.option("--warmup", type=click.IntRange(0), default=Default(study_config, "warmup_steps"),
+                     show_default=True, help="Warm-up steps."),
+        click.option("--lr-min-ratio", type=float, default=Default(study_config, "lr_min_ratio"), show_default=True,
+                     help="1 = constant after warm-up."),
+        click.option("--ema/--no-ema", default=Default(study_config, "ema"), show_default=True,
+                     help="Evaluate the EMA of the trained weights."),
+        click.option("--ema-rate", type=float, default=Default(study_config, "ema_rate"), show_default=True),
+        adapt_options(study_config),
+        click.option("--translate/--no-translate", default=Default(study_config, "translate"), show_default=True),
+        click.option("--rule", type=click.Choice(["reference", "count", "q-weighted"]),
+                     default=Default(study_config, "rule"), show_default=True, help="Ranking rule of the vote."),
+        click.option("--seed", type=int, default=Default(study_config, "seed"), show_default=True),
+        click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
+                     help="Arms trained at once, in separate processes (CPU threads are split among them)."),
+        click.option("--device", default=None, help="cpu, cuda (default: cuda when available)."),
+        click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+                     help="Study folder: study.json, study.md, study.png, report.html, arms/<arm>/ "
+                          "(resumed when it exists)."),
+    ], f)
+
+
+@click.command("study")
+@checkpoint_options
+@data_options
+@_study_options
+@log_options
+def study_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | None, split: str | None,
+              log_to: tuple[str, ...], wandb_project: str, wandb_mode: str, arms: str, jobs: int,
+              device: str | None, out_dir: str, **settings) -> None:
+    """Post-train a checkpoint on held-out tasks under several arms and follow fit and pass@2 against steps."""
+    from trm_core.distributed import default_device
+    from trm_core.study import StudyConfig, render_table, run_study
+
+    ckpt = load_checkpoint(ckpt_path, config)  # fail early on a bad checkpoint
+    tasks = load_task_set(data, solutions, split, strict=False, max_side=ckpt.config.canvas - 1)
+    report_skipped(tasks)
+    settings["warmup_steps"] = settings.pop("warmup")
+    try:
+        cfg = StudyConfig(arms=tuple(a.strip() for a in arms.split(",") if a.strip()), **settings)
+        metrics_to = logger_spec(log_to, wandb_project, wandb_mode)
+        metrics_to.check()
+        study = run_study(ckpt_path, tasks, cfg, out_dir, config=config, source=data,
+                          device=device or default_device(), jobs=jobs, metrics_to=metrics_to)
+    except (ImportError, ValueError) as e:  # ImportError: a --log-to library that is not installed
+        raise click.ClickException(str(e)) from None
+    click.echo(render_table(study))
