@@ -10,6 +10,9 @@ batch's row, the others keep refining theirs), every row is supervised at every 
 scaled by 1/global batch and gradients are summed across ranks; AdamATan2 steps the trunk, sparse
 SignSGD the puzzle-embedding rows, one schedule drives both. Under torchrun each process takes
 its slice of every global batch; only rank 0 writes.
+
+One file of ~570 lines on purpose: the loop, its resumable state, the micro-batch accumulation and
+the compile fallback all act on the same step, and a reader checks their agreement in one place.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -376,11 +379,7 @@ class _Trainer:
             if now_frozen != frozen:
                 _set_trainable(model, self.trunk, not now_frozen)
                 frozen = now_frozen
-            try:
-                batch = next(batches)
-            except StopIteration:
-                raise RuntimeError(f"the batch iterator ran out at step {self.step} of {cfg.steps}") from None
-            batch = _to_device(batch, self.device)
+            batch = self._next_batch(batches)
             if self.carry is None:
                 self.carry = self._carry_for(batch)
             draws = model.exploration_draws(self.local_batch, self.generator, self.device) \
@@ -391,19 +390,7 @@ class _Trainer:
                 loss, metrics = self._forward_backward(batch, draws)
             first_step_of_call = False
 
-            self._all_reduce_grads()
-            scale = lr_at(self.step, 1.0, cfg.warmup_steps, cfg.steps, cfg.lr_min_ratio)
-            if self.sign is not None:
-                set_lr(self.sign, cfg.puzzle_emb_lr * scale)
-                self.sign.step()
-                self.sign.zero_grad()
-            if self.adam is not None:
-                if not frozen:
-                    set_lr(self.adam, cfg.lr * scale)
-                    self.adam.step()
-                self.adam.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.update()
+            scale = self._optimiser_step(frozen)
 
             metrics["loss"] = loss
             for k, v in metrics.items():
@@ -431,6 +418,32 @@ class _Trainer:
         return TrainResult(self.step, stopped, seconds, done * cfg.global_batch_size / max(seconds, 1e-9), last, path,
                            first, micro_batch=max(self.micro), compile=self.compile,
                            memory_fit=self.memory_fit)
+
+    def _next_batch(self, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            raise RuntimeError(f"the batch iterator ran out at step {self.step} of {self.cfg.steps}") from None
+        return _to_device(batch, self.device)
+
+    def _optimiser_step(self, frozen: bool) -> float:
+        """Reduce the gradients across ranks, step both optimisers at this step's scheduled rate
+        (the trunk's only while it is not frozen) and the EMA; return the schedule's scale."""
+        cfg = self.cfg
+        self._all_reduce_grads()
+        scale = lr_at(self.step, 1.0, cfg.warmup_steps, cfg.steps, cfg.lr_min_ratio)
+        if self.sign is not None:
+            set_lr(self.sign, cfg.puzzle_emb_lr * scale)
+            self.sign.step()
+            self.sign.zero_grad()
+        if self.adam is not None:
+            if not frozen:
+                set_lr(self.adam, cfg.lr * scale)
+                self.adam.step()
+            self.adam.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
+        return scale
 
     def _forward_backward(self, batch: dict[str, torch.Tensor], draws: tuple[torch.Tensor, torch.Tensor] | None
                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
