@@ -226,12 +226,14 @@ def test_cli_posttrain_takes_micro_batch_compile_and_checkpointing(tmp_path: Pat
     challenges = Path(__file__).resolve().parent.parent / "submission" / "placeholder" / "arc-agi_test_challenges.json"
     result = CliRunner().invoke(main, ["posttrain", "--checkpoint", str(micro_checkpoint), "--data", str(challenges),
                                        "--mode", "full", "--steps", "2", "--batch-size", "8", "--micro-batch", "3",
-                                       "--no-compile", "--checkpoint-activations", "--variants", "1", "--warmup", "1",
+                                       "--no-compile", "--compile-limit", "90", "--checkpoint-activations", "--variants", "1",
+                                       "--warmup", "1",
                                        "--device", "cpu", "--out", str(tmp_path / "post")])
     assert result.exit_code == 0, result.output
     assert "micro-batch 3, compile off" in result.output
     train_cfg = checkpoint.load(tmp_path / "post" / "checkpoint").manifest["train"]
     assert train_cfg["micro_batch_size"] == 3 and train_cfg["compile"] is False and train_cfg["checkpoint_activations"]
+    assert train_cfg["compile_limit_s"] == 90
     result = CliRunner().invoke(main, ["posttrain", "--checkpoint", str(micro_checkpoint), "--data", str(challenges),
                                        "--steps", "1", "--micro-batch", "-2", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "--micro-batch" in result.output
