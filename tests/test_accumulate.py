@@ -4,6 +4,8 @@ compiler failure ends in an eager run that completes."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -164,6 +166,52 @@ def test_a_compile_failure_falls_back_to_eager_and_the_run_completes(monkeypatch
     assert (tmp_path / "run" / "checkpoint" / "manifest.json").is_file()
 
 
+def _slow_compile(calls: list):
+    """A torch.compile whose compiled function's first call is a warm-up that sleeps past any small limit."""
+    def fake_compile(fn, *args, **kwargs):
+        def compiled(*a, **kw):
+            calls.append(1)
+            if len(calls) == 1:
+                time.sleep(5.0)
+            return fn(*a, **kw)
+        return compiled
+    return fake_compile
+
+
+def test_a_compile_warm_up_over_its_limit_falls_back_to_eager(monkeypatch, tmp_path: Path) -> None:
+    eager, _ = _train(3, steps=4, compile=False)
+    calls: list = []
+    monkeypatch.setattr(torch, "compile", _slow_compile(calls))
+    fell_back, res = _train(3, steps=4, compile=True, compile_limit_s=0.2, out_dir=tmp_path / "run")
+    assert calls == [1]  # the warm-up was cut short and never retried
+    assert res.steps_done == 4 and res.compile == "fallback: warm-up over its 0.2 s limit"
+    for k, v in eager.items():  # nothing of the interrupted attempt is kept: the eager run, bit for bit
+        assert torch.equal(v, fell_back[k]), k
+    assert (tmp_path / "run" / "checkpoint" / "manifest.json").is_file()
+
+
+def test_the_warm_up_limit_is_checked_after_the_block_where_no_timer_can_interrupt() -> None:
+    from trm_core.warmup import WarmupOverLimit, warmup_limit
+
+    raised: list = []
+
+    def worker() -> None:  # not the main thread: no SIGALRM, the block runs to its end
+        try:
+            with warmup_limit(0.05):
+                time.sleep(0.2)
+        except WarmupOverLimit as e:
+            raised.append(str(e))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert raised == ["warm-up over its 0.05 s limit"]
+    with warmup_limit(0):  # 0 = no limit
+        time.sleep(0.01)
+    with pytest.raises(ValueError, match="compile_limit_s"):
+        TrainConfig(steps=1, compile_limit_s=-1)
+
+
 def test_compile_defaults_to_cuda_only() -> None:
     _, res = _train(0, steps=1)
     assert res.compile == "off"  # on CPU the default is eager
@@ -178,12 +226,14 @@ def test_cli_posttrain_takes_micro_batch_compile_and_checkpointing(tmp_path: Pat
     challenges = Path(__file__).resolve().parent.parent / "submission" / "placeholder" / "arc-agi_test_challenges.json"
     result = CliRunner().invoke(main, ["posttrain", "--checkpoint", str(micro_checkpoint), "--data", str(challenges),
                                        "--mode", "full", "--steps", "2", "--batch-size", "8", "--micro-batch", "3",
-                                       "--no-compile", "--checkpoint-activations", "--variants", "1", "--warmup", "1",
+                                       "--no-compile", "--compile-limit", "90", "--checkpoint-activations", "--variants", "1",
+                                       "--warmup", "1",
                                        "--device", "cpu", "--out", str(tmp_path / "post")])
     assert result.exit_code == 0, result.output
     assert "micro-batch 3, compile off" in result.output
     train_cfg = checkpoint.load(tmp_path / "post" / "checkpoint").manifest["train"]
     assert train_cfg["micro_batch_size"] == 3 and train_cfg["compile"] is False and train_cfg["checkpoint_activations"]
+    assert train_cfg["compile_limit_s"] == 90
     result = CliRunner().invoke(main, ["posttrain", "--checkpoint", str(micro_checkpoint), "--data", str(challenges),
                                        "--steps", "1", "--micro-batch", "-2", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "--micro-batch" in result.output

@@ -53,6 +53,35 @@ def test_a_compile_failure_in_prediction_falls_back_to_eager(monkeypatch) -> Non
     assert np.array_equal(eager.variant, fell_back.variant)
 
 
+def test_a_compile_warm_up_over_its_limit_in_prediction_falls_back_to_eager(monkeypatch) -> None:
+    tasks = load_tasks(CHALLENGES)
+    variants = Variants(tasks, 2, seed=0)
+    cfg = TRMConfig.from_name("tiny", canvas=12, num_puzzle_identifiers=variants.num_identifiers)
+
+    def run(compile_: bool, status: dict) -> object:
+        model = TRM(cfg, generator=torch.Generator().manual_seed(0))
+        return predict(model, variants, PredictConfig(num_views=3, batch_size=8, halt_steps=2, compile=compile_,
+                                                      compile_limit_s=0.2), status=status)
+
+    eager = run(False, {})
+    calls = []
+
+    def slow_compile(fn, *args, **kwargs):
+        def compiled(*a, **kw):  # the warm-up: its first call sleeps past the limit
+            calls.append(1)
+            if len(calls) == 1:
+                time.sleep(5.0)
+            return fn(*a, **kw)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", slow_compile)
+    status: dict = {}
+    fell_back = run(True, status)
+    assert status["compile"] == "fallback: warm-up over its 0.2 s limit"
+    assert calls == [1] and len(fell_back) == len(eager) > 0
+    assert np.array_equal(eager.q_halt, fell_back.q_halt) and np.array_equal(eager.data, fell_back.data)
+
+
 def test_torch_floor_matches_the_apis_used() -> None:
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +27,31 @@ def test_gpu_check_runs_at_tiny_scale_on_cpu() -> None:
     assert "SDPA backend on the model's layout: " in out and "backend on the model's layout: none" not in out
     assert "L_cycles 4: training saves" in out and "L_cycles 6: training saves" in out
     assert "train eager" in out and "samples/s" in out and "predict eager" in out and "views/s" in out
+    for phase in ("debug", "eval", "train"):  # the golden fixture replayed on the device, within tolerance
+        assert f"fidelity tiny (float32) {phase}: " in out
+        assert re.search(rf"fidelity tiny \(float32\) {phase}: \d+ tensors, 0 over tolerance, 0 not produced; "
+                         rf"worst \S+ max_abs", out), out
+
+
+def test_gpu_check_fidelity_flags_a_tensor_over_its_tolerance(monkeypatch) -> None:
+    tools = str(ROOT / "tools")
+    sys.path.insert(0, tools)
+    try:
+        import gpu_check
+    finally:  # gpu_check puts tools/ on the path too: take it off, or tools/bundle.py shadows the bundle package
+        while tools in sys.path:
+            sys.path.remove(tools)
+    real = gpu_check._fixture_outputs
+
+    def off_by_one_percent(folder, device):
+        got = real(folder, device)
+        got["eval.step1.logits"] = got["eval.step1.logits"] * 1.01
+        return got
+
+    monkeypatch.setattr(gpu_check, "_fixture_outputs", off_by_one_percent)
+    lines = gpu_check.fidelity_rows("tiny", torch.device("cpu"))
+    assert "0 over tolerance" in lines[0] and "0 over tolerance" in lines[2]
+    assert ", 1 over tolerance" in lines[1] and "worst eval.step1.logits" in lines[1]
 
 
 @pytest.mark.slow

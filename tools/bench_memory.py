@@ -31,10 +31,12 @@ class SavedBytes:
 
     def __init__(self) -> None:
         self.storages: dict[int, int] = {}
+        self.kinds: dict[int, str] = {}  # storage -> "dtype [shape]" of the first tensor saved from it
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         s = t.untyped_storage()
         self.storages[s.data_ptr()] = max(self.storages.get(s.data_ptr(), 0), s.nbytes())
+        self.kinds.setdefault(s.data_ptr(), f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}")
         return t
 
     def __enter__(self) -> SavedBytes:
@@ -49,6 +51,14 @@ class SavedBytes:
     def total(self) -> int:
         return sum(self.storages.values())
 
+    def by_kind(self) -> dict[str, tuple[int, int]]:
+        """{"dtype [shape]": (storages, bytes)}: where the saved bytes go."""
+        out: dict[str, tuple[int, int]] = {}
+        for ptr, nbytes in self.storages.items():
+            n, b = out.get(self.kinds[ptr], (0, 0))
+            out[self.kinds[ptr]] = (n + 1, b + nbytes)
+        return out
+
 
 def _batch(cfg: TRMConfig, rows: int, device: torch.device) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(rows)
@@ -57,7 +67,7 @@ def _batch(cfg: TRMConfig, rows: int, device: torch.device) -> dict[str, torch.T
             "puzzle_identifiers": torch.ones(rows, dtype=torch.int32, device=device)}
 
 
-def saved_kit(cfg: TRMConfig, rows: int, device: torch.device, checkpoint: bool) -> int:
+def saved_kit(cfg: TRMConfig, rows: int, device: torch.device, checkpoint: bool) -> SavedBytes:
     model = TRM(cfg, generator=torch.Generator().manual_seed(0)).to(device).train()
     model.checkpoint_activations = checkpoint
     batch = _batch(cfg, rows, device)
@@ -66,10 +76,10 @@ def saved_kit(cfg: TRMConfig, rows: int, device: torch.device, checkpoint: bool)
         carry, out = model(carry, batch)
         loss, _, _ = act_loss(carry, out)
     loss.backward()  # the graph is complete and usable
-    return saved.total
+    return saved
 
 
-def saved_reference(ref_dir: str, cfg: TRMConfig, rows: int, device: torch.device) -> int:
+def saved_reference(ref_dir: str, cfg: TRMConfig, rows: int, device: torch.device) -> SavedBytes:
     if cfg.architecture != "trm":
         raise SystemExit(f"--reference measures the reference TRM; preset architecture is {cfg.architecture!r}")
     sys.path.insert(0, os.path.abspath(ref_dir))
@@ -91,13 +101,21 @@ def saved_reference(ref_dir: str, cfg: TRMConfig, rows: int, device: torch.devic
     with SavedBytes() as saved:
         carry, loss, _, _, _ = head(carry=carry, batch=batch, return_keys=[])
     loss.backward()
-    return saved.total
+    return saved
 
 
-def per_row(measure, rows: tuple[int, int]) -> tuple[float, float]:
-    """(bytes per row, bytes at rows[0]) from two batch sizes."""
+def per_row(measure, rows: tuple[int, int]) -> tuple[float, SavedBytes]:
+    """(bytes per row, what was saved at rows[1]) from two batch sizes."""
     a, b = measure(rows[0]), measure(rows[1])
-    return (b - a) / (rows[1] - rows[0]), float(a)
+    return (b.total - a.total) / (rows[1] - rows[0]), b
+
+
+def print_breakdown(name: str, saved: SavedBytes) -> None:
+    """The saved storages grouped by dtype and shape, largest first (shapes carry the batch)."""
+    print(f"# {name}: saved storages by dtype [shape] of the first tensor saved from each")
+    for kind, (n, b) in sorted(saved.by_kind().items(), key=lambda kv: -kv[1][1]):
+        if b >= MIB:
+            print(f"#   {b / MIB:9.1f} MiB  {n:4d} x  {kind}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -110,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--device", default="cpu")
     p.add_argument("--checkpoint-activations", action="store_true", help="also measure with activation checkpointing")
     p.add_argument("--reference", metavar="DIR", help="checkout of the reference code to measure side by side")
+    p.add_argument("--breakdown", action="store_true", help="print where the saved bytes go (at the larger batch)")
     args = p.parse_args(argv)
 
     changes = {k: v for k, v in (("L_cycles", args.l_cycles), ("canvas", args.canvas)) if v}
@@ -121,16 +140,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"{f'+{cfg.H_layers}' if cfg.architecture == 'hrm' else ''} hidden={cfg.hidden_size} rows={rows} "
           f"device={device} torch={torch.__version__}")
     figures: dict[str, float] = {}
-    kit, _ = per_row(lambda r: saved_kit(cfg, r, device, False), rows)
+    kit, kit_saved = per_row(lambda r: saved_kit(cfg, r, device, False), rows)
     figures["trm-kit"] = kit
+    if args.breakdown:
+        print_breakdown("trm-kit", kit_saved)
     print(f"trm-kit                  {kit / MIB:9.1f} MiB saved per row")
     if args.checkpoint_activations:
         ck, _ = per_row(lambda r: saved_kit(cfg, r, device, True), rows)
         figures["trm-kit checkpointed"] = ck
         print(f"trm-kit checkpointed     {ck / MIB:9.1f} MiB saved per row  ({ck / kit:.2f}x)")
     if args.reference:
-        ref, _ = per_row(lambda r: saved_reference(args.reference, cfg, r, device), rows)
+        ref, ref_saved = per_row(lambda r: saved_reference(args.reference, cfg, r, device), rows)
         figures["reference"] = ref
+        if args.breakdown:
+            print_breakdown("reference", ref_saved)
         print(f"reference                {ref / MIB:9.1f} MiB saved per row")
         print(f"trm-kit / reference      {kit / ref:9.2f}x")
     return figures

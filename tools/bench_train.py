@@ -8,6 +8,7 @@ reference's CUDA-only AdamATan2 cannot run everywhere) and its own sparse SignSG
 
     python tools/bench_train.py --preset tiny --batch 64 --device cpu --compile both
     python tools/bench_train.py --preset paper --batch 96 --device cuda --compile both --reference ../TinyRecursiveModels
+    python tools/bench_train.py --preset tiny --batch 32 --compile both --reference ../TinyRecursiveModels --rounds 5 --interleave
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ def _optimise(loss: torch.Tensor, batch: int, sign, adam) -> None:
 
 
 def bench_ours(cfg: TRMConfig, batch: int, device: torch.device, steps: int, warmup: int, compile_: bool):
+    return _time_steps(ours_step(cfg, batch, device, compile_), _batches(cfg, batch, warmup + steps, device), warmup,
+                       device)
+
+
+def ours_step(cfg: TRMConfig, batch: int, device: torch.device, compile_: bool):
+    """One training step of the kit on a batch: ACT step, loss, backward, both optimisers."""
     model = TRM(cfg, generator=torch.Generator().manual_seed(0)).to(device).train()
     adam = AdamAtan2(model.parameters(), lr=1e-4)
     sign = SparseSignSGD(model.puzzle_emb, lr=1e-2)
@@ -91,11 +98,17 @@ def bench_ours(cfg: TRMConfig, batch: int, device: torch.device, steps: int, war
         loss, _, _ = act_loss(state["carry"], out)
         _optimise(loss, batch, sign, adam)
 
-    return _time_steps(step, _batches(cfg, batch, warmup + steps, device), warmup, device)
+    return step
 
 
 def bench_reference(ref_dir: str, cfg: TRMConfig, batch: int, device: torch.device, steps: int, warmup: int,
                     compile_: bool):
+    return _time_steps(reference_step(ref_dir, cfg, batch, device, compile_), _batches(cfg, batch, warmup + steps, device),
+                       warmup, device)
+
+
+def reference_step(ref_dir: str, cfg: TRMConfig, batch: int, device: torch.device, compile_: bool):
+    """One training step of the reference's model and loss head, with the same trunk optimiser."""
     sys.path.insert(0, os.path.abspath(ref_dir))
     from models.losses import ACTLossHead  # noqa: E402  (the reference's own package)
     from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed  # noqa: E402
@@ -126,7 +139,26 @@ def bench_reference(ref_dir: str, cfg: TRMConfig, batch: int, device: torch.devi
         state["carry"], loss, _, _, _ = fn(carry=state["carry"], batch=b, return_keys=[])
         _optimise(loss, batch, sign, adam)
 
-    return _time_steps(step, _batches(cfg, batch, warmup + steps, device), warmup, device)
+    return step
+
+
+def interleaved(ours, reference, batches, warmup: int, device: torch.device) -> list[float]:
+    """Per timed batch, the reference's step time over the kit's, the two steps run back to back
+    (who goes first alternates): load that drifts over seconds hits both sides of each pair."""
+    for b in batches[:warmup]:
+        ours(b)
+        reference(b)
+    _sync(device)
+    ratios = []
+    for i, b in enumerate(batches[warmup:]):
+        t = {}
+        for name, fn in ((("kit", ours), ("ref", reference)) if i % 2 == 0 else (("ref", reference), ("kit", ours))):
+            t0 = time.perf_counter()
+            fn(b)
+            _sync(device)
+            t[name] = time.perf_counter() - t0
+        ratios.append(t["ref"] / t["kit"])
+    return ratios
 
 
 def main() -> None:
@@ -144,6 +176,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat every configuration this many times, alternating the order, and report the "
                         "median round (a shared machine's load drifts; one run of each is not a comparison)")
+    p.add_argument("--interleave", action="store_true",
+                   help="with --reference: also time the kit's and the reference's steps back to back, batch by "
+                        "batch, and report the ratio over the pairs (steadier than whole runs on a loaded machine)")
     args = p.parse_args()
 
     if args.threads:
@@ -182,6 +217,24 @@ def main() -> None:
             spread = f"  rounds {args.rounds}: {rates[0]:.1f}-{rates[-1]:.1f} samples/s"
         print(f"{name:10s} compile={'on ' if c else 'off'} {1e3 * sec:10.1f} ms/step {args.batch / sec:9.1f} samples/s "
               f"{flops / sec / 1e12:8.4f} TFLOP/s  MFU {util_s}  (warm-up {warm:.1f} s){spread}")
+    if args.reference:
+        for c in compiles:
+            # per round, the kit's rate over the reference's measured in the same round
+            ratios = sorted(r_s / k_s for (_, k_s), (_, r_s) in zip(results[("trm-kit", c)], results[("reference", c)]))
+            print(f"trm-kit / reference compile={'on ' if c else 'off'}  samples/s ratio: median "
+                  f"{statistics.median(ratios):.2f}x  min {ratios[0]:.2f}x  max {ratios[-1]:.2f}x  "
+                  f"over {len(ratios)} round(s)")
+        if args.interleave:
+            for c in compiles:
+                pairs: list[float] = []
+                for _ in range(args.rounds):
+                    pairs += interleaved(ours_step(cfg, args.batch, device, c),
+                                         reference_step(args.reference, cfg, args.batch, device, c),
+                                         _batches(cfg, args.batch, args.warmup + args.steps, device), args.warmup, device)
+                pairs.sort()
+                print(f"trm-kit / reference compile={'on ' if c else 'off'}  interleaved steps: median "
+                      f"{statistics.median(pairs):.2f}x  min {pairs[0]:.2f}x  max {pairs[-1]:.2f}x  "
+                      f"over {len(pairs)} step pairs")
 
 
 if __name__ == "__main__":

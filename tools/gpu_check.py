@@ -5,7 +5,8 @@ Prints, with the device name and versions: the attention (SDPA) backend taken on
 layout; peak memory per row for training and prediction at L_cycles 4 and 6 (a fit at two small
 batches) and the largest batch that fits a 22 GiB L4; training samples/s and MFU eager vs compiled,
 with the compile warm-up; prediction views/s eager vs compiled; how far compiled logits and
-predictions are from eager ones; and a runner rehearsal through real subprocesses (memory-fitted
+predictions are from eager ones; the reference's golden fixture (paper size, bf16) replayed on
+the device, with each phase's worst error against its tolerance; and a runner rehearsal through real subprocesses (memory-fitted
 calibration, train, predict, vote, write) with its plan and outcome. On a CPU it runs the same
 code at a small preset (the test suite runs it at `tiny`), where peak memory is not measurable
 and the saved-activation bytes per row (tools/bench_memory.py) stand in for it.
@@ -32,12 +33,15 @@ import bench_memory  # noqa: E402  (a sibling script)
 import bench_train  # noqa: E402
 
 from trm_core import checkpoint, memory  # noqa: E402
+from trm_core.loss import act_loss  # noqa: E402
 from trm_core.model import TRM, TRMConfig, flops_per_sample  # noqa: E402
 from trm_core.perf import device_name, mfu  # noqa: E402
 from trm_core.predict import predict_batch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 L4_BYTES = 22 * memory.GIB
+# the reference's golden fixtures (tests/conftest.py reads the same variable)
+FIXTURES = Path(os.environ.get("TRM_REFERENCE_FIXTURES", ROOT.parent / "shared" / "fixtures" / "reference"))
 
 
 def _sync(device: torch.device) -> None:
@@ -129,6 +133,100 @@ def predict_rows(cfg: TRMConfig, device: torch.device, batch: int, compiles: lis
     return lines
 
 
+def _fixture_outputs(folder: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """What the reference recorded, computed by the kit on `device`: the eval steps and one train step."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(folder / "tensors.safetensors")
+    batch = {k[len("batch."):]: v.to(device) for k, v in tensors.items() if k.startswith("batch.")}
+    n_steps = len({k.split(".")[1] for k in tensors if k.startswith("eval.step")})
+    model = checkpoint.build_model(checkpoint.load(next(folder.glob("step_*")), folder / "config.json")).to(device)
+    got: dict[str, torch.Tensor] = {}
+
+    def record(prefix: str, carry, out, loss, metrics, preds) -> None:
+        got.update({f"{prefix}logits": out["logits"], f"{prefix}q_halt_logits": out["q_halt_logits"],
+                    f"{prefix}q_continue_logits": out["q_continue_logits"], f"{prefix}preds": preds,
+                    f"{prefix}steps": carry.steps, f"{prefix}halted": carry.halted,
+                    f"{prefix}all_finish": carry.halted.all(), f"{prefix}loss": loss, f"{prefix}z_H": carry.z_H,
+                    f"{prefix}z_L": carry.z_L})
+        got.update({f"{prefix}metrics.{k}": v for k, v in metrics.items()})
+
+    model.eval()
+    with torch.inference_mode():
+        x = got["debug.input_embeddings"] = model.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
+        cos, sin = model.rope()
+        got["debug.L_level_call0"] = model.L_level(model.L_init.expand_as(x), model.H_init.expand_as(x) + x, cos, sin)
+        carry = model.initial_carry(batch)
+        for step in range(n_steps):
+            carry, out = model(carry, batch)
+            record(f"eval.step{step}.", carry, out, *act_loss(carry, out))
+    model.train()
+    carry = model.initial_carry(batch)
+    carry, out = model(carry, batch)
+    loss, metrics, preds = act_loss(carry, out)
+    (loss / batch["inputs"].shape[0]).backward()
+    record("train.", carry, out, loss, metrics, preds)
+    got["train.lm_loss"], got["train.q_halt_loss"] = metrics["lm_loss"], metrics["q_halt_loss"]
+    got["train.local_ids"] = model.puzzle_emb.local_ids
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    grads["puzzle_emb.local_weights"] = model.puzzle_emb.local_weights.grad
+    for name, g in grads.items():
+        if g is not None:
+            got[f"train.grad.{name}"], got[f"train.grad_norm.{name}"] = g, g.double().norm()
+    return {k: v.detach().cpu() for k, v in got.items()}
+
+
+def fidelity_rows(name: str, device: torch.device) -> list[str]:
+    """The fixture `name` (under FIXTURES/model/) replayed on `device`: per phase, the tensor with the
+    largest error relative to its tolerance, and how many tensors exceed theirs (the same rules as
+    tests/test_reference_fidelity.py; a tensor without a threshold gets the float32 defaults)."""
+    folder = FIXTURES / "model" / name
+    if not (folder / "tensors.safetensors").is_file():
+        raise FileNotFoundError(f"no fixture at {folder} (set TRM_REFERENCE_FIXTURES)")
+    from safetensors.torch import load_file
+
+    ref = load_file(folder / "tensors.safetensors")
+    tolerances = json.loads((folder / "tolerances.json").read_text())["tensors"]
+    got = _fixture_outputs(folder, device)
+    cfg = json.loads((folder / "config.json").read_text())
+    lines = []
+    for phase in ("debug.", "eval.", "train."):
+        names = [k for k in ref if k.startswith(phase)]
+        worst: tuple[float, str] = (-1.0, "")
+        over, missing = 0, 0
+        for k in names:
+            if k not in got:
+                missing += 1
+                continue
+            a, r = got[k], ref[k]
+            tol = tolerances.get(k) or ({"exact": True} if not r.is_floating_point() else
+                                        {"rel_l2": 1e-4, "max_abs": 2e-5 * max(1.0, float(r.abs().max()))})
+            if tuple(a.shape) != tuple(r.shape):
+                over += 1
+                continue
+            if "exact_where_ref_margin_gt" in tol:
+                top2 = ref[k.rsplit(".", 1)[0] + ".logits"].float().topk(2, dim=-1).values
+                sure = (top2[..., 0] - top2[..., 1]) > tol["exact_where_ref_margin_gt"]
+                mismatch = a.long() != r.long()
+                frac = float(mismatch.float().mean())
+                ratio = float("inf") if (mismatch & sure).any() else frac / tol["max_mismatch_fraction"]
+                text = f"{k} mismatch {frac:.4f} (<= {tol['max_mismatch_fraction']})"
+            elif tol.get("exact"):
+                ratio = 0.0 if torch.equal(a.to(r.dtype), r) else float("inf")
+                text = f"{k} {'exact' if ratio == 0 else 'not exact'}"
+            else:
+                d = a.double() - r.double()
+                max_abs = float(d.abs().max()) if r.numel() else 0.0
+                rel = float(d.norm() / r.double().norm()) if float(r.double().norm()) > 0 else float(d.norm())
+                ratio = max(max_abs / tol["max_abs"], rel / tol["rel_l2"])
+                text = f"{k} max_abs {max_abs:.3g} (<= {tol['max_abs']:g}), rel_l2 {rel:.3g} (<= {tol['rel_l2']:g})"
+            over += ratio > 1
+            worst = max(worst, (ratio, text))
+        lines.append(f"fidelity {name} ({cfg.get('forward_dtype')}) {phase[:-1]}: {len(names)} tensors, {over} over "
+                     f"tolerance, {missing} not produced; worst {worst[1]}")
+    return lines
+
+
 def rehearsal(cfg: TRMConfig, device: torch.device, budget_s: float) -> list[str]:
     """The runner end to end in real subprocesses on the placeholder tasks, with a random
     checkpoint of this preset: the memory fit sizes calibration, then train, predict, vote, write."""
@@ -180,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed training steps")
     p.add_argument("--no-compile", action="store_true", help="eager only (a CPU without a compiler)")
     p.add_argument("--rehearsal-s", type=float, default=240.0, help="runner rehearsal budget (0: skip)")
+    p.add_argument("--fixture", default=None,
+                   help="reference fixture under $TRM_REFERENCE_FIXTURES/model to replay (default: paper on a GPU, "
+                        "tiny on a CPU, where the paper one takes minutes); 'none' skips it")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
@@ -200,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         ("training", lambda: train_rows(cfg, device, args.train_batch or (64 if gpu else 8), args.steps, compiles)),
         ("prediction", lambda: predict_rows(cfg, device, args.predict_batch or (256 if gpu else 16), compiles)),
     ]
+    fixture = args.fixture or ("paper" if gpu else "tiny")
+    if fixture != "none":
+        sections.append(("fidelity", lambda: fidelity_rows(fixture, device)))
     if args.rehearsal_s > 0:
         sections.append(("rehearsal", lambda: rehearsal(cfg, device, args.rehearsal_s)))
     failed = 0

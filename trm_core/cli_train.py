@@ -58,6 +58,9 @@ def train_options(f):
         click.option("--compile/--no-compile", "compile_", default=None,
                      help="torch.compile the recursion, falling back to eager if compiling fails "
                           "[default: on CUDA only]."),
+        click.option("--compile-limit", "compile_limit_s", type=click.FloatRange(min=0),
+                     default=Default(train_config, "compile_limit_s"), show_default=True,
+                     help="Seconds the first compiled step may take before it is redone eagerly (0: no limit)."),
         click.option("--checkpoint-activations", is_flag=True,
                      help="Recompute the gradient-carrying cycle in backward: less memory, about 30% more compute."),
         click.option("--log-every", type=int, default=Default(train_config, "log_every"), show_default=True),
@@ -95,6 +98,7 @@ def training_configs(tasks, mode: str, opts: dict, canvas: int, include_test_pai
                           warmup_steps=opts["warmup"], lr_min_ratio=opts["lr_min_ratio"], optimizer=opts["optimizer"],
                           ema=opts["ema"], ema_rate=opts["ema_rate"], seed=opts["seed"], log_every=opts["log_every"],
                           checkpoint_every=opts["checkpoint_every"], compile=opts["compile_"],
+                          compile_limit_s=opts["compile_limit_s"],
                           micro_batch_size=-1 if opts["micro_batch"] is None else opts["micro_batch"],
                           checkpoint_activations=opts["checkpoint_activations"], **(train_extra or {}))
     except ValueError as e:

@@ -39,9 +39,38 @@ def trunc_normal_(t: torch.Tensor, std: float = 1.0, generator: torch.Generator 
 
 
 def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    # Weightless, computed in fp32 whatever the activation dtype.
+    # Weightless, computed in fp32 whatever the activation dtype. Plain autograd keeps the fp32 copy
+    # of x for backward; the blocks use RMSNormFn, which computes the same forward.
     x32 = x.float()
     return (x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # fp32 for the half types (as the plain ops), float64 kept as is (gradcheck)
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class RMSNormFn(torch.autograd.Function):
+    """rms_norm with a backward from its output: keeps y (activation dtype, which the next linear
+    layer keeps anyway, so it costs no extra bytes) and the fp32 rstd [..., 1], not an fp32 copy of x.
+
+    y = x * r with r = rsqrt(mean(x^2) + eps)  =>  dx = r * (dy - y * mean(dy * y)).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
+        x32 = x.to(_compute_dtype(x.dtype))
+        rstd = torch.rsqrt(x32.square().mean(-1, keepdim=True) + eps)  # (..., 1) fp32
+        y = (x32 * rstd).to(x.dtype)
+        ctx.save_for_backward(y, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor, None]:
+        y, rstd = ctx.saved_tensors
+        y32, dy32 = y.to(rstd.dtype), dy.to(rstd.dtype)
+        dx = rstd * (dy32 - y32 * (dy32 * y32).mean(-1, keepdim=True))
+        return dx.to(dy.dtype), None
 
 
 class CastedLinear(nn.Module):
@@ -143,6 +172,46 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
     return (q * cos + rotate_half(q) * sin).to(dtype), (k * cos + rotate_half(k) * sin).to(dtype)
 
 
+class RopeQKVFn(torch.autograd.Function):
+    """apply_rope on the q and k heads of a packed qkv (B, S, 3H, hd), into one new (B, S, 3H, hd).
+
+    Attention then keeps q, k and v as views of that one buffer instead of the rotated q and k plus
+    the whole projection output (v is a view of it). The tables' halves are equal (cat(freqs, freqs)),
+    so with x = (x1, x2): y = (x1 c - x2 s, x2 c + x1 s), apply_rope's values bit for bit without its
+    rotate_half copies. RoPE is linear with constant tables, so backward keeps nothing per row:
+    dx = (dy1 c + dy2 s, dy2 c - dy1 s).
+    """
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, out: torch.Tensor) -> None:
+        # x (B, S, 2H, hd) in the tables' dtype; c, s (S, 1, hd/2); writes the rotation into out
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        out[..., :half] = x1 * c - x2 * s
+        out[..., half:] = x2 * c + x1 * s
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int) -> torch.Tensor:
+        n, half = 2 * num_heads, cos.shape[-1] // 2
+        c, s = cos[:, None, :half], sin[:, None, :half]  # (S, 1, hd/2)
+        out = torch.empty_like(qkv)
+        RopeQKVFn._rotate(qkv[:, :, :n].to(cos.dtype), c, s, out[:, :, :n])
+        out[:, :, n:] = qkv[:, :, n:]
+        ctx.save_for_backward(cos, sin)
+        ctx.num_heads = num_heads
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        cos, sin = ctx.saved_tensors
+        n, half = 2 * ctx.num_heads, cos.shape[-1] // 2
+        c, s = cos[:, None, :half], sin[:, None, :half]
+        dqkv = torch.empty_like(dout)
+        RopeQKVFn._rotate(dout[:, :, :n].to(cos.dtype), c, -s, dqkv[:, :, :n])  # the inverse rotation
+        dqkv[:, :, n:] = dout[:, :, n:]
+        return dqkv, None, None, None
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: TRMConfig) -> None:
         super().__init__()
@@ -153,9 +222,9 @@ class Attention(nn.Module):
     def forward(self, h: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
         B, S, D = h.shape
         qkv = self.qkv_proj(h).view(B, S, 3 * self.num_heads, self.head_dim)  # (B, S, 3H, hd)
-        q, k, v = qkv.split(self.num_heads, dim=2)
         if cos is not None:  # None: learned positions were added to the input instead
-            q, k = apply_rope(q, k, cos, sin)
+            qkv = RopeQKVFn.apply(qkv, cos, sin, self.num_heads)
+        q, k, v = qkv.split(self.num_heads, dim=2)
         # Non-causal and unmasked: PAD positions are attended to, as in the reference.
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.o_proj(y.transpose(1, 2).reshape(B, S, D))
@@ -168,8 +237,33 @@ class SwiGLU(nn.Module):
         self.down_proj = CastedLinear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(h).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(SwiGLUFn.apply(self.gate_up_proj(h)))
+
+
+def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+class SwiGLUFn(torch.autograd.Function):
+    """swiglu (silu(gate) * up of a packed (..., 2I)) keeping only its input: plain autograd keeps
+    the input (gate and up are views of it) and silu(gate) besides; backward recomputes silu.
+
+    Forward and backward run the plain ops' kernels, so both are bit-identical to plain autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, gate_up: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate_up)
+        return swiglu(gate_up)
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor) -> torch.Tensor:
+        (gate_up,) = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        # the plain ops' own kernels, so the gradient is theirs bit for bit
+        dgate = torch.ops.aten.silu_backward(dout * up, gate)
+        return torch.cat((dgate, dout * F.silu(gate)), dim=-1)
 
 
 class Block(nn.Module):
@@ -182,8 +276,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
-        h = rms_norm(h + self.self_attn(h, cos, sin), self.eps)
-        return rms_norm(h + self.mlp(h), self.eps)
+        h = RMSNormFn.apply(h + self.self_attn(h, cos, sin), self.eps)
+        return RMSNormFn.apply(h + self.mlp(h), self.eps)
 
 
 class ReasoningModule(nn.Module):

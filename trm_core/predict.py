@@ -24,6 +24,7 @@ from trm_core.distributed import rank_world
 from trm_core.encoding import crop_batch
 from trm_core.model import TRM
 from trm_core.predictions import Predictions
+from trm_core.warmup import WarmupOverLimit, warmup_limit
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,15 @@ class PredictConfig:
     halt_steps: int | None = None  # ACT steps per view; None = the model's halt_max_steps
     order: str = "variant"  # "variant": a run cut short has seen every task under its first views
     compile: bool | None = None  # torch.compile the recursion; None = on CUDA only. A failure falls back to eager
+    compile_limit_s: float = 600.0  # seconds the first compiled batch (the warm-up) may take; 0 = no limit
 
     def __post_init__(self) -> None:
         if self.num_views < 1 or self.batch_size < 1:
             raise ValueError("PredictConfig: num_views and batch_size must be >= 1")
         if self.halt_steps is not None and self.halt_steps < 1:
             raise ValueError("PredictConfig: halt_steps must be >= 1")
+        if self.compile_limit_s < 0:
+            raise ValueError(f"PredictConfig.compile_limit_s must be >= 0 (0 = no limit), got {self.compile_limit_s}")
 
 
 @torch.inference_mode()
@@ -60,7 +64,8 @@ def predict(model: TRM, variants: Variants, cfg: PredictConfig, *, device: torch
     on_batch(predictions, batches_done, batches_total) runs after every batch, e.g. to write a
     provisional submission. shard=(rank, world_size) predicts that shard without a process group
     (independent processes, so one failing loses only its own shard); default: the torchrun rank.
-    `status["compile"]` tells how it ran: off, on, or "fallback: <why>" (compiling failed, eager after).
+    `status["compile"]` tells how it ran: off, on, or "fallback: <why>" (compiling failed or the first
+    batch ran past cfg.compile_limit_s; eager after).
     """
     status = {} if status is None else status
     rank, world = rank_world() if shard is None else shard
@@ -89,11 +94,13 @@ def predict(model: TRM, variants: Variants, cfg: PredictConfig, *, device: torch
                    for k, v in batch.tensors().items()}
         if compiled and done == 1:
             try:
-                tokens, q = predict_batch(model, tensors, steps)
-            except Exception as e:  # noqa: BLE001 - a compiler failure: eager is always available
+                with warmup_limit(cfg.compile_limit_s):
+                    tokens, q = predict_batch(model, tensors, steps)
+            except (Exception, WarmupOverLimit) as e:  # noqa: BLE001 - a compiler failure: eager is always available
                 if isinstance(e, torch.OutOfMemoryError):
                     raise
-                why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                why = str(e) if isinstance(e, WarmupOverLimit) else \
+                    f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
                 if log:
                     log(f"torch.compile failed ({why}); predicting eagerly")
                 status["compile"] = f"fallback: {why}"

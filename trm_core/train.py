@@ -10,6 +10,9 @@ batch's row, the others keep refining theirs), every row is supervised at every 
 scaled by 1/global batch and gradients are summed across ranks; AdamATan2 steps the trunk, sparse
 SignSGD the puzzle-embedding rows, one schedule drives both. Under torchrun each process takes
 its slice of every global batch; only rank 0 writes.
+
+One file of ~570 lines on purpose: the loop, its resumable state, the micro-batch accumulation and
+the compile fallback all act on the same step, and a reader checks their agreement in one place.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ from trm_core.model import TRM, Carry, flops_per_sample
 from trm_core.optim import EMA, AdamAtan2, SparseSignSGD, lr_at, set_lr
 from trm_core.perf import mfu
 from trm_core.safe_io import atomic_path
+from trm_core.warmup import WarmupOverLimit, warmup_limit
 
 MODES = ("pretrain", "full", "embeddings", "embeddings-then-full", "lora")
 STATE_FILE, METRICS_FILE, CHECKPOINT_DIR = "train_state.pt", "metrics.jsonl", "checkpoint"
@@ -68,6 +72,8 @@ class TrainConfig:
     # -1 = the most rows that fit this GPU's memory, from a peak-memory fit at two small batches (CPU: whole batch)
     micro_batch_size: int = 0
     compile: bool | None = None  # torch.compile the recursion; None = on CUDA only. A failure falls back to eager
+    # seconds the first compiled step (the compile warm-up) may take before training goes on eagerly; 0 = no limit
+    compile_limit_s: float = 600.0
     checkpoint_activations: bool = False  # recompute the gradient-carrying cycle in backward (memory, not speed)
 
     def __post_init__(self) -> None:
@@ -84,6 +90,8 @@ class TrainConfig:
             raise ValueError("TrainConfig.lora_rank must be >= 1")
         if self.log_every < 1 or self.warmup_steps < 0 or self.checkpoint_every < 0:
             raise ValueError("TrainConfig: log_every >= 1, warmup_steps >= 0 and checkpoint_every >= 0 are required")
+        if self.compile_limit_s < 0:
+            raise ValueError(f"TrainConfig.compile_limit_s must be >= 0 (0 = no limit), got {self.compile_limit_s}")
         if self.micro_batch_size < -1:
             raise ValueError(f"TrainConfig.micro_batch_size must be >= -1 (0 = the whole local batch, -1 = fit to memory), "
                              f"got {self.micro_batch_size}")
@@ -371,11 +379,7 @@ class _Trainer:
             if now_frozen != frozen:
                 _set_trainable(model, self.trunk, not now_frozen)
                 frozen = now_frozen
-            try:
-                batch = next(batches)
-            except StopIteration:
-                raise RuntimeError(f"the batch iterator ran out at step {self.step} of {cfg.steps}") from None
-            batch = _to_device(batch, self.device)
+            batch = self._next_batch(batches)
             if self.carry is None:
                 self.carry = self._carry_for(batch)
             draws = model.exploration_draws(self.local_batch, self.generator, self.device) \
@@ -386,19 +390,7 @@ class _Trainer:
                 loss, metrics = self._forward_backward(batch, draws)
             first_step_of_call = False
 
-            self._all_reduce_grads()
-            scale = lr_at(self.step, 1.0, cfg.warmup_steps, cfg.steps, cfg.lr_min_ratio)
-            if self.sign is not None:
-                set_lr(self.sign, cfg.puzzle_emb_lr * scale)
-                self.sign.step()
-                self.sign.zero_grad()
-            if self.adam is not None:
-                if not frozen:
-                    set_lr(self.adam, cfg.lr * scale)
-                    self.adam.step()
-                self.adam.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.update()
+            scale = self._optimiser_step(frozen)
 
             metrics["loss"] = loss
             for k, v in metrics.items():
@@ -426,6 +418,32 @@ class _Trainer:
         return TrainResult(self.step, stopped, seconds, done * cfg.global_batch_size / max(seconds, 1e-9), last, path,
                            first, micro_batch=max(self.micro), compile=self.compile,
                            memory_fit=self.memory_fit)
+
+    def _next_batch(self, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            raise RuntimeError(f"the batch iterator ran out at step {self.step} of {self.cfg.steps}") from None
+        return _to_device(batch, self.device)
+
+    def _optimiser_step(self, frozen: bool) -> float:
+        """Reduce the gradients across ranks, step both optimisers at this step's scheduled rate
+        (the trunk's only while it is not frozen) and the EMA; return the schedule's scale."""
+        cfg = self.cfg
+        self._all_reduce_grads()
+        scale = lr_at(self.step, 1.0, cfg.warmup_steps, cfg.steps, cfg.lr_min_ratio)
+        if self.sign is not None:
+            set_lr(self.sign, cfg.puzzle_emb_lr * scale)
+            self.sign.step()
+            self.sign.zero_grad()
+        if self.adam is not None:
+            if not frozen:
+                set_lr(self.adam, cfg.lr * scale)
+                self.adam.step()
+            self.adam.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
+        return scale
 
     def _forward_backward(self, batch: dict[str, torch.Tensor], draws: tuple[torch.Tensor, torch.Tensor] | None
                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -468,15 +486,18 @@ class _Trainer:
 
     def _first_compiled_step(self, batch: dict[str, torch.Tensor], draws: tuple[torch.Tensor, torch.Tensor] | None
                              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The first step of a compiled run; if compiling or running the compiled code fails, the
-        same step runs again eagerly (nothing of the failed attempt is kept) and the run goes on."""
+        """The first step of a compiled run; if compiling or running the compiled code fails, or the
+        step runs past cfg.compile_limit_s, the same step runs again eagerly (nothing of the failed
+        attempt is kept) and the run goes on."""
         carry = self.carry
         try:
-            return self._forward_backward(batch, draws)
-        except Exception as e:  # noqa: BLE001 - any compiler failure: eager is always available
+            with warmup_limit(self.cfg.compile_limit_s):
+                return self._forward_backward(batch, draws)
+        except (Exception, WarmupOverLimit) as e:  # noqa: BLE001 - any compiler failure: eager is always available
             if isinstance(e, torch.OutOfMemoryError):  # memory, not the compiler: the caller decides
                 raise
-            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+            why = str(e) if isinstance(e, WarmupOverLimit) else \
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
             self.log(f"torch.compile failed ({why}); training eagerly")
             self.compile = f"fallback: {why}"
             self.model.recursion = self.eager_recursion
