@@ -79,7 +79,8 @@ DRY_RUN = DryRunOptions()  # the defaults the options show
               "rerun onto (any name in trm_core/perf.py: L4, T4, A100, H100, ...).")
 @click.option("--target-gpus", type=int, default=DRY_RUN.target_gpus, show_default=True, help="How many of them.")
 @click.option("--target-mfu", type=float, default=None,
-              help="Model FLOP utilisation on the target (default: measured here on a known GPU, else 0.20).")
+              help="Model FLOP utilisation on the target (default: measured here on a known GPU, else the eager "
+                   "roofline bound from the measured bytes per row, else 0.20).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Where to run (default: cuda if seen).")
 @click.option("--cpu-procs", type=int, default=DRY_RUN.cpu_procs, show_default=True,
               help="Processes on a CPU (2: a gloo DDP group).")

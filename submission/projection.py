@@ -13,9 +13,11 @@ Assumptions, each stated in the report:
   which is why timing a notebook on it is optimistic.
 - Speed: FLOPs from trm_core.model.flops_per_sample over the GPU's dense bf16 peak. If this run was
   measured on a GPU in the peak table, the MFU measured here carries over to the target (a
-  FLOP-based device ratio); otherwise DEFAULT_MFU, which is what Trelis' 4 x L4 runs imply (about
-  12,500 post-training steps of 384-768 rows plus ~1 h to predict 256-512 views of 240 tasks in
-  12 h is roughly 20% of the L4's 121 TFLOP/s).
+  FLOP-based device ratio); otherwise the eager code's roofline bound on the target (its bandwidth
+  x the measured FLOPs per byte of a row, trm_core.roofline, over its peak); DEFAULT_MFU only when
+  neither is known (what Trelis' 4 x L4 runs imply: about 12,500 post-training steps of 384-768
+  rows plus ~1 h to predict 256-512 views of 240 tasks in 12 h is roughly 20% of the L4's 121
+  TFLOP/s).
 - Fixed costs on the target: process launch (imports, CUDA, loading) LAUNCH_S, first-step warm-up
   WARMUP_S, checkpoint save SAVE_S, and SETUP_S before the runner plans (offline pip install,
   calibration).
