@@ -116,29 +116,13 @@ class Projection:
         return "\n".join(lines)
 
 
-def project(cfg: Any, target_gpu: str = "L4", gpus: int = 4, *, budget: Budget | None = None,
-            mfu_train: float | None = None, mfu_predict: float | None = None,
-            measured: Calibration | None = None, model_name: str | None = None, tasks: int = HIDDEN_TASKS,
-            launch_s: float = LAUNCH_S, warmup_s: float = WARMUP_S, save_s: float = SAVE_S,
-            setup_s: float = SETUP_S, roofline: bool = True) -> Projection:
-    """Project the hidden rerun for model config `cfg` (a TRMConfig) on `gpus` x `target_gpu`.
+def _target_mfu(cfg: Any, key: str, gpus: int, budget: Budget, mfu_train: float | None, mfu_predict: float | None,
+                measured: Calibration | None, roofline: bool) -> tuple[float, float, str]:
+    """(train MFU, predict MFU, where they came from): given, else measured here on a known GPU,
+    else the eager roofline bound on the target, else DEFAULT_MFU."""
+    from trm_core.perf import BANDWIDTH, PEAK_BF16
 
-    measured: the calibration of this run; when it was measured on a GPU with a known peak and
-    mfu_* are not given, its MFU is used (the same model runs at the same utilisation there).
-    Otherwise (and with `roofline`) the MFU is the eager code's roofline bound on the target, from
-    the model's measured bytes and FLOPs per row (trm_core.roofline); DEFAULT_MFU only for a GPU
-    whose bandwidth is not in the table.
-    """
-    from trm_core.model import flops_per_sample
-    from trm_core.perf import BANDWIDTH, PEAK_BF16, gpu_key
-
-    key = gpu_key(target_gpu) or (target_gpu if target_gpu in PEAK_BF16 else None)
-    if key is None:
-        raise ValueError(f"unknown GPU {target_gpu!r}: choose one of {', '.join(PEAK_BF16)}")
-    if gpus < 1:
-        raise ValueError(f"target GPU count must be >= 1, got {gpus}")
     peak = PEAK_BF16[key]
-    budget = budget or Budget()
     source = "assumed"
     if measured is not None and (mfu_train is None or mfu_predict is None):
         mt, mp = measured_mfu(measured)
@@ -162,6 +146,33 @@ def project(cfg: Any, target_gpu: str = "L4", gpus: int = 4, *, budget: Budget |
         mfu_predict = DEFAULT_MFU
     if not (0 < mfu_train <= 1 and 0 < mfu_predict <= 1):
         raise ValueError(f"MFU must be in (0, 1], got train {mfu_train}, predict {mfu_predict}")
+    return mfu_train, mfu_predict, source
+
+
+def project(cfg: Any, target_gpu: str = "L4", gpus: int = 4, *, budget: Budget | None = None,
+            mfu_train: float | None = None, mfu_predict: float | None = None,
+            measured: Calibration | None = None, model_name: str | None = None, tasks: int = HIDDEN_TASKS,
+            launch_s: float = LAUNCH_S, warmup_s: float = WARMUP_S, save_s: float = SAVE_S,
+            setup_s: float = SETUP_S, roofline: bool = True) -> Projection:
+    """Project the hidden rerun for model config `cfg` (a TRMConfig) on `gpus` x `target_gpu`.
+
+    measured: the calibration of this run; when it was measured on a GPU with a known peak and
+    mfu_* are not given, its MFU is used (the same model runs at the same utilisation there).
+    Otherwise (and with `roofline`) the MFU is the eager code's roofline bound on the target, from
+    the model's measured bytes and FLOPs per row (trm_core.roofline); DEFAULT_MFU only for a GPU
+    whose bandwidth is not in the table.
+    """
+    from trm_core.model import flops_per_sample
+    from trm_core.perf import PEAK_BF16, gpu_key
+
+    key = gpu_key(target_gpu) or (target_gpu if target_gpu in PEAK_BF16 else None)
+    if key is None:
+        raise ValueError(f"unknown GPU {target_gpu!r}: choose one of {', '.join(PEAK_BF16)}")
+    if gpus < 1:
+        raise ValueError(f"target GPU count must be >= 1, got {gpus}")
+    peak = PEAK_BF16[key]
+    budget = budget or Budget()
+    mfu_train, mfu_predict, source = _target_mfu(cfg, key, gpus, budget, mfu_train, mfu_predict, measured, roofline)
     local_t = max(1, budget.train_batch // gpus)
     local_p = max(1, budget.predict_batch // gpus)
     train_flops = flops_per_sample(cfg, train=True) * local_t

@@ -23,37 +23,31 @@ ROOT = Path(__file__).resolve().parent.parent
 CHALLENGES = ROOT / "submission" / "placeholder" / "arc-agi_test_challenges.json"
 
 
-def test_a_compile_failure_in_prediction_falls_back_to_eager(monkeypatch) -> None:
-    tasks = load_tasks(CHALLENGES)
-    variants = Variants(tasks, 2, seed=0)
-    cfg = TRMConfig.from_name("tiny", canvas=12, num_puzzle_identifiers=variants.num_identifiers)
-
-    def run(compile_: bool, status: dict) -> object:
-        model = TRM(cfg, generator=torch.Generator().manual_seed(0))
-        return predict(model, variants, PredictConfig(num_views=3, batch_size=8, halt_steps=2, compile=compile_),
-                       status=status)
-
-    eager_status: dict = {}
-    eager = run(False, eager_status)
-    calls = []
-
+def _broken_compile(calls: list):
     def broken_compile(fn, *args, **kwargs):
         def compiled(*a, **kw):
             calls.append(1)
             raise RuntimeError("inductor: no C compiler found")
         return compiled
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
-    status: dict = {}
-    fell_back = run(True, status)
-    assert eager_status["compile"] == "off" and status["compile"] == "fallback: RuntimeError: inductor: no C compiler found"
-    assert calls == [1] and len(fell_back) == len(eager) > 0
-    # the eager run's answers, bit for bit: same grids, same logits, same order
-    assert np.array_equal(eager.q_halt, fell_back.q_halt) and np.array_equal(eager.data, fell_back.data)
-    assert np.array_equal(eager.variant, fell_back.variant)
+    return broken_compile
 
 
-def test_a_compile_warm_up_over_its_limit_in_prediction_falls_back_to_eager(monkeypatch) -> None:
+def _slow_compile(calls: list):
+    def slow_compile(fn, *args, **kwargs):
+        def compiled(*a, **kw):  # the warm-up: its first call sleeps past the limit
+            calls.append(1)
+            if len(calls) == 1:
+                time.sleep(5.0)
+            return fn(*a, **kw)
+        return compiled
+    return slow_compile
+
+
+@pytest.mark.parametrize("fake_compile, why", [
+    (_broken_compile, "fallback: RuntimeError: inductor: no C compiler found"),
+    (_slow_compile, "fallback: warm-up over its 0.2 s limit"),
+], ids=["compiler-error", "warm-up-over-limit"])
+def test_a_compile_failure_in_prediction_falls_back_to_eager(monkeypatch, fake_compile, why: str) -> None:
     tasks = load_tasks(CHALLENGES)
     variants = Variants(tasks, 2, seed=0)
     cfg = TRMConfig.from_name("tiny", canvas=12, num_puzzle_identifiers=variants.num_identifiers)
@@ -63,23 +57,17 @@ def test_a_compile_warm_up_over_its_limit_in_prediction_falls_back_to_eager(monk
         return predict(model, variants, PredictConfig(num_views=3, batch_size=8, halt_steps=2, compile=compile_,
                                                       compile_limit_s=0.2), status=status)
 
-    eager = run(False, {})
-    calls = []
-
-    def slow_compile(fn, *args, **kwargs):
-        def compiled(*a, **kw):  # the warm-up: its first call sleeps past the limit
-            calls.append(1)
-            if len(calls) == 1:
-                time.sleep(5.0)
-            return fn(*a, **kw)
-        return compiled
-
-    monkeypatch.setattr(torch, "compile", slow_compile)
+    eager_status: dict = {}
+    eager = run(False, eager_status)
+    calls: list = []
+    monkeypatch.setattr(torch, "compile", fake_compile(calls))
     status: dict = {}
     fell_back = run(True, status)
-    assert status["compile"] == "fallback: warm-up over its 0.2 s limit"
+    assert eager_status["compile"] == "off" and status["compile"] == why
     assert calls == [1] and len(fell_back) == len(eager) > 0
+    # the eager run's answers, bit for bit: same grids, same logits, same order
     assert np.array_equal(eager.q_halt, fell_back.q_halt) and np.array_equal(eager.data, fell_back.data)
+    assert np.array_equal(eager.variant, fell_back.variant)
 
 
 def test_torch_floor_matches_the_apis_used() -> None:
