@@ -222,6 +222,22 @@ def kaggle_tree(tmp_path, zipped: bool, version: str):
     return manifest, comp
 
 
+def run_with_stand_in_runner(tmp_path: Path, bundle_id: str, version: str):
+    """Generate the notebook for `bundle_id` with FAKE_RUNNER as its runner and execute it on the
+    Kaggle-like tree under tmp_path/input; returns (the finished process, the working folder)."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "fake_runner.py").write_text(FAKE_RUNNER)  # cwd of the runner subprocess
+    nb = write_notebook(NotebookSettings(bundle_id=bundle_id, trm_version=version,
+                                         runner_module="fake_runner", time_limit_s=7200, runner_margin_s=600),
+                        tmp_path / "trm-submit.ipynb")
+    work = tmp_path / "working"
+    proc = execute_notebook(nb, env={"TRM_KAGGLE_INPUT": str(tmp_path / "input"), "TRM_KAGGLE_WORKING": str(work),
+                                     "TRM_SCRATCH": str(scratch), "PYTHONPATH": str(Path(__file__).parents[1])},
+                            timeout=300)
+    return proc, work
+
+
 @pytest.mark.parametrize("zipped", [True, False])
 def test_notebook_runs_end_to_end_with_a_stand_in_runner(tmp_path, zipped):
     try:
@@ -229,21 +245,13 @@ def test_notebook_runs_end_to_end_with_a_stand_in_runner(tmp_path, zipped):
     except metadata.PackageNotFoundError:
         pytest.skip("trm-kit is not installed in this environment (pip install -e .)")
     manifest, comp = kaggle_tree(tmp_path, zipped, version)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    (scratch / "fake_runner.py").write_text(FAKE_RUNNER)  # cwd of the runner subprocess
-    nb = write_notebook(NotebookSettings(bundle_id=manifest["bundle_id"], trm_version=version,
-                                         runner_module="fake_runner", time_limit_s=7200, runner_margin_s=600),
-                        tmp_path / "trm-submit.ipynb")
-    work = tmp_path / "working"
-    proc = execute_notebook(nb, env={"TRM_KAGGLE_INPUT": str(tmp_path / "input"), "TRM_KAGGLE_WORKING": str(work),
-                                     "TRM_SCRATCH": str(scratch), "PYTHONPATH": str(Path(__file__).parents[1])},
-                            timeout=300)
+    proc, work = run_with_stand_in_runner(tmp_path, manifest["bundle_id"], version)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "trm-kit installed" in out and "fake runner done" in out
     args = json.loads((work / "runner-args.json").read_text())
     assert args["problems"] == [], args
+    scratch = tmp_path / "scratch"
     assert float(args["deadline"]) - float(args["start_time"]) == pytest.approx(7200 - 600, abs=0.01)
     assert Path(args["input_dir"]) == comp and Path(args["working_dir"]) == work
     expected_bundle = scratch / "bundle" if zipped else tmp_path / "input" / "datasets" / "alice" / "trm-kit-bundle"

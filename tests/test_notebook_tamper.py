@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bundle.execute import execute_notebook
 from bundle.manifest import write_manifest
-from bundle.notebook import NotebookSettings, build_notebook, code_cells, write_notebook
-from test_bundle_notebook import CHALLENGES, FAKE_RUNNER, assert_valid
+from bundle.notebook import NotebookSettings, build_notebook, code_cells
+from test_bundle_notebook import CHALLENGES, assert_valid, run_with_stand_in_runner
 
 
 def _notebook(tmp_path: Path, tamper) -> tuple[str, Path]:
@@ -30,16 +29,7 @@ def _notebook(tmp_path: Path, tamper) -> tuple[str, Path]:
     comp.mkdir(parents=True)
     (comp / "arc-agi_test_challenges.json").write_text(json.dumps(CHALLENGES))
     tamper(bundle)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    (scratch / "fake_runner.py").write_text(FAKE_RUNNER)
-    nb = write_notebook(NotebookSettings(bundle_id=manifest["bundle_id"], trm_version=version,
-                                         runner_module="fake_runner", time_limit_s=7200, runner_margin_s=600),
-                        tmp_path / "trm-submit.ipynb")
-    work = tmp_path / "working"
-    proc = execute_notebook(nb, env={"TRM_KAGGLE_INPUT": str(tmp_path / "input"), "TRM_KAGGLE_WORKING": str(work),
-                                     "TRM_SCRATCH": str(scratch), "PYTHONPATH": str(Path(__file__).parents[1])},
-                            timeout=300)
+    proc, work = run_with_stand_in_runner(tmp_path, manifest["bundle_id"], version)
     assert proc.returncode == 0
     return proc.stdout + proc.stderr, work
 

@@ -49,7 +49,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _options(tmp: Path, inputs: Path, ckpt: Path, budget: float, **kw) -> RunnerOptions:
+def _options(tmp: Path, inputs: Path, ckpt: Path | None, budget: float, **kw) -> RunnerOptions:
     now = time.time()
     base = dict(input_dir=inputs, working_dir=tmp / "working", checkpoint=ckpt, scratch_dir=tmp / "scratch",
                 start_time=now, deadline=now + budget, views_min=2, views_target=4, views_max=8, train_batch=8,

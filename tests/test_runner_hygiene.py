@@ -18,6 +18,8 @@ from submission.run import Runner, RunnerOptions
 from submission.scheduler import Budget, Calibration, Workload, plan, tasks_that_fit
 from trm_core.submission_file import validate
 
+from test_runner import _options
+
 REPO = Path(__file__).resolve().parent.parent
 PLACEHOLDER = REPO / "submission" / "placeholder"
 CHALLENGES = json.loads((PLACEHOLDER / "arc-agi_test_challenges.json").read_text())
@@ -31,15 +33,6 @@ def _input(tmp: Path, body: bytes | None = None) -> Path:
         body = json.dumps({t: CHALLENGES[t] for t in IDS}).encode()
     (folder / "arc-agi_test_challenges.json").write_bytes(body)
     return folder
-
-
-def _options(tmp: Path, inputs: Path, ckpt: Path | None, budget: float, **kw) -> RunnerOptions:
-    now = time.time()
-    base = dict(input_dir=inputs, working_dir=tmp / "working", checkpoint=ckpt, scratch_dir=tmp / "scratch",
-                start_time=now, deadline=now + budget, views_min=2, views_target=4, views_max=8, train_batch=8,
-                predict_batch=16, reserve_min_s=0.3, provisional_every_s=0.5, save_every_s=0.3, max_steps=40)
-    base.update(kw)
-    return RunnerOptions(**base)
 
 
 def _run(opts: RunnerOptions, environ: dict | None = None) -> tuple[dict | None, dict]:
