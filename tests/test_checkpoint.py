@@ -111,6 +111,17 @@ def test_resize_normal_init_follows_column_statistics(tmp_path: Path) -> None:
         checkpoint.resize_table(ckpt, 3, "zeros")
 
 
+def test_a_one_row_table_slims_and_draws_finite_rows(tmp_path: Path) -> None:
+    # a checkpoint pre-trained on one variant: the sample std of one row is NaN, which no floor removes
+    path, model = _reference_file(tmp_path, CFG.with_(num_puzzle_identifiers=1))
+    full = checkpoint.load(path, CFG)
+    for ckpt in (full, checkpoint.slim(full)):
+        assert torch.equal(ckpt.std_row(), torch.zeros(CFG.puzzle_emb_ndim))
+        table = checkpoint.resize_table(ckpt, 5, "normal", torch.Generator().manual_seed(0))
+        assert torch.isfinite(table).all()
+        torch.testing.assert_close(table, model.puzzle_emb.weights[0].expand(5, -1), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("folder", reference_subdirs("model"), ids=lambda p: p.name)
 def test_fixture_checkpoints_slim_to_the_trunk(tmp_path: Path, folder: Path) -> None:
     src = next(folder.glob("step_*"))

@@ -56,7 +56,13 @@ class Checkpoint:
     def std_row(self) -> torch.Tensor:
         if STD_KEY in self.state:
             return self.state[STD_KEY]
-        return self.state[TABLE_KEY].float().std(0)
+        return _column_std(self.state[TABLE_KEY].float())
+
+
+def _column_std(table: torch.Tensor) -> torch.Tensor:
+    """Per-column std of a [rows, D] table; zeros for one row (the sample std of one value is NaN,
+    which no floor removes, and would make every row drawn from it NaN)."""
+    return table.std(0) if table.shape[0] > 1 else torch.zeros_like(table[0])
 
 
 # ---- arch configs from files ---------------------------------------------------------------
@@ -398,7 +404,7 @@ def slim(ckpt: Checkpoint) -> Checkpoint:
         return ckpt
     state = {k: v for k, v in ckpt.state.items() if k != TABLE_KEY}
     table = ckpt.state[TABLE_KEY].float()
-    state[MEAN_KEY], state[STD_KEY] = table.mean(0), table.std(0)
+    state[MEAN_KEY], state[STD_KEY] = table.mean(0), _column_std(table)
     manifest = dict(ckpt.manifest)
     manifest["puzzle_emb_rows_dropped"] = int(table.shape[0])
     manifest.pop("identifiers", None)
