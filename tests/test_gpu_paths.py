@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from test_accumulate import _slow_compile
 from trm_core.variants import Variants
 from trm_core.model import TRM, TRMConfig
 from trm_core.predict import PredictConfig, predict
@@ -30,17 +31,6 @@ def _broken_compile(calls: list):
             raise RuntimeError("inductor: no C compiler found")
         return compiled
     return broken_compile
-
-
-def _slow_compile(calls: list):
-    def slow_compile(fn, *args, **kwargs):
-        def compiled(*a, **kw):  # the warm-up: its first call sleeps past the limit
-            calls.append(1)
-            if len(calls) == 1:
-                time.sleep(5.0)
-            return fn(*a, **kw)
-        return compiled
-    return slow_compile
 
 
 @pytest.mark.parametrize("fake_compile, why", [
