@@ -9,13 +9,19 @@ Outputs, under options.out:
   kernel/    trm-submit.ipynb (generated), kernel-metadata.json  -> `kaggle kernels push -p kernel`
   work/      scratch (converted checkpoint cache); not uploaded
 and a `BuildResult` with the size report (checkpoint before and after slimming, wheels, total).
+
+The build happens in a staging folder beside options.out (same file system) and is moved into
+place only after every check passed, the credential scan over every file of dataset/ and kernel/
+last: a refused or failed build leaves nothing new in options.out. options.out and the folders
+in it are never followed through symbolic links.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +38,7 @@ from bundle.wheels import WheelDecision, build_own_wheel, fetch_wheels, plan_whe
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PLACEHOLDER_OWNER = "your-username"
+BUILT_FOLDERS = ("dataset", "kernel", "work")  # what a build puts into --out
 
 
 @dataclass(frozen=True)
@@ -88,20 +95,47 @@ def _tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _prepare_out(out: Path) -> tuple[Path, Path, Path]:
-    """Create out/{dataset,kernel,work}; an earlier (or failed) build there is replaced, a folder with
-    anything else in it is refused."""
-    dataset, kernel, work = out / "dataset", out / "kernel", out / "work"
-    if out.exists() and any(out.iterdir()):
-        unknown = [p.name for p in out.iterdir() if p.name not in ("dataset", "kernel", "work")]
-        if unknown:
-            raise BundleError(f"{out} is not empty and does not hold an earlier bundle ({unknown[0]}): "
+def _check_out(out: Path) -> None:
+    """Refuse an --out the build must not write into: a link (itself or a bundle folder inside it:
+    writing through dataset/ -> elsewhere would ship that folder's files and overwrite them), a
+    file, or a folder holding anything but an earlier bundle."""
+    if out.is_symlink():
+        raise BundleError(f"--out {out} is a symbolic link (to {os.path.realpath(out)}): a bundle is never "
+                          "written through a link; pass the real folder")
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"--out {out} is a file: choose a folder")
+    if not out.exists():
+        return
+    for child in sorted(out.iterdir()):
+        if child.is_symlink():
+            raise BundleError(f"{child} is a symbolic link (to {os.path.realpath(child)}): a bundle is never "
+                              "written through a link; remove it or choose another --out")
+        if child.name not in BUILT_FOLDERS:
+            raise BundleError(f"{out} is not empty and does not hold an earlier bundle ({child.name}): "
                               "choose an empty --out")
-        for d in (dataset, kernel):
-            shutil.rmtree(d, ignore_errors=True)
-    for d in (dataset, kernel, work):
-        d.mkdir(parents=True, exist_ok=True)
-    return dataset, kernel, work
+        if not child.is_dir():
+            raise BundleError(f"{child} is a file where a bundle folder belongs: remove it or choose another --out")
+
+
+def _staging_parent(out: Path) -> Path:
+    """The nearest existing folder at or above out's parent: staging there keeps it on out's file
+    system (the final move is a rename) and creates no folder a failed build would leave behind."""
+    parent = out.parent
+    while not parent.is_dir():
+        parent = parent.parent
+    return parent
+
+
+def _move_into_place(stage: Path, out: Path) -> None:
+    """Replace out's bundle folders with the staged ones (each a rename on one file system)."""
+    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out)  # nothing may have turned into a link while the build ran
+    old = stage / ".replaced"
+    old.mkdir()
+    for name in BUILT_FOLDERS:
+        if (out / name).exists():
+            os.rename(out / name, old / name)
+        os.rename(stage / name, out / name)
 
 
 def build_bundle(options: BundleOptions, log: Callable[[str], None] = lambda s: None) -> BuildResult:
@@ -120,13 +154,31 @@ def build_bundle(options: BundleOptions, log: Callable[[str], None] = lambda s: 
     if options.owner == PLACEHOLDER_OWNER:
         log(f"owner not given: metadata uses '{PLACEHOLDER_OWNER}'; rebuild with --owner before --push")
 
-    dataset_dir, kernel_dir, work_dir = _prepare_out(options.out)
+    out = Path(os.path.abspath(options.out))
+    _check_out(out)
+    # Everything is built in a staging folder and moved into out only when every check passed: a
+    # refused or failed build leaves nothing new there (no key-bearing copy, no half tree).
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=_staging_parent(out)))
+    try:
+        staged = _build_into(options, target, dmeta, kmeta, stage, out, trm_version, log)
+        _move_into_place(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return replace(staged, dataset_dir=out / "dataset", kernel_dir=out / "kernel")
+
+
+def _build_into(options: BundleOptions, target: TargetImage, dmeta: dict[str, Any], kmeta: dict[str, Any],
+                stage: Path, out: Path, trm_version: str, log: Callable[[str], None]) -> BuildResult:
+    """dataset/, kernel/ and work/ under stage, every file of dataset/ and kernel/ scanned."""
+    dataset_dir, kernel_dir, work_dir = (stage / name for name in BUILT_FOLDERS)
+    for d in (dataset_dir, kernel_dir, work_dir):
+        d.mkdir()
 
     # checkpoint
     ckpt = resolve_checkpoint(options.checkpoint, work_dir, options.config)
     copy_checkpoint(ckpt, dataset_dir / "checkpoint")
-    _refuse_credentials(dataset_dir / "checkpoint")  # before minutes of wheel downloads
-    log(f"checkpoint {ckpt.source} -> {dataset_dir / 'checkpoint'}: "
+    _refuse_credentials(dataset_dir / "checkpoint", "dataset/checkpoint")  # before minutes of wheel downloads
+    log(f"checkpoint {ckpt.source} -> {out / 'dataset' / 'checkpoint'}: "
         f"{check_shippable(dataset_dir / 'checkpoint')}")
 
     # wheels
@@ -142,8 +194,6 @@ def build_bundle(options: BundleOptions, log: Callable[[str], None] = lambda s: 
     else:
         build_own_wheel(options.repo_root, wheels_dir, log=log)
 
-    _refuse_credentials(dataset_dir)
-
     manifest = write_manifest(dataset_dir, trm_version=trm_version, target=target.name,
                               python_tag=target.python_tag,
                               extra={"checkpoint": "checkpoint", "wheels": "wheels",
@@ -156,18 +206,23 @@ def build_bundle(options: BundleOptions, log: Callable[[str], None] = lambda s: 
                                 time_limit_s=options.time_limit_s, runner_margin_s=options.runner_margin_s)
     write_notebook(settings, kernel_dir / NOTEBOOK_NAME)
     write_metadata(kernel_dir / KERNEL_METADATA_FILE, kmeta, validate_kernel_metadata(kmeta, kernel_dir))
+    # the one scan over everything the bundle holds, the manifest and notebook written last included
+    _refuse_credentials(dataset_dir, "dataset")
+    _refuse_credentials(kernel_dir, "kernel")
 
     sizes = {"checkpoint_source": ckpt.source_bytes,
              "checkpoint": _tree_bytes(dataset_dir / "checkpoint"),
              "wheels": _tree_bytes(wheels_dir),
              "dataset": _tree_bytes(dataset_dir)}
-    return BuildResult(options.out, dataset_dir, kernel_dir, manifest, decisions, ckpt.source, sizes)
+    return BuildResult(out, dataset_dir, kernel_dir, manifest, decisions, ckpt.source, sizes)
 
 
-def _refuse_credentials(folder: Path) -> None:
+def _refuse_credentials(folder: Path, shown: str) -> None:
+    """A BundleError naming each file (shown: the folder's name in the bundle, not the staging path)
+    and the kind of credential found; nothing was written to --out."""
     findings = find_credentials(folder)
     if findings:
-        raise BundleError(f"refusing to build: credentials or links found in {folder}: " +
+        raise BundleError(f"refusing to build, nothing written: credentials or links found in {shown}: " +
                           "; ".join(f"{f.path} ({f.reason})" for f in findings) +
                           ". Remove them from the sources (checkpoint folder, package tree) and build again")
 

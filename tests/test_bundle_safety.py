@@ -118,3 +118,55 @@ def test_hub_cache_links_inside_the_cached_repo_are_copied(tmp_path: Path) -> No
     assert not (tmp_path / "dest" / "model.safetensors").is_symlink()
     with pytest.raises(BundleError, match="outside the checkpoint folder"):
         copy_checkpoint(ResolvedCheckpoint(snap, "o/r", 9), tmp_path / "dest2")
+
+
+def _kit_with_key_in_manifest(folder: Path) -> Path:
+    kit = _demo(folder)
+    manifest = json.loads((kit / "manifest.json").read_text())
+    manifest.setdefault("provenance", {})["env"] = {"KAGGLE_KEY": "0123456789abcdef0123456789abcdef"}
+    (kit / "manifest.json").write_text(json.dumps(manifest))
+    return kit
+
+
+def test_a_refused_build_leaves_nothing_in_out(tmp_path: Path) -> None:
+    kit = _kit_with_key_in_manifest(tmp_path / "ck")
+    with pytest.raises(BundleError, match=r"nothing written: .*dataset/checkpoint: manifest.json \(KAGGLE_KEY") as e:
+        _build(tmp_path, kit)
+    assert "0123456789abcdef" not in str(e.value)
+    assert not (tmp_path / "out").exists()  # not even an empty tree
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # and no staging folder left beside it
+    # over an earlier bundle, the earlier bundle stays as it was
+    (tmp_path / "out" / "dataset").mkdir(parents=True)
+    (tmp_path / "out" / "dataset" / "earlier.txt").write_text("earlier")
+    with pytest.raises(BundleError, match="KAGGLE_KEY"):
+        _build(tmp_path, kit)
+    assert [p.relative_to(tmp_path / "out").as_posix() for p in sorted((tmp_path / "out").rglob("*"))] == [
+        "dataset", "dataset/earlier.txt"]
+
+
+def test_a_build_failing_after_the_checkpoint_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="--own-wheel .* does not exist"):
+        build_bundle(BundleOptions(checkpoint=str(_demo(tmp_path / "ck")), out=tmp_path / "a" / "out",
+                                   own_wheel=tmp_path / "missing.whl"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+@pytest.mark.parametrize("linked", ["out", "out/dataset", "out/kernel"])
+def test_out_is_never_written_through_a_link(tmp_path: Path, linked: str) -> None:
+    from click.testing import CliRunner
+
+    from trm_cli import main
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "unrelated.txt").write_text("not for the bundle")
+    (tmp_path / "out").mkdir()
+    if linked == "out":
+        (tmp_path / "out").rmdir()
+    os.symlink(elsewhere, tmp_path / linked)
+    kit = _demo(tmp_path / "ck")
+    result = CliRunner().invoke(main, ["bundle", "--checkpoint", str(kit), "--out", str(tmp_path / "out"),
+                                       "--owner", "alice"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{linked.split('/')[-1]} is a symbolic link" in result.output and "never written through a link" in result.output
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["unrelated.txt"]  # nothing written through it
