@@ -190,3 +190,29 @@ def test_own_wheel_builds_from_a_clean_copy(tmp_path):
     assert not any("__pycache__" in n or n.startswith("tests/") for n in names)
     reqs = {r.key for r in wheel_requirements(wheel)}
     assert {"torch", "numpy", "numba", "safetensors", "click"} <= reqs
+
+
+def test_local_settings_files_in_a_package_folder_stay_out_of_the_own_wheel(tmp_path):
+    import shutil
+
+    from bundle.publish import find_credentials
+
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, checkout / name)
+    for pkg in ("trm_core", "submission", "bundle", "trm_cli"):
+        shutil.copytree(REPO / pkg, checkout / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    stray = {"bundle/kaggle.json": '{"username": "alice", "key": "0123456789abcdef0123456789abcdef"}',
+             "bundle/settings.local.json": '{"KAGGLE_KEY": "0123456789abcdef0123456789abcdef"}',
+             "bundle/notes.txt": "KAGGLE_KEY=0123456789abcdef0123456789abcdef",
+             "submission/placeholder/local.json": '{"WANDB_API_KEY": "' + "a1b2c3d4e5" * 4 + '"}'}
+    for rel, body in stray.items():
+        (checkout / rel).write_text(body)
+    wheel = build_own_wheel(checkout, tmp_path / "dist")
+    with zipfile.ZipFile(wheel) as zf:
+        data = sorted(n for n in zf.namelist() if not n.endswith(".py") and ".dist-info/" not in n)
+    # exactly the data files the code reads: every target image's snapshot, the placeholder task set
+    assert data == sorted({f"bundle/{t.constraints_file.name}" for t in TARGETS.values()} |
+                          {f"submission/placeholder/{p.name}" for p in (REPO / "submission" / "placeholder").iterdir()})
+    assert find_credentials(tmp_path / "dist", env={}) == []
