@@ -160,7 +160,8 @@ def describe_choice(input_root, path, how, found):
     where = f"competition {COMPETITION}'s folder" if how == "competition" else f"{input_root}"
     if len(found) > 1:
         return ([f"ERROR: {len(found)} {CHALLENGES_NAME} files in {where}, refusing to guess which one "
-                 "is the competition's:"] + [f"ERROR:   {f}" for f in found] +
+                 "is the competition's:"] + [f"ERROR:   {f}" for f in found[:20]] +
+                ([f"ERROR:   ... and {len(found) - 20} more"] if len(found) > 20 else []) +
                 [f"ERROR: attach the competition ({COMPETITION or 'no slug in this notebook'}) or set "
                  "TRM_CHALLENGES_FILE to the file to answer"])
     if not found:

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from bundle.notebook import NotebookSettings, build_notebook, code_cells, fill_template
 from submission import env
 from submission.run import Runner, RunnerOptions
-from test_bundle_notebook import CHALLENGES, assert_valid
+from test_bundle_notebook import CHALLENGES, assert_valid, kaggle_tree, run_with_stand_in_runner
 
 SLUG = "arc-prize-2026-arc-agi-2"
 NAME = "arc-agi_test_challenges.json"
@@ -73,8 +74,8 @@ def test_the_runner_chooses_the_competitions_folder_over_a_decoy(tmp_path: Path,
     assert choice.path == real and choice.how == "competition"
     # without the slug the two files are a guess: refused, both named
     blind = env.choose_challenges(tmp_path)
-    assert blind.path is None and blind.how == "ambiguous" and set(blind.candidates) == {real, tmp_path / LAYOUTS[
-        layout][1] / NAME}
+    decoy = tmp_path / LAYOUTS[layout][1] / NAME
+    assert blind.path is None and blind.how == "ambiguous" and set(blind.candidates) == {real, decoy}
     assert "refusing to guess" in blind.describe()
 
 
@@ -278,6 +279,24 @@ def test_the_cells_run_on_the_standard_library_alone_with_a_decoy(tmp_path) -> N
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "ERROR" not in proc.stdout, proc.stdout + proc.stderr
     assert json.loads((tmp_path / "working" / "submission.json").read_text()) == ANSWER
+
+
+@pytest.mark.parametrize("decoy_dir", ["competitions/arc-prize-2024", "arc-prize-2024"])
+def test_the_whole_notebook_answers_the_competition_beside_a_decoy(tmp_path: Path, decoy_dir: str) -> None:
+    try:
+        version = metadata.version("trm-kit")
+    except metadata.PackageNotFoundError:
+        pytest.skip("trm-kit is not installed in this environment (pip install -e .)")
+    manifest, comp = kaggle_tree(tmp_path, False, version)
+    (tmp_path / "input" / decoy_dir).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "input" / decoy_dir / NAME).write_text(json.dumps(DECOY))
+    proc, work = run_with_stand_in_runner(tmp_path, manifest["bundle_id"], version)
+    assert proc.returncode == 0 and "fake runner done" in proc.stdout, proc.stdout + proc.stderr
+    args = json.loads((work / "runner-args.json").read_text())
+    assert Path(args["input_dir"]) == comp / NAME
+    sub = json.loads((work / "submission.json").read_text())
+    assert_valid(sub)  # the real tasks' ids, the stand-in runner's answer kept
+    assert sub["aaa"] == [{"attempt_1": [[9]], "attempt_2": [[8]]}]
 
 
 # ---- settings that would write a broken cell ------------------------------------------------------
