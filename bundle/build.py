@@ -203,7 +203,8 @@ def _build_into(options: BundleOptions, target: TargetImage, dmeta: dict[str, An
     write_metadata(dataset_dir / DATASET_METADATA_FILE, dmeta, [])
 
     settings = NotebookSettings(bundle_id=manifest["bundle_id"], trm_version=trm_version,
-                                time_limit_s=options.time_limit_s, runner_margin_s=options.runner_margin_s)
+                                time_limit_s=options.time_limit_s, runner_margin_s=options.runner_margin_s,
+                                competition=options.competition)
     write_notebook(settings, kernel_dir / NOTEBOOK_NAME)
     write_metadata(kernel_dir / KERNEL_METADATA_FILE, kmeta, validate_kernel_metadata(kmeta, kernel_dir))
     # the one scan over everything the bundle holds, the manifest and notebook written last included

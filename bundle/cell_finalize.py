@@ -6,12 +6,17 @@ work when the package failed to install) and it never raises. The grid check, th
 and the atomic writer are the project's own (trm_core/safe_io.py): in the generated notebook the
 `# <safe_io>` block holds that file's text instead of its import, so the cell needs no package.
 
-Inputs: the test challenges file found under TRM_KAGGLE_INPUT (default /kaggle/input; the file
-TRM_CHALLENGES_FILE, if set, wins) and the submission in TRM_KAGGLE_WORKING (default
-/kaggle/working), which may be missing or malformed. Output: submission.json rewritten atomically
-with every task id of the challenges file, one {"attempt_1", "attempt_2"} dict per test input in
-order, each attempt a rectangular grid of ints 0-9, 1-30 cells a side. An attempt that is missing
-or invalid is replaced by the test input itself (its top-left 30x30; [[0]] if that is not a grid).
+Inputs: the test challenges file chosen under TRM_KAGGLE_INPUT (default /kaggle/input) as the run
+cell chooses it (`choose_challenges`: the file TRM_CHALLENGES_FILE if set, else the folder of the
+competition named in the settings, else the only such file found) and the submission in
+TRM_KAGGLE_WORKING (default /kaggle/working), which may be missing or malformed. Output:
+submission.json rewritten atomically with every task id of the challenges file, one
+{"attempt_1", "attempt_2"} dict per test input in order, each attempt a rectangular grid of ints
+0-9, 1-30 cells a side. An attempt that is missing or invalid is replaced by the test input itself
+(its top-left 30x30; [[0]] if that is not a grid); a task whose test list cannot be read keeps its
+entries (else one [[0]] pair). When no file can be chosen (none, or several and no competition
+folder), or the only one found by search holds few of the submission's task ids (another
+competition's file), the submission keeps its own task ids and only its grids are repaired.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 # <settings> (filled in by bundle/notebook.py)
 SUBMISSION_NAME = "submission.json"
 CHALLENGES_NAME = "arc-agi_test_challenges.json"
+COMPETITION = ""  # the competition's slug, whose folder holds the challenges to answer ("": search)
 # </settings>
 
 # <safe_io> (the text of trm_core/safe_io.py in the generated notebook)
@@ -30,6 +36,8 @@ from trm_core.safe_io import fallback_grid, is_grid, write_json_atomic
 # </safe_io>
 
 ATTEMPTS = ("attempt_1", "attempt_2")
+SEARCH_DEPTH = 5  # /kaggle/input/datasets/<owner>/<slug>/<folder>/<file>: the deepest layout searched
+MAX_INT_DIGITS = 100  # a grid cell has one digit; a longer integer only has to be refused, not read
 
 
 def log(msg):
@@ -40,6 +48,19 @@ def fallback_for(test):
     return fallback_grid(test.get("input") if isinstance(test, dict) else None)
 
 
+def repaired_pair(entry, test):
+    """(the entry with both attempts valid, attempts replaced): a bad attempt becomes the fallback."""
+    entry = entry if isinstance(entry, dict) else {}
+    pair, replaced = {}, 0
+    for key in ATTEMPTS:
+        if is_grid(entry.get(key)):
+            pair[key] = entry[key]
+        else:
+            pair[key] = fallback_for(test)
+            replaced += 1
+    return pair, replaced
+
+
 def repair(submission, challenges):
     """(repaired submission, number of attempts replaced, notes) for a challenges dict."""
     fixed, replaced, notes = {}, 0, []
@@ -48,26 +69,22 @@ def repair(submission, challenges):
         submission = {}
     for task_id, task in challenges.items():
         tests = task.get("test") if isinstance(task, dict) else None
-        tests = tests if isinstance(tests, list) else []
         entries = submission.get(task_id)
         if not isinstance(entries, list):
             if task_id in submission:
                 notes.append(f"{task_id}: entry is {type(entries).__name__}, not a list")
             entries = []
+        if not isinstance(tests, list) or not tests:
+            # the test count cannot be read: keep the entries given (the runner writes one [[0]]
+            # pair for such a task), else one [[0]] pair, never an empty list
+            tests = [None] * max(1, len(entries))
         elif len(entries) != len(tests):
             notes.append(f"{task_id}: {len(entries)} predictions for {len(tests)} test inputs")
         out = []
         for i, test in enumerate(tests):
-            entry = entries[i] if i < len(entries) and isinstance(entries[i], dict) else {}
-            pair = {}
-            for key in ATTEMPTS:
-                grid = entry.get(key)
-                if is_grid(grid):
-                    pair[key] = grid
-                else:
-                    pair[key] = fallback_for(test)
-                    replaced += 1
+            pair, n = repaired_pair(entries[i] if i < len(entries) else None, test)
             out.append(pair)
+            replaced += n
         fixed[task_id] = out
     extra = [t for t in submission if t not in challenges]
     if extra:
@@ -76,41 +93,95 @@ def repair(submission, challenges):
 
 
 def repair_without_challenges(submission):
-    """Best effort when the challenges file cannot be found: keep the structure, fix bad grids."""
+    """Best effort when the challenges file cannot be chosen or read: keep the submission's task
+    ids and structure, fix bad grids."""
     fixed, replaced = {}, 0
     for task_id, entries in (submission.items() if isinstance(submission, dict) else []):
         if not isinstance(entries, list):
             continue
         out = []
         for entry in entries:
-            entry = entry if isinstance(entry, dict) else {}
-            pair = {}
-            for key in ATTEMPTS:
-                ok = is_grid(entry.get(key))
-                pair[key] = entry[key] if ok else [[0]]
-                replaced += not ok
+            pair, n = repaired_pair(entry, None)
             out.append(pair)
+            replaced += n
         fixed[task_id] = out
     return fixed, replaced
 
 
-def find_challenges(input_root):
-    chosen = os.environ.get("TRM_CHALLENGES_FILE")
-    if chosen:
-        return chosen if os.path.isfile(chosen) else None
-    for dirpath, dirnames, filenames in os.walk(input_root):
-        dirnames.sort()
-        if dirpath[len(input_root):].count(os.sep) >= 5:
+def answers_other_tasks(submission, challenges):
+    """True when most of the submission's task ids are not in the challenges file: it was written
+    for another file (the runner writes every id of the file it answers)."""
+    if not isinstance(submission, dict) or not submission:
+        return False
+    return 2 * sum(1 for t in submission if t not in challenges) > len(submission)
+
+
+def challenge_files(root, skip):
+    """Every CHALLENGES_NAME file under root, at most SEARCH_DEPTH folders down, in sorted order;
+    the folder `skip` (the bundle) is not searched."""
+    root, skip = os.path.normpath(root), os.path.normpath(skip) if skip else ""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if os.path.join(dirpath, d) != skip)
+        if dirpath[len(root):].count(os.sep) >= SEARCH_DEPTH:
             dirnames[:] = []
         if CHALLENGES_NAME in filenames:
-            return os.path.join(dirpath, CHALLENGES_NAME)
-    return None
+            found.append(os.path.join(dirpath, CHALLENGES_NAME))
+    return found
+
+
+def choose_challenges(input_root, skip):
+    """(the test challenges file or None, how it was chosen, the files seen). TRM_CHALLENGES_FILE
+    wins. Else the folder of the competition this bundle was built for decides, in either layout
+    (<input>/competitions/<slug>/, <input>/<slug>/): the file at its top, or the one file inside.
+    Only when neither folder exists is the whole input searched, and then only a single file is
+    taken: last year's competition or a dataset attached beside this one holds a file of the same
+    name, and answering it would give Kaggle a submission for other tasks. Several: None."""
+    override = os.environ.get("TRM_CHALLENGES_FILE")
+    if override:
+        return (override if os.path.isfile(override) else None), "TRM_CHALLENGES_FILE", [override]
+    found, how = None, "search"
+    for folder in ([os.path.join(input_root, "competitions", COMPETITION), os.path.join(input_root, COMPETITION)]
+                   if COMPETITION else []):
+        if os.path.isdir(folder):
+            top = os.path.join(folder, CHALLENGES_NAME)
+            found, how = ([top] if os.path.isfile(top) else challenge_files(folder, skip)), "competition"
+            break
+    if found is None:
+        found = challenge_files(input_root, skip)
+    return (found[0] if len(found) == 1 else None), how, found
+
+
+def describe_choice(input_root, path, how, found):
+    """Log lines saying which challenges file was chosen, or loudly why none was."""
+    if how == "TRM_CHALLENGES_FILE":
+        return [f"challenges: {path} (TRM_CHALLENGES_FILE)" if path else
+                f"ERROR: TRM_CHALLENGES_FILE={found[0]} is not a file"]
+    where = f"competition {COMPETITION}'s folder" if how == "competition" else f"{input_root}"
+    if len(found) > 1:
+        return ([f"ERROR: {len(found)} {CHALLENGES_NAME} files in {where}, refusing to guess which one "
+                 "is the competition's:"] + [f"ERROR:   {f}" for f in found[:20]] +
+                ([f"ERROR:   ... and {len(found) - 20} more"] if len(found) > 20 else []) +
+                [f"ERROR: attach the competition ({COMPETITION or 'no slug in this notebook'}) or set "
+                 "TRM_CHALLENGES_FILE to the file to answer"])
+    if not found:
+        return [f"ERROR: no {CHALLENGES_NAME} in {where}"]
+    if how == "search" and COMPETITION:
+        return [f"WARNING: no folder for competition {COMPETITION} under {input_root} (competitions/"
+                f"{COMPETITION}/ or {COMPETITION}/): answering the only {CHALLENGES_NAME} found, {path}"]
+    return [f"challenges: {path} (by {how})"]
+
+
+def parse_int(text):
+    """A JSON integer, or None (which no grid accepts) for one longer than MAX_INT_DIGITS: Python
+    refuses to convert over 4300 digits and would fail the whole file for one task's cell."""
+    return int(text) if len(text) <= MAX_INT_DIGITS else None
 
 
 def load_json(path):
     try:
         with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not an error
-            return json.load(f)
+            return json.load(f, parse_int=parse_int)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, RecursionError) as e:
@@ -125,12 +196,27 @@ def main():
         os.makedirs(working, exist_ok=True)
         path = os.path.join(working, SUBMISSION_NAME)
         submission = load_json(path)
-        challenges_path = find_challenges(input_root)
+        challenges_path, how, found = choose_challenges(input_root, os.environ.get("TRM_BUNDLE_DIR", ""))
+        for line in describe_choice(input_root, challenges_path, how, found):
+            log(line)
         challenges = load_json(challenges_path) if challenges_path else None
-        if isinstance(challenges, dict):
+        keep_ids = False
+        if isinstance(challenges, dict) and answers_other_tasks(submission, challenges):
+            missing = sum(1 for t in submission if t not in challenges)
+            if how == "search":
+                # a file found by search alone may be another competition's: never trade a submission
+                # for the real tasks for one answering a decoy
+                log(f"WARNING: {missing} of the submission's {len(submission)} task ids are not in {challenges_path}, "
+                    "which was only found by search: keeping the submission's task ids, repairing grids only")
+                keep_ids = True
+            else:
+                log(f"WARNING: {missing} of the submission's {len(submission)} task ids are not in "
+                    f"{challenges_path} ({how}): the submission answered other tasks; rebuilt for this file's")
+        if isinstance(challenges, dict) and not keep_ids:
             fixed, replaced, notes = repair(submission, challenges)
         else:
-            log(f"WARNING: no readable {CHALLENGES_NAME} under {input_root}: only fixing grids in place")
+            if not keep_ids:
+                log(f"WARNING: no readable {CHALLENGES_NAME} chosen under {input_root}: only fixing grids in place")
             if submission is None:
                 log(f"ERROR: no {path} and no challenges to rebuild it from")
                 return

@@ -8,8 +8,10 @@ Inputs (environment, set by cell 1): TRM_START_TIME, TRM_BUNDLE_DIR, TRM_SETUP_O
 and TRM_KAGGLE_WORKING override /kaggle/input and /kaggle/working; TRM_TIME_LIMIT_S overrides the
 session limit (for dry runs). The runner gets absolute Unix times: `--start-time` (when cell 1
 started) and `--deadline` (start + limit - margin, by which it must have written its final
-submission), plus `--input-dir` (the folder holding the competition's test challenges, or the
-input root if none is found), `--working-dir` and `--bundle-dir`. If the runner is still alive
+submission), plus `--input-dir` (the test challenges file itself, chosen by `choose_challenges`:
+TRM_CHALLENGES_FILE, else the folder of the competition named in the settings, else the only such
+file under the input; with none or several the runner is not started), `--working-dir` and
+`--bundle-dir`. If the runner is still alive
 KILL_GRACE_S after its deadline, its whole process group is killed so that cell 3 still runs
 inside the session limit. Output: TRM_RUNNER_RC in the environment.
 """
@@ -27,10 +29,12 @@ TIME_LIMIT_S = 12 * 3600  # Kaggle's limit for a code-competition notebook run
 RUNNER_MARGIN_S = 1800  # container start and input mounting happen before cell 1: keep a margin
 KILL_GRACE_S = 900  # how long past its deadline the runner may go before it is killed
 CHALLENGES_NAME = "arc-agi_test_challenges.json"
+COMPETITION = ""  # the competition's slug, whose folder holds the challenges to answer ("": search)
 EXTRA_ARGS = []  # further runner arguments
 # </settings>
 
 FINAL_CELL_RESERVE_S = 300  # never let the kill time eat the last minutes the final cell needs
+SEARCH_DEPTH = 5  # /kaggle/input/datasets/<owner>/<slug>/<folder>/<file>: the deepest layout searched
 
 
 def log(msg):
@@ -38,15 +42,60 @@ def log(msg):
     print(f"[trm run {time.time() - start:7.1f}s] {msg}", flush=True)
 
 
-def find_competition_dir(input_root, skip):
-    """The folder holding the test challenges (depth <= 5), skipping the bundle; else input_root."""
-    for dirpath, dirnames, filenames in os.walk(input_root):
+def challenge_files(root, skip):
+    """Every CHALLENGES_NAME file under root, at most SEARCH_DEPTH folders down, in sorted order;
+    the folder `skip` (the bundle) is not searched."""
+    root, skip = os.path.normpath(root), os.path.normpath(skip) if skip else ""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if os.path.join(dirpath, d) != skip)
-        if dirpath[len(input_root):].count(os.sep) >= 5:
+        if dirpath[len(root):].count(os.sep) >= SEARCH_DEPTH:
             dirnames[:] = []
         if CHALLENGES_NAME in filenames:
-            return dirpath
-    return input_root
+            found.append(os.path.join(dirpath, CHALLENGES_NAME))
+    return found
+
+
+def choose_challenges(input_root, skip):
+    """(the test challenges file or None, how it was chosen, the files seen). TRM_CHALLENGES_FILE
+    wins. Else the folder of the competition this bundle was built for decides, in either layout
+    (<input>/competitions/<slug>/, <input>/<slug>/): the file at its top, or the one file inside.
+    Only when neither folder exists is the whole input searched, and then only a single file is
+    taken: last year's competition or a dataset attached beside this one holds a file of the same
+    name, and answering it would give Kaggle a submission for other tasks. Several: None."""
+    override = os.environ.get("TRM_CHALLENGES_FILE")
+    if override:
+        return (override if os.path.isfile(override) else None), "TRM_CHALLENGES_FILE", [override]
+    found, how = None, "search"
+    for folder in ([os.path.join(input_root, "competitions", COMPETITION), os.path.join(input_root, COMPETITION)]
+                   if COMPETITION else []):
+        if os.path.isdir(folder):
+            top = os.path.join(folder, CHALLENGES_NAME)
+            found, how = ([top] if os.path.isfile(top) else challenge_files(folder, skip)), "competition"
+            break
+    if found is None:
+        found = challenge_files(input_root, skip)
+    return (found[0] if len(found) == 1 else None), how, found
+
+
+def describe_choice(input_root, path, how, found):
+    """Log lines saying which challenges file was chosen, or loudly why none was."""
+    if how == "TRM_CHALLENGES_FILE":
+        return [f"challenges: {path} (TRM_CHALLENGES_FILE)" if path else
+                f"ERROR: TRM_CHALLENGES_FILE={found[0]} is not a file"]
+    where = f"competition {COMPETITION}'s folder" if how == "competition" else f"{input_root}"
+    if len(found) > 1:
+        return ([f"ERROR: {len(found)} {CHALLENGES_NAME} files in {where}, refusing to guess which one "
+                 "is the competition's:"] + [f"ERROR:   {f}" for f in found[:20]] +
+                ([f"ERROR:   ... and {len(found) - 20} more"] if len(found) > 20 else []) +
+                [f"ERROR: attach the competition ({COMPETITION or 'no slug in this notebook'}) or set "
+                 "TRM_CHALLENGES_FILE to the file to answer"])
+    if not found:
+        return [f"ERROR: no {CHALLENGES_NAME} in {where}"]
+    if how == "search" and COMPETITION:
+        return [f"WARNING: no folder for competition {COMPETITION} under {input_root} (competitions/"
+                f"{COMPETITION}/ or {COMPETITION}/): answering the only {CHALLENGES_NAME} found, {path}"]
+    return [f"challenges: {path} (by {how})"]
 
 
 def stream(pipe):
@@ -84,9 +133,16 @@ def main():
         scratch = os.environ.get("TRM_SCRATCH", "/tmp/trm-kit")
         os.makedirs(working, exist_ok=True)
         os.makedirs(scratch, exist_ok=True)
+        challenges, how, found = choose_challenges(input_root, bundle_dir)
+        for line in describe_choice(input_root, challenges, how, found):
+            log(line)
+        if challenges is None:
+            log("not starting the runner: it would have no tasks, or the wrong ones; the next cell keeps "
+                "the submission's task ids")
+            return
         cmd = [sys.executable, "-m", RUNNER_MODULE,
                "--start-time", f"{start:.3f}", "--deadline", f"{deadline:.3f}",
-               "--input-dir", find_competition_dir(input_root, bundle_dir),
+               "--input-dir", challenges,
                "--working-dir", working, "--bundle-dir", bundle_dir] + [str(a) for a in EXTRA_ARGS]
         log(f"deadline in {deadline - time.time():.0f}s, hard stop in {kill_at - time.time():.0f}s")
         log("running: " + " ".join(cmd))

@@ -19,6 +19,7 @@ as on Kaggle, with --baseline so the un-adapted checkpoint is scored on the same
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -73,6 +74,8 @@ class DryRunOptions:
     extra_args: tuple[str, ...] = ()  # more runner flags
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.budget_s):  # nan passes `< 10`, and either would be written into the cell
+            raise DryRunError(f"--budget {self.budget_s}: give a finite number of seconds (at least 10, default 300)")
         if self.budget_s < 10:
             raise DryRunError(f"--budget {self.budget_s:g} s is too short: give at least 10 s (default 300)")
         if self.target_gpus < 1:
@@ -152,7 +155,7 @@ def layout(root: Path, challenges: Path, checkpoint: Path) -> dict[str, Path]:
         shutil.copy2(checkpoint / name, bundle / "checkpoint" / name)
     tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
     write_manifest(bundle, trm_version=__version__, target="local dry run", python_tag=tag,
-                   extra={"checkpoint": "checkpoint"})
+                   extra={"checkpoint": "checkpoint", "competition": SLUG})
     dirs = {"input": root / "input", "competition": comp, "bundle": bundle, "working": root / "working",
             "scratch": root / "scratch"}
     dirs["working"].mkdir()
@@ -166,7 +169,7 @@ def run_cell(dirs: dict[str, Path], budget_s: float, extra_args: list[str], echo
 
     cell = fill_template("cell_run.py", {"TIME_LIMIT_S": budget_s + NOTEBOOK_MARGIN_S,
                                          "RUNNER_MARGIN_S": NOTEBOOK_MARGIN_S, "KILL_GRACE_S": KILL_GRACE_S,
-                                         "EXTRA_ARGS": extra_args})
+                                         "EXTRA_ARGS": extra_args, "COMPETITION": SLUG})
     script = dirs["scratch"] / "cell_run.py"
     script.write_text(cell)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}  # a local run, never a "rerun"

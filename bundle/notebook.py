@@ -1,6 +1,7 @@
 """Generate the submission notebook (.ipynb) from the readable cell templates beside this file.
 
-Inputs: the bundle's id and trm-kit version, runner timing settings.
+Inputs: the bundle's id and trm-kit version, runner timing settings, the competition's slug (the
+run and final cells answer the challenges in that competition's folder).
 Outputs: an nbformat 4.5 notebook dict (python3 kernelspec, language_info, a string id per cell):
 a markdown cell saying what the notebook does, then three code cells, each the text of one
 template with its settings block filled in:
@@ -15,12 +16,14 @@ kernel, so importing a template does nothing while the cell runs it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bundle.manifest import MARKER_NAME
+from bundle.metadata import DEFAULT_COMPETITION
 from trm_core import safe_io
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
@@ -28,6 +31,7 @@ NOTEBOOK_NAME = "trm-submit.ipynb"
 _SETTINGS_RE = re.compile(r"^# <settings>.*?\n(.*?)^# </settings>\n", re.S | re.M)
 _SAFE_IO_RE = re.compile(r"^# <safe_io>.*?\n.*?^# </safe_io>\n", re.S | re.M)
 _FUTURE = "from __future__ import annotations\n"
+_SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,99}")  # one folder name, never a path
 
 
 @dataclass(frozen=True)
@@ -40,13 +44,25 @@ class NotebookSettings:
     runner_margin_s: int = 1800  # runner deadline = start + limit - margin
     kill_grace_s: int = 900  # runner killed this long after its deadline
     runner_module: str = "submission.run"
+    # the competition whose folder (<input>/competitions/<slug>/ or <input>/<slug>/) holds the
+    # challenges the run and final cells answer; "" searches the inputs and refuses several files
+    competition: str = DEFAULT_COMPETITION
 
     def __post_init__(self) -> None:
+        for name in ("time_limit_s", "runner_margin_s", "kill_grace_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name}={value!r}: give a finite number of seconds")
+        if self.time_limit_s <= 0:
+            raise ValueError(f"time_limit_s={self.time_limit_s}: give a positive number of seconds")
         if self.runner_margin_s + 300 >= self.time_limit_s:
             raise ValueError(f"runner_margin_s={self.runner_margin_s} leaves no time within "
                              f"time_limit_s={self.time_limit_s}")
         if self.kill_grace_s < 0 or self.runner_margin_s < 0:
             raise ValueError("runner_margin_s and kill_grace_s must be >= 0")
+        if self.competition and not _SLUG_RE.fullmatch(self.competition):
+            raise ValueError(f"competition {self.competition!r}: a Kaggle competition slug (lowercase letters, "
+                             "digits, hyphens), or '' to search the inputs")
 
 
 def fill_template(name: str, values: dict[str, Any]) -> str:
@@ -59,6 +75,10 @@ def fill_template(name: str, values: dict[str, Any]) -> str:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"{name}: no setting named {', '.join(unknown)} (it has {', '.join(known)})")
+    for key, value in values.items():
+        # repr(nan) is `nan`, a name the cell does not define: it would fail when run, not here
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name}: setting {key} = {value!r}; give a finite number")
     lines = []
     for line in m.group(1).splitlines():
         key = line.split(" = ", 1)[0]
@@ -90,7 +110,8 @@ def _intro(s: NotebookSettings) -> str:
     return (
         "# trm-kit submission\n\n"
         f"Generated for bundle `{s.bundle_id}` (trm-kit {s.trm_version}). Attach the bundle dataset and the "
-        "competition, keep the internet off, and run all cells.\n\n"
+        f"competition (`{s.competition or 'any slug'}`: its folder's challenges are answered), keep the internet "
+        "off, and run all cells.\n\n"
         f"1. **Setup**: records the start time, finds `{MARKER_NAME}` under `/kaggle/input` (extracted or zipped), "
         "installs trm-kit from the bundle's wheels with `pip --no-index` (the image's torch is kept).\n"
         f"2. **Run**: `python -m {s.runner_module}` as a subprocess, deadline = start + "
@@ -111,8 +132,9 @@ def build_notebook(settings: NotebookSettings) -> dict[str, Any]:
     run = fill_template("cell_run.py", {"RUNNER_MODULE": settings.runner_module,
                                         "TIME_LIMIT_S": settings.time_limit_s,
                                         "RUNNER_MARGIN_S": settings.runner_margin_s,
-                                        "KILL_GRACE_S": settings.kill_grace_s})
-    final = inline_safe_io(fill_template("cell_finalize.py", {}))
+                                        "KILL_GRACE_S": settings.kill_grace_s,
+                                        "COMPETITION": settings.competition})
+    final = inline_safe_io(fill_template("cell_finalize.py", {"COMPETITION": settings.competition}))
     cells = [
         {"cell_type": "markdown", "id": "trm-about", "metadata": {}, "source": _intro(settings).splitlines(keepends=True)},
         _code_cell("trm-setup", setup),

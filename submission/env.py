@@ -3,18 +3,21 @@
 Inputs: the process environment (KAGGLE_IS_COMPETITION_RERUN, KAGGLE_KERNEL_RUN_TYPE), the machine
 (nvidia-smi or torch.cuda for GPUs, os.cpu_count, /proc/meminfo) and an input folder tree.
 Outputs: the run kind ("rerun", "commit", "interactive" or "local"), a `Hardware` record, the path
-of the test challenges file (searched for by name) and of the trm-kit bundle (searched for by its
-marker file, submission.bundle_check.MARKER_NAME).
+of the test challenges file (in the folder of the competition the bundle was built for; searched
+for by name only when that folder is absent, and refused when several are found) and of the trm-kit
+bundle (searched for by its marker file, submission.bundle_check.MARKER_NAME).
 
 Kaggle mounts inputs under /kaggle/input/<slug>/ (2025) or /kaggle/input/competitions/<slug>/ and
-/kaggle/input/datasets/<owner>/<slug>/ (2026), so nothing here assumes a layout. Standard library
+/kaggle/input/datasets/<owner>/<slug>/ (2026): both competition layouts are looked at. Standard library
 only at import time; torch is imported only when nvidia-smi is missing.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -28,6 +31,7 @@ RUN_KINDS = ("rerun", "commit", "interactive", "local")
 CHALLENGES_NAME = "arc-agi_test_challenges.json"
 CHALLENGES_PATTERN = "*test_challenges*.json"
 BUNDLE_MARKER = MARKER_NAME  # the bundle folder's marker file
+_SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,99}")  # Kaggle slugs: lowercase letters, digits, hyphens
 MAX_DEPTH = 6  # /kaggle/input/datasets/<owner>/<slug>/<folder>/<file> is depth 5
 
 
@@ -163,22 +167,72 @@ def _walk(root: Path, max_depth: int, skip: Path | None = None) -> list[Path]:
     return out
 
 
-def find_challenges(input_dir: str | os.PathLike, skip: str | os.PathLike | None = None,
-                    max_depth: int = MAX_DEPTH) -> Path | None:
-    """The test challenges file under input_dir: `arc-agi_test_challenges.json` if present (the
-    shallowest), else the shallowest `*test_challenges*.json`; None if neither exists. `skip`
-    (e.g. the bundle folder) is not searched. input_dir may itself be the file."""
+@dataclass(frozen=True)
+class ChallengesChoice:
+    """Which test challenges file the runner answers, and how it was chosen."""
+
+    path: Path | None  # None: no file, or several and no way to tell which is the competition's
+    how: str  # "given" (input_dir is the file), "competition" (the slug's folder), "search", "ambiguous", "none"
+    candidates: tuple[Path, ...] = ()  # every file the search found (several: the choice was refused)
+
+    def describe(self) -> str:
+        if self.how == "ambiguous":
+            return (f"{len(self.candidates)} test challenges files found, refusing to guess which one is the "
+                    f"competition's: {', '.join(str(c) for c in self.candidates)} (attach the competition under "
+                    "its own slug, or pass the file itself as --input-dir)")
+        return f"{self.path} (by {self.how})" if self.path else "no test challenges file"
+
+
+def _candidates(root: Path, skip: Path | None, max_depth: int) -> list[Path]:
+    """The challenges files under root: every `arc-agi_test_challenges.json`, else every
+    `*test_challenges*.json`, shallowest first."""
+    files = _walk(root, max_depth, skip)
+    exact = [f for f in files if f.name == CHALLENGES_NAME]
+    return exact or [f for f in files if fnmatch.fnmatch(f.name, CHALLENGES_PATTERN)]
+
+
+def choose_challenges(input_dir: str | os.PathLike, competition: str | None = None,
+                      skip: str | os.PathLike | None = None, max_depth: int = MAX_DEPTH) -> ChallengesChoice:
+    """The test challenges file to answer. input_dir may itself be the file. Else, with the
+    competition's slug, its folder decides: `<input_dir>/competitions/<slug>/` (2026) or
+    `<input_dir>/<slug>/` (2025), the file at its top or the one file inside it. Only when neither
+    folder exists is input_dir searched (`skip`, the bundle, is not), and then only one file may be
+    found: another competition or a dataset attached beside it holds a file of the same name, and
+    the first in sorted order would answer someone else's tasks."""
     root = Path(input_dir)
     if root.is_file():
-        return root
-    files = _walk(root, max_depth, Path(skip) if skip else None)
-    for f in files:
-        if f.name == CHALLENGES_NAME:
-            return f
-    for f in files:
-        if fnmatch.fnmatch(f.name, CHALLENGES_PATTERN):
-            return f
-    return None
+        return ChallengesChoice(root, "given", (root,))
+    skip_path = Path(skip) if skip else None
+    for folder in ((root / "competitions" / competition, root / competition) if competition else ()):
+        if folder.is_dir():
+            top = folder / CHALLENGES_NAME
+            return _one_of([top] if top.is_file() else _candidates(folder, skip_path, max_depth), "competition")
+    return _one_of(_candidates(root, skip_path, max_depth), "search")
+
+
+def _one_of(found: list[Path], how: str) -> ChallengesChoice:
+    if len(found) == 1:
+        return ChallengesChoice(found[0], how, tuple(found))
+    return ChallengesChoice(None, "ambiguous" if found else "none", tuple(found))
+
+
+def find_challenges(input_dir: str | os.PathLike, skip: str | os.PathLike | None = None,
+                    max_depth: int = MAX_DEPTH, competition: str | None = None) -> Path | None:
+    """choose_challenges(...).path: the file, or None when there is none or no single one."""
+    return choose_challenges(input_dir, competition, skip, max_depth).path
+
+
+def bundle_competition(bundle_dir: str | os.PathLike | None) -> str | None:
+    """The competition slug the bundle was built for (its marker's "competition"), or None."""
+    if not bundle_dir:
+        return None
+    try:
+        with open(Path(bundle_dir) / BUNDLE_MARKER, encoding="utf-8") as f:
+            slug = json.load(f).get("competition")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    # a slug names one folder: anything else (a path, "..", an empty string) is not used as one
+    return slug if isinstance(slug, str) and _SLUG_RE.fullmatch(slug) else None
 
 
 def find_bundle(input_dir: str | os.PathLike, max_depth: int = MAX_DEPTH) -> Path | None:

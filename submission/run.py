@@ -152,13 +152,21 @@ class Runner:
 
     def write_fallback(self) -> None:
         t0 = self.clock()
-        # only under the given folder: a file found above it would answer someone else's tasks
-        path = env_mod.find_challenges(self.opts.input_dir, skip=self.opts.bundle_dir)
+        # only under the given folder (a file found above it would answer someone else's tasks), in
+        # the folder of the competition the bundle was built for when that folder is there
+        bundle = self.opts.bundle_dir or env_mod.find_bundle(self.opts.input_dir)
+        competition = env_mod.bundle_competition(bundle)
+        choice = env_mod.choose_challenges(self.opts.input_dir, competition, skip=bundle)
+        path = choice.path
         if path is None:
-            self.problem(f"no test challenges file under {self.opts.input_dir}: nothing to answer")
+            self.problem(f"no test challenges file under {self.opts.input_dir}: nothing to answer"
+                         if choice.how == "none" else f"{choice.describe()}: nothing answered")
             self._phase("fallback", None, t0, "failed")
             return
-        self.record["inputs"] = {"challenges": str(path)}
+        if choice.how == "search" and competition:
+            self.log(f"no folder for competition {competition} under {self.opts.input_dir}: "
+                     f"answering the one challenges file found, {path}")
+        self.record["inputs"] = {"challenges": str(path), "chosen_by": choice.how, "competition": competition}
         self.challenges_path = path
         repeated: list[str] = []
         a = self.answers

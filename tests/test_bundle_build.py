@@ -49,7 +49,7 @@ def test_build_from_local_inputs(tmp_path, own_wheel):
     logs = []
     result = build_bundle(BundleOptions(checkpoint=str(slim_kit(tmp_path / "kit")), out=tmp_path / "out",
                                         target=str(image), wheels_dir=wheels, own_wheel=own_wheel, owner="alice",
-                                        slug="trm-demo-bundle"), log=logs.append)
+                                        slug="trm-demo-bundle", competition="arc-prize-2025"), log=logs.append)
     ds, kernel = result.dataset_dir, result.kernel_dir
     assert sorted(p.name for p in (ds / "wheels").iterdir()) == ["click-8.1.7-py3-none-any.whl", own_wheel.name]
     assert sorted(p.name for p in (ds / "checkpoint").iterdir()) == ["manifest.json", "model.safetensors"]
@@ -63,6 +63,9 @@ def test_build_from_local_inputs(tmp_path, own_wheel):
     assert kmeta["dataset_sources"] == ["alice/trm-demo-bundle"] and kmeta["id"] == "alice/trm-demo-bundle-submit"
     nb = json.loads((kernel / kmeta["code_file"]).read_text())
     assert f"BUNDLE_ID = {manifest['bundle_id']!r}" in code_cells(nb)[0]
+    # the run and final cells answer the challenges in the folder of the competition built for
+    assert manifest["competition"] == "arc-prize-2025" and kmeta["competition_sources"] == ["arc-prize-2025"]
+    assert all("COMPETITION = 'arc-prize-2025'" in cell for cell in code_cells(nb)[1:])
     report = "\n".join(result.size_report())
     assert "checkpoint before slimming" in report and "slim ratio" in report and own_wheel.name in report
     assert result.sizes["dataset"] == sum(p.stat().st_size for p in ds.rglob("*") if p.is_file())

@@ -253,7 +253,8 @@ def test_notebook_runs_end_to_end_with_a_stand_in_runner(tmp_path, zipped):
     assert args["problems"] == [], args
     scratch = tmp_path / "scratch"
     assert float(args["deadline"]) - float(args["start_time"]) == pytest.approx(7200 - 600, abs=0.01)
-    assert Path(args["input_dir"]) == comp and Path(args["working_dir"]) == work
+    # the runner is given the chosen file itself, so it cannot pick another one
+    assert Path(args["input_dir"]) == comp / "arc-agi_test_challenges.json" and Path(args["working_dir"]) == work
     expected_bundle = scratch / "bundle" if zipped else tmp_path / "input" / "datasets" / "alice" / "trm-kit-bundle"
     assert Path(args["bundle_dir"]) == expected_bundle
     assert Path(args["cwd"]) == scratch
