@@ -215,6 +215,17 @@ def test_without_the_competitions_folder_the_final_cell_keeps_the_submissions_id
     assert sub["aaa"] == ANSWER["aaa"]
 
 
+def test_with_no_submission_and_no_choice_the_final_cell_answers_every_candidates_tasks(tmp_path, monkeypatch,
+                                                                                        capsys) -> None:
+    """Nothing to keep and nothing chosen: a file covering every candidate's tasks holds the real
+    ones, where no file at all is a run Kaggle cannot score."""
+    tree(tmp_path / "input", "2026")
+    sub = run_final(tmp_path, monkeypatch, tmp_path / "input", None, competition="")
+    assert sub is not None and set(sub) == set(CHALLENGES) | set(DECOY)
+    assert_valid({t: sub[t] for t in CHALLENGES})
+    assert "none could be chosen" in capsys.readouterr().out
+
+
 def test_a_lone_decoy_found_by_search_does_not_replace_the_submissions_ids(tmp_path, monkeypatch, capsys) -> None:
     """The competition is not attached under its slug and the only file found holds none of the
     submission's tasks: it is more likely another competition's than the one answered."""
