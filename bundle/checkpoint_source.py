@@ -149,10 +149,15 @@ def resolve_checkpoint(spec: str, cache_dir: Path, config: Any = None,
 def _resolve_local(path: Path, cache_dir: Path, config: Any, source: str) -> ResolvedCheckpoint:
     size = dir_bytes(path)
     if is_kit_dir(path):
+        from trm_core import jsonio  # standard library only: the rules every manifest is read by
+
         try:
-            manifest = json.loads((path / "manifest.json").read_text())
-        except json.JSONDecodeError as e:
+            manifest = jsonio.load(path / "manifest.json")
+        except (jsonio.JSONInputError, OSError) as e:
             raise BundleError(f"{path / 'manifest.json'} is not valid JSON: {e}") from None
+        if not isinstance(manifest, dict):
+            raise BundleError(f"{path / 'manifest.json'} is not a kit manifest: expected a JSON object, "
+                              f"got {type(manifest).__name__}")
         if manifest.get("slim") is True:
             return ResolvedCheckpoint(path, source, size)
         return ResolvedCheckpoint(_convert(path, None, cache_dir / "checkpoint", source), source, size)

@@ -330,3 +330,14 @@ def test_resume_from_a_damaged_state_stops_before_training(tmp_path: Path) -> No
                 "sign": None, "ema": None, "sampler": None, "generators": []}, tmp_path / STATE_FILE)
     with pytest.raises(ResumeError, match="saved by a different model"):
         train(TRM(cfg), iter(()), TrainConfig(steps=1, global_batch_size=2), out_dir=tmp_path, log=lambda s: None)
+
+
+@pytest.mark.parametrize("text,match", [("[" * 5000 + "]" * 5000, "nested more than 64 levels"),
+                                        ("[1, 2]", "expected a JSON object, got list")])
+def test_a_hostile_manifest_is_named_when_resolving_what_to_ship(tmp_path: Path, text: str, match: str) -> None:
+    from bundle.checkpoint_source import resolve_checkpoint
+
+    kit = _copy(DEMO, tmp_path / "demo")
+    (kit / "manifest.json").write_text(text)
+    with pytest.raises(BundleError, match=match):
+        resolve_checkpoint(str(kit), tmp_path / "cache", registry={})

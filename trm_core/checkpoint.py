@@ -441,7 +441,7 @@ def check_weights_config(meta: dict[str, str], cfg: TRMConfig, source: str) -> N
     try:
         saved = jsonio.loads(meta[CONFIG_META_KEY], where)
     except jsonio.JSONInputError as e:
-        raise CheckpointError(f"{e} (not valid JSON)") from None
+        raise CheckpointError(str(e)) from None
     if not isinstance(saved, dict):
         raise CheckpointError(f"{where} is not an object of arch fields")
     check_config_fields(saved, where)
