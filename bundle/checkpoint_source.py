@@ -149,10 +149,15 @@ def resolve_checkpoint(spec: str, cache_dir: Path, config: Any = None,
 def _resolve_local(path: Path, cache_dir: Path, config: Any, source: str) -> ResolvedCheckpoint:
     size = dir_bytes(path)
     if is_kit_dir(path):
+        from trm_core import jsonio  # standard library only: the rules every manifest is read by
+
         try:
-            manifest = json.loads((path / "manifest.json").read_text())
-        except json.JSONDecodeError as e:
+            manifest = jsonio.load(path / "manifest.json")
+        except (jsonio.JSONInputError, OSError) as e:
             raise BundleError(f"{path / 'manifest.json'} is not valid JSON: {e}") from None
+        if not isinstance(manifest, dict):
+            raise BundleError(f"{path / 'manifest.json'} is not a kit manifest: expected a JSON object, "
+                              f"got {type(manifest).__name__}")
         if manifest.get("slim") is True:
             return ResolvedCheckpoint(path, source, size)
         return ResolvedCheckpoint(_convert(path, None, cache_dir / "checkpoint", source), source, size)
@@ -188,9 +193,14 @@ def copy_checkpoint(ckpt: ResolvedCheckpoint, dest: Path) -> None:
         shutil.copyfile(src, dest / name)
 
 
+MAX_CANVAS = 30  # ARC grids are at most 30x30, and so is a prediction record (trm_core.predictions)
+
+
 def check_shippable(path: Path) -> str:
-    """Load the slim checkpoint as the notebook will (manifest rules, shapes, weights' sha256) and
-    run one forward step on one row; a BundleError says what is broken. Returns a one-line summary."""
+    """Load the slim checkpoint as the notebook will (manifest rules, saved config, dtypes, finite
+    values, shapes, weights' sha256), refuse a canvas above 30, and run one forward step on one
+    row (finite logits and q-head outputs of the right shapes); a BundleError says what is broken.
+    Returns a one-line summary."""
     import torch
 
     from trm_core import checkpoint
@@ -202,6 +212,11 @@ def check_shippable(path: Path) -> str:
     if not ckpt.slim:
         raise BundleError(f"{path}: the checkpoint to ship still holds its per-variant table (not slim)")
     cfg = ckpt.config
+    if cfg.canvas > MAX_CANVAS:
+        # a larger board lets the model answer with a grid over 30x30, which no prediction record
+        # holds: the notebook's prediction shards would fail on it
+        raise BundleError(f"{path}: canvas {cfg.canvas} is larger than ARC's 30x30 grids and cannot be predicted "
+                          f"with; ship a checkpoint trained at canvas <= {MAX_CANVAS}")
     try:
         model = checkpoint.build_model(ckpt, num_puzzle_identifiers=2).eval()
         S = cfg.seq_len
@@ -210,10 +225,12 @@ def check_shippable(path: Path) -> str:
         with torch.inference_mode():
             _, out = model(model.initial_carry(batch), batch)
         logits = out["logits"].float()  # (1, S, vocab)
+        q_halt = out["q_halt_logits"].float()  # (1,): the vote weighs views by it
     except Exception as e:  # noqa: BLE001 - whatever breaks here would break the notebook
         raise BundleError(f"{path}: the checkpoint loads but a forward pass fails: {type(e).__name__}: {e}") from None
-    if tuple(logits.shape) != (1, S, cfg.vocab_size) or not bool(torch.isfinite(logits).all()):
-        raise BundleError(f"{path}: a forward pass gives logits of shape {list(logits.shape)} "
-                          f"{'with' if not bool(torch.isfinite(logits).all()) else 'without'} non-finite values; "
-                          f"expected [1, {S}, {cfg.vocab_size}], all finite")
+    for name, value, want in (("logits", logits, [1, S, cfg.vocab_size]), ("q_halt_logits", q_halt, [1])):
+        finite = bool(torch.isfinite(value).all())
+        if list(value.shape) != want or not finite:
+            raise BundleError(f"{path}: a forward pass gives {name} of shape {list(value.shape)} "
+                              f"{'with' if not finite else 'without'} non-finite values; expected {want}, all finite")
     return f"hidden {cfg.hidden_size}, canvas {cfg.canvas}, forward pass on one row ok"

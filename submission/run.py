@@ -57,11 +57,30 @@ from submission.retry import RetryPolicy
 from submission.training import Training, group_timeout as _group_timeout
 from submission.scheduler import Calibration, Plan
 from trm_core import jsonio
+from trm_core.safe_io import MAX_SIDE
 
 __all__ = ["CALIBRATION_UNIT_S", "Outcome", "Runner", "RunnerOptions", "_group_timeout", "dedupe",
            "fallback_submission", "main", "options_from_args", "parser"]
 
 RUN_DIR = "trm-run"
+
+
+
+def manifest_canvas(manifest: Any, where: str | os.PathLike) -> int:
+    """The canvas side a checkpoint manifest gives (config.canvas), or ValueError naming the file.
+
+    An integer 1..30 (not a bool, a float such as 1e400 or a string): ARC grids are at most 30x30
+    and so is a prediction record, so a larger canvas, whose crops can exceed 30, is refused here
+    rather than failing every prediction shard."""
+    config = manifest.get("config") if isinstance(manifest, dict) else None
+    canvas = config.get("canvas") if isinstance(config, dict) else None
+    if not isinstance(canvas, int) or isinstance(canvas, bool):
+        shown = repr(canvas) if len(repr(canvas)) <= 40 else repr(canvas)[:40] + "..."
+        raise ValueError(f"{where}: config.canvas must be an integer 1..{MAX_SIDE}, got {shown}")
+    if not 1 <= canvas <= MAX_SIDE:
+        raise ValueError(f"{where}: config.canvas {canvas} is outside 1..{MAX_SIDE} (ARC grids are at most "
+                         f"{MAX_SIDE}x{MAX_SIDE}, and so are the predictions the notebook records)")
+    return canvas
 
 
 class Runner:
@@ -284,9 +303,9 @@ class Runner:
         ckpt = Path(ckpt)
         try:
             manifest = jsonio.load(ckpt / "manifest.json")
-            self.canvas = int(manifest.get("config", {}).get("canvas", 30))
-        except (OSError, ValueError, TypeError, AttributeError) as e:
-            self.problem(f"{ckpt}/manifest.json unreadable ({e}): the fallback stays")
+            self.canvas = manifest_canvas(manifest, ckpt / "manifest.json")
+        except (OSError, ValueError) as e:
+            self.problem(f"{ckpt}/manifest.json unusable ({e}): the fallback stays")
             return None, None
         tampered = checkpoint_tampering(ckpt, manifest,
                                         [] if self.opts.checkpoint else self.record.get("bundle_problems", []))

@@ -199,7 +199,7 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path: Path) -> None:
 
 def test_layer_count_mismatch(tmp_path: Path) -> None:
     path, _ = _reference_file(tmp_path)
-    with pytest.raises(CheckpointError, match="missing keys"):
+    with pytest.raises(CheckpointError, match="2 blocks under L_level.layers but the config implies L_layers=3"):
         checkpoint.load(path, CFG.with_(L_layers=3))
 
 

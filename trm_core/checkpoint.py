@@ -11,13 +11,15 @@ Loading always works on CPU; reference pickles are read with `weights_only=True`
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import json
+import math
 import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -214,12 +216,23 @@ def read_reference(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise CheckpointError(
                 f"{path}: key {key!r} lacks the reference prefix ({' or '.join(REFERENCE_PREFIXES)}); "
                 "is this a TRM or HRM checkpoint?")
+    check_tensors(state, str(path), READ_DTYPES)
     return state
 
 
 def expected_shapes(cfg: TRMConfig) -> dict[str, tuple[int, ...]]:
     model = TRM(cfg) if cfg.num_puzzle_identifiers <= 1 else TRM(cfg.with_(num_puzzle_identifiers=1))
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_architecture(state: dict[str, torch.Tensor], cfg: TRMConfig, source: str) -> None:
+    """HRM weights (an H_level stack) with an HRM config, TRM weights with a TRM one."""
+    hrm_keys = any(k.startswith("H_level.") for k in state)
+    if hrm_keys != (cfg.architecture == "hrm"):
+        kind, want_arch = ("an HRM", "an HRM config (preset 'hrm' or the run's all_config.yaml)") if hrm_keys \
+            else ("a TRM", "a TRM config (preset 'paper', 'trelis-emb1' or the run's all_config.yaml)")
+        raise CheckpointError(f"{source} holds {kind} (H_level {'present' if hrm_keys else 'absent'}) but the "
+                              f"config is architecture {cfg.architecture!r}: pass {want_arch}")
 
 
 def check_state(state: dict[str, torch.Tensor], cfg: TRMConfig, source: str) -> None:
@@ -230,12 +243,7 @@ def check_state(state: dict[str, torch.Tensor], cfg: TRMConfig, source: str) -> 
     missing = sorted(k for k in want if k not in state and k not in optional)
     extra = sorted(k for k in state if k not in want and k not in optional and k not in lora)
     if missing or extra:
-        hrm_keys = any(k.startswith("H_level.") for k in state)
-        if hrm_keys != (cfg.architecture == "hrm"):
-            kind, want_arch = ("an HRM", "an HRM config (preset 'hrm' or the run's all_config.yaml)") if hrm_keys \
-                else ("a TRM", "a TRM config (preset 'paper', 'trelis-emb1' or the run's all_config.yaml)")
-            raise CheckpointError(f"{source} holds {kind} (H_level {'present' if hrm_keys else 'absent'}) but the "
-                                  f"config is architecture {cfg.architecture!r}: pass {want_arch}")
+        check_architecture(state, cfg, source)
         parts = []
         if missing:
             parts.append(f"missing keys {missing}")
@@ -258,17 +266,19 @@ def check_state(state: dict[str, torch.Tensor], cfg: TRMConfig, source: str) -> 
 
 
 def load(path: str | os.PathLike, config: TRMConfig | str | os.PathLike | None = None,
-         verify: bool = True) -> Checkpoint:
+         verify: bool = True, trust_manifest: bool = False) -> Checkpoint:
     """Load a kit checkpoint directory, or a reference `step_N` file with its arch config.
 
     `config` is a TRMConfig, a preset name, or a JSON/YAML file; a kit directory carries its own.
     Without one, a reference file takes the `all_config.yaml` its training run wrote beside it
     (as the references' own evaluate.py does; sapientinc's HRM releases ship it with `checkpoint`).
     verify=False skips the kit weights' sha256 check (for a bundle whose files were verified).
+    trust_manifest=True accepts a kit checkpoint whose weights carry no saved config, taking the
+    manifest's word for the fields no tensor shows (`trm convert` does, to write that config in).
     """
     path = Path(path)
     if path.is_dir():
-        return _load_kit(path, verify)
+        return _load_kit(path, verify, trust_manifest)
     if config is None and (path.parent / "all_config.yaml").is_file():
         config = path.parent / "all_config.yaml"
     if config is None:
@@ -285,13 +295,21 @@ def load(path: str | os.PathLike, config: TRMConfig | str | os.PathLike | None =
     table = state.get(TABLE_KEY)
     if table is not None:
         cfg = cfg.with_(num_puzzle_identifiers=table.shape[0])
+    check_fields_from_tensors(state, cfg, str(path))
     check_state(state, cfg, str(path))
     manifest = {"provenance": {"source": str(path), "source_sha256": sha256_file(path), "format": "reference"}}
     return Checkpoint(cfg, state, manifest)
 
 
-def _load_kit(path: Path, verify: bool = True) -> Checkpoint:
+def _metadata(weights_path: Path) -> dict[str, str]:
+    """The safetensors header's metadata ({} when none); raises on an unreadable file."""
     from safetensors import safe_open
+
+    with safe_open(str(weights_path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def _load_kit(path: Path, verify: bool = True, trust_manifest: bool = False) -> Checkpoint:
     from safetensors.torch import load_file
 
     manifest_path, weights_path = path / MANIFEST_FILE, path / WEIGHTS_FILE
@@ -302,13 +320,22 @@ def _load_kit(path: Path, verify: bool = True) -> Checkpoint:
     if verify:
         verify_weights(manifest, weights_path)
     try:
-        with safe_open(str(weights_path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = _metadata(weights_path)
         state = load_file(weights_path)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{weights_path} is not a readable safetensors file: {e}") from None
-    check_weights_config(meta, cfg, str(weights_path))
-    check_state(state, cfg, str(weights_path))
+    source = str(weights_path)
+    # tensors first (dtype, finite, the fields they show, every shape), then the saved config for
+    # the rest: a wrong shape is named by its field even in a file without metadata
+    check_tensors(state, source, KIT_DTYPES)
+    check_fields_from_tensors(state, cfg, source)
+    check_state(state, cfg, source)
+    if CONFIG_META_KEY in meta or not trust_manifest:
+        check_weights_config(meta, cfg, source)
+    else:
+        manifest = dict(manifest)
+        manifest["provenance"] = {**(manifest.get("provenance") if isinstance(manifest.get("provenance"), dict)
+                                     else {}), "config_metadata": f"taken from manifest.json by trm-kit {__version__}"}
     return Checkpoint(cfg, state, manifest)
 
 
@@ -320,6 +347,39 @@ def _load_kit(path: Path, verify: bool = True) -> Checkpoint:
 
 ARCH_FIELDS = tuple(f.name for f in fields(TRMConfig))
 CONFIG_META_KEY = "trm_config"  # safetensors metadata: the config as JSON, written by save()
+# Upper bounds far above any released checkpoint (paper: hidden 512, 3x4 cycles, 16 steps), so a
+# huge integer is refused by name instead of allocating or looping for ever in the first forward.
+FIELD_LIMITS = {"hidden_size": 65536, "num_heads": 4096, "H_cycles": 64, "L_cycles": 64, "L_layers": 64,
+                "H_layers": 64, "puzzle_emb_ndim": 65536, "puzzle_emb_len": 256,
+                "num_puzzle_identifiers": 2**31 - 1, "vocab_size": 65536, "canvas": 64, "halt_max_steps": 256}
+_FIELD_TYPES = {f.name: str(f.type) for f in fields(TRMConfig)}  # "int", "float", "str"
+
+
+def check_config_fields(config: dict[str, Any], where: str) -> None:
+    """No unknown field (a typo such as H_cylces would leave the real field to a default, or be
+    ignored), and every value of its field's type: int (not bool) within FIELD_LIMITS, a finite
+    number, or a string."""
+    for name in config:
+        if name not in _FIELD_TYPES:
+            close = difflib.get_close_matches(str(name), ARCH_FIELDS, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (the fields: {', '.join(ARCH_FIELDS)})"
+            raise CheckpointError(f"{where} has an unknown field {name!r}{hint}")
+    for name, value in config.items():
+        kind = _FIELD_TYPES[name]
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            if ok and not 0 <= value <= FIELD_LIMITS.get(name, 2**31 - 1):
+                raise CheckpointError(f"{where}: {name}={value} is outside 0..{FIELD_LIMITS.get(name, 2**31 - 1)}")
+        elif kind == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            want = {"int": "an integer", "float": "a finite number"}.get(kind, "a string")
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+            raise CheckpointError(f"{where}: {name} must be {want}, got {shown}")
+
+
 
 
 def read_manifest(manifest_path: str | os.PathLike) -> dict[str, Any]:
@@ -335,17 +395,20 @@ def read_manifest(manifest_path: str | os.PathLike) -> dict[str, Any]:
 
 
 def manifest_config(manifest: dict[str, Any], where: str) -> TRMConfig:
-    """The manifest's arch config; every field of TRMConfig must be there."""
+    """The manifest's arch config; every field of TRMConfig there, no other, each of its type."""
     config = manifest.get("config")
     if not isinstance(config, dict):
         raise CheckpointError(f"{where} is not a valid manifest: 'config' must be an object of arch fields, "
                               f"got {type(config).__name__}")
+    check_config_fields(config, f"{where}: config")
     missing = [name for name in ARCH_FIELDS if name not in config]
     if missing:
         raise CheckpointError(f"{where}: config lacks {', '.join(missing)}; a manifest must give every arch "
                               "field (a default would change the model): add them from the training run")
     try:
-        return TRMConfig.from_dict(config)
+        # not from_dict: it translates reference configs (and forces a TRM's H_layers to 0), and a
+        # manifest is ours, so every value is taken as written or refused
+        return TRMConfig(**config)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where} is not a valid manifest: {e}") from None
 
@@ -363,20 +426,121 @@ def verify_weights(manifest: dict[str, Any], weights_path: Path) -> None:
 
 
 def check_weights_config(meta: dict[str, str], cfg: TRMConfig, source: str) -> None:
-    """The config saved inside the weights file (when there) agrees with the manifest, field by field."""
+    """The config saved inside the weights file agrees with `cfg` (the manifest's), field by field.
+
+    The metadata must be there: it is the only witness for the fields no tensor shape shows
+    (H_cycles, L_cycles, num_heads, puzzle_emb_len with RoPE, canvas with RoPE, halt_max_steps,
+    forward_dtype, rope_theta, ...). `trm convert` rewrites a checkpoint that lacks it.
+    """
     if CONFIG_META_KEY not in meta:
-        return  # written before the config was recorded in the weights
+        raise CheckpointError(
+            f"{source} has no {CONFIG_META_KEY!r} metadata, so the fields its tensors cannot show (H_cycles, "
+            "L_cycles, num_heads, puzzle_emb_len, halt_max_steps, ...) cannot be checked against manifest.json: "
+            f"if the manifest is right, rewrite the checkpoint with `trm convert {Path(source).parent} --out NEW_DIR`")
+    where = f"{source}: its {CONFIG_META_KEY} metadata"
     try:
-        saved = json.loads(meta[CONFIG_META_KEY])
-    except ValueError:
-        raise CheckpointError(f"{source}: its {CONFIG_META_KEY} metadata is not valid JSON") from None
+        saved = jsonio.loads(meta[CONFIG_META_KEY], where)
+    except jsonio.JSONInputError as e:
+        raise CheckpointError(str(e)) from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{where} is not an object of arch fields")
+    check_config_fields(saved, where)
+    missing = [name for name in ARCH_FIELDS if name not in saved]
+    if missing:
+        raise CheckpointError(f"{where} lacks {', '.join(missing)}: rewrite the checkpoint with `trm convert`")
     want = cfg.to_dict()
     for name in ARCH_FIELDS:
-        if name == "num_puzzle_identifiers" or name not in saved:
+        if name == "num_puzzle_identifiers":  # the table's row count, checked against the tensors
             continue
         if saved[name] != want[name]:
             raise CheckpointError(f"{source}: {name} is {saved[name]!r} in the weights but {want[name]!r} in the "
                                   f"manifest; correct {name} in manifest.json")
+
+
+# ---- what tensors show ----------------------------------------------------------------------
+# Shapes and parameter names determine: hidden_size and vocab_size (the token embedding), the
+# layer counts (L_level.layers.N / H_level.layers.N), the MLP width (expansion, up to the
+# reference's rounding), puzzle_emb_ndim and the table's rows, the q-head ([2, hidden] + [2]),
+# and with learned positions canvas**2 + puzzle_emb_len. num_heads is not among them (the fused
+# qkv projection is [3 * hidden, hidden] for any head count): the saved config answers for it.
+# Tensors are float32 in a kit checkpoint (save writes nothing else); a reference file may also
+# hold bfloat16 or float16, widened exactly to float32 when converted. No value may be NaN or Inf.
+
+KIT_DTYPES = (torch.float32,)
+READ_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_FINITE_CHUNK = 1 << 22  # elements per check: a 2.4 GB table is scanned without a table-sized mask
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def check_tensors(state: dict[str, torch.Tensor], source: str, allowed: tuple[torch.dtype, ...]) -> None:
+    """Every tensor of an allowed floating dtype and finite; the error names the tensor."""
+    for key, t in state.items():
+        if t.dtype not in allowed:
+            raise CheckpointError(f"{source}: {key} is {_dtype_name(t.dtype)}; this checkpoint may hold "
+                                  f"{' / '.join(_dtype_name(d) for d in allowed)} tensors only")
+        flat = t.reshape(-1)
+        for i in range(0, flat.numel(), _FINITE_CHUNK):
+            if not bool(torch.isfinite(flat[i:i + _FINITE_CHUNK]).all()):
+                raise CheckpointError(f"{source}: {key} holds NaN or Inf values; the weights are damaged "
+                                      "(a diverged run?) and cannot predict: use an earlier checkpoint")
+
+
+def _layer_count(state: dict[str, torch.Tensor], stack: str) -> int:
+    prefix = f"{stack}.layers."
+    found = [k[len(prefix):].split(".", 1)[0] for k in state if k.startswith(prefix)]
+    return max((int(n) + 1 for n in found if n.isdigit()), default=0)
+
+
+def check_fields_from_tensors(state: dict[str, torch.Tensor], cfg: TRMConfig, source: str) -> None:
+    """The arch fields the tensors determine (see above) are the config's, each named when not.
+
+    Runs before any model is built from the config, so a hostile value (hidden_size 10**12)
+    is refused here instead of allocating."""
+    def refuse(key: str, name: str, said: Any, shown: Any) -> CheckpointError:
+        shape = list(state[key].shape) if key in state else "its layer names"
+        return CheckpointError(f"{source}: {key} has shape {shape} but the config implies {name}={said!r}; the "
+                               f"weights say {name}={shown!r}: correct {name} in the config")
+
+    def shape(key: str, ndim: int) -> tuple[int, ...] | None:
+        t = state.get(key)
+        return tuple(t.shape) if t is not None and t.dim() == ndim else None  # else check_state names it
+
+    check_architecture(state, cfg, source)
+    emb = shape("embed_tokens.embedding_weight", 2)
+    if emb is not None:
+        if emb[1] != cfg.hidden_size:
+            raise refuse("embed_tokens.embedding_weight", "hidden_size", cfg.hidden_size, emb[1])
+        if emb[0] != cfg.vocab_size:
+            raise refuse("embed_tokens.embedding_weight", "vocab_size", cfg.vocab_size, emb[0])
+    q = shape("q_head.weight", 2)
+    if q is not None and q[0] != 2:
+        raise CheckpointError(f"{source}: q_head.weight has shape {list(q)}; a q-head is [2, hidden_size] "
+                              "(q_halt, q_continue): is this a TRM or HRM checkpoint?")
+    for stack, name in (("L_level", "L_layers"), ("H_level", "H_layers")):
+        n = _layer_count(state, stack)
+        if n and n != getattr(cfg, name) and (stack == "L_level" or cfg.architecture == "hrm"):
+            raise CheckpointError(f"{source}: the weights hold {n} blocks under {stack}.layers but the config "
+                                  f"implies {name}={getattr(cfg, name)}: correct {name} in the config")
+    gate_up = shape("L_level.layers.0.mlp.gate_up_proj.weight", 2)
+    if gate_up is not None and gate_up[0] != 2 * cfg.intermediate_size:
+        raise CheckpointError(f"{source}: L_level.layers.0.mlp.gate_up_proj.weight has shape {list(gate_up)} "
+                              f"but the config implies {[2 * cfg.intermediate_size, gate_up[1]]} (expansion="
+                              f"{cfg.expansion!r} gives an MLP width of {cfg.intermediate_size}, the weights' is "
+                              f"{gate_up[0] // 2}): correct expansion in the config")
+    table, mean = shape(TABLE_KEY, 2), shape(MEAN_KEY, 1)
+    width = table[1] if table is not None else mean[0] if mean is not None else None
+    if width is not None and width != cfg.puzzle_emb_ndim:
+        raise refuse(TABLE_KEY if table is not None else MEAN_KEY, "puzzle_emb_ndim", cfg.puzzle_emb_ndim, width)
+    if table is not None and table[0] != cfg.num_puzzle_identifiers:
+        raise refuse(TABLE_KEY, "num_puzzle_identifiers", cfg.num_puzzle_identifiers, table[0])
+    pos = shape("embed_pos.embedding_weight", 2)
+    if pos is not None and cfg.pos_encodings == "learned" and pos[0] != cfg.total_len:
+        raise CheckpointError(f"{source}: embed_pos.embedding_weight has {pos[0]} rows but the config implies "
+                              f"canvas**2 + puzzle_emb_len = {cfg.canvas}**2 + {cfg.puzzle_emb_len} = "
+                              f"{cfg.total_len}: correct canvas or puzzle_emb_len in the config")
 
 
 # ---- writing ------------------------------------------------------------------------------
@@ -388,7 +552,9 @@ def save(ckpt: Checkpoint, out_dir: str | os.PathLike) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in ckpt.state.items()}
+    # float32 only (see KIT_DTYPES): a reference's bfloat16/float16 tensors widen exactly
+    state = {k: v.detach().to("cpu", torch.float32 if v.dtype in READ_DTYPES else v.dtype).contiguous()
+             for k, v in ckpt.state.items()}
     with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={CONFIG_META_KEY: json.dumps(ckpt.config.to_dict())})
     manifest = dict(ckpt.manifest)
@@ -412,9 +578,16 @@ def slim(ckpt: Checkpoint) -> Checkpoint:
 
 
 def convert(src: str | os.PathLike, config: TRMConfig | str | os.PathLike | None, out_dir: str | os.PathLike,
-            slim_table: bool = True, ema: bool | None = None, source_name: str | None = None) -> Path:
-    """Reference or kit checkpoint -> kit directory (slim by default). Returns out_dir."""
-    ckpt = load(src, config)
+            slim_table: bool = True, ema: bool | None = None, source_name: str | None = None,
+            log: Callable[[str], None] | None = None) -> Path:
+    """Reference or kit checkpoint -> kit directory (slim by default), the config saved in the
+    weights' metadata. Returns out_dir. A kit checkpoint written before that metadata existed is
+    taken at its manifest's word for the fields no tensor shows; `log` is told so."""
+    ckpt = load(src, config, trust_manifest=True)
+    trusted = Path(src).is_dir() and CONFIG_META_KEY not in _metadata(Path(src) / WEIGHTS_FILE)  # read by load
+    if trusted and log is not None:
+        log(f"{src}: its weights carry no saved config; H_cycles, L_cycles, num_heads, puzzle_emb_len, "
+            "halt_max_steps and the other fields no tensor shows are taken from its manifest.json as written")
     prov = dict(ckpt.manifest.get("provenance", {}))
     prov.update({"converted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  "converted_by": f"trm-kit {__version__}"})

@@ -148,7 +148,8 @@ def convert(src: str, config: str | None, out_dir: str, slim_table: bool, ema: b
     from trm_core import checkpoint
 
     try:
-        out = checkpoint.convert(src, config, out_dir, slim_table=slim_table, ema=ema)
+        out = checkpoint.convert(src, config, out_dir, slim_table=slim_table, ema=ema,
+                                 log=lambda line: click.echo(line, err=True))
     except checkpoint.CheckpointError as e:
         raise click.ClickException(str(e)) from None
     src_path = Path(src)

@@ -120,6 +120,7 @@ def _run_training(recipe, tasks, mode: str, opts: dict, canvas: int, include_tes
     from dataclasses import asdict
 
     from trm_core.distributed import process_group
+    from trm_core.train import ResumeError
 
     cfg, data = training_configs(tasks, mode, opts, canvas, include_test_pairs, train_extra)
     deadline = time.time() + 60 * opts["max_minutes"] if opts["max_minutes"] else None
@@ -131,6 +132,8 @@ def _run_training(recipe, tasks, mode: str, opts: dict, canvas: int, include_tes
         try:
             result = recipe(tasks=tasks, train_cfg=cfg, data=data, out_dir=opts["out_dir"], device=device,
                             deadline=deadline, logger=logger, **recipe_kwargs)
+        except ResumeError as e:  # a damaged train_state.pt in --out: its message says what to do
+            raise click.ClickException(str(e)) from None
         finally:
             if logger is not None:
                 logger.close()

@@ -42,6 +42,39 @@ from trm_core.warmup import WarmupOverLimit, warmup_limit
 
 MODES = ("pretrain", "full", "embeddings", "embeddings-then-full", "lora")
 STATE_FILE, METRICS_FILE, CHECKPOINT_DIR = "train_state.pt", "metrics.jsonl", "checkpoint"
+_STATE_KEYS = ("step", "train_config", "world_size", "model", "adam", "sign", "ema", "sampler", "generators")
+_START_FRESH = "delete it (or pick a new output folder) to start fresh; the run's last checkpoint/ is kept"
+
+
+class ResumeError(ValueError):
+    """A train_state.pt that cannot be resumed from; the message names the file and what to do."""
+
+
+def read_train_state(path: Path) -> dict[str, Any]:
+    """The resumable state a run saved, read with weights_only=True (a pickle that needs code is
+    refused, never run); damage, a foreign pickle or a wrong layout is a ResumeError naming the file."""
+    import pickle
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ResumeError(f"{path} is damaged or not a torch file (not the zip format torch.save writes); "
+                          f"{_START_FRESH}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = str(e).splitlines() or [""]
+        why = next((line.strip() for line in lines if "Unsupported" in line), lines[0]).split(". ")[0][:200]
+        raise ResumeError(f"{path} needs code to load and was refused (only tensors and plain values are read: "
+                          f"{why}); {_START_FRESH}") from None
+    except Exception as e:  # noqa: BLE001 - a truncated zip, an empty file, a non-torch file: all damage
+        raise ResumeError(f"{path} is damaged or not a torch file ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200] if str(e) else ''}); {_START_FRESH}") from None
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing or not isinstance(state["train_config"], dict) or not isinstance(state["model"], dict) \
+            or not isinstance(state["step"], int) or not isinstance(state["generators"], list):
+        raise ResumeError(f"{path} is not a trm-kit training state (missing or malformed: "
+                          f"{', '.join(missing) or 'step, train_config, model or generators'}); {_START_FRESH}")
+    return state
 
 
 @dataclass(frozen=True)
@@ -308,11 +341,16 @@ class _Trainer:
         return final
 
     def restore(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["train_config"]["global_batch_size"] != self.cfg.global_batch_size:
-            raise ValueError(f"{path}: saved with global_batch_size {state['train_config']['global_batch_size']}, "
-                             f"now {self.cfg.global_batch_size}; resume with the same batch size")
-        self.model.load_state_dict(state["model"])
+        state = read_train_state(path)
+        saved_batch = state["train_config"].get("global_batch_size")
+        if saved_batch != self.cfg.global_batch_size:
+            raise ResumeError(f"{path}: saved with global_batch_size {saved_batch!r}, "
+                              f"now {self.cfg.global_batch_size}; resume with the same batch size")
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:  # a different model (preset, canvas, table rows) wrote this state
+            raise ResumeError(f"{path} was saved by a different model ({str(e).splitlines()[0][:200]}): "
+                              f"{_START_FRESH}") from None
         if self.adam and state["adam"]:
             self.adam.load_state_dict(state["adam"])
         if self.sign and state["sign"]:
