@@ -16,6 +16,8 @@ from trm_core import jsonio
 from trm_core.submission_file import validate
 from trm_core.tasks import load_tasks, raw_challenges
 
+from tests.test_report import no_matplotlib  # noqa: F401 - a fixture
+
 TASK = {"train": [{"input": [[1, 2], [3, 4]], "output": [[4, 3], [2, 1]]}], "test": [{"input": [[5, 6], [7, 8]]}]}
 HUGE = "9" * 50  # an integer no grid, count or seed needs
 DEEP = "[" * 200 + "]" * 200  # past jsonio.MAX_DEPTH, within Python's own recursion limit
@@ -90,3 +92,210 @@ def test_the_runner_answers_every_task_when_some_break_the_limits(tmp_path: Path
     assert validate({t: sub[t] for t in ("ok1", "ok2")}, {"ok1": TASK, "ok2": TASK}) == []
     assert record["phases"][0]["status"] == "ok"
     assert any("task deep unreadable" in p and "nested" in p for p in record["problems"])
+
+
+# ---- every reader of the commands: one clean line, exit 1 --------------------------------------------
+
+
+def _npz_of_objects() -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, task_ids=np.array([{"a": 1}], dtype=object))  # loading it would unpickle
+    return buf.getvalue()
+
+
+HOSTILE = {
+    "empty": lambda good_npz: b"",
+    "wrong type": lambda good_npz: b"[1, 2, 3]",
+    "deep nesting": lambda good_npz: b"[" * 5000 + b"]" * 5000,
+    "huge integer": lambda good_npz: b'{"t1": ' + b"9" * 5000 + b"}",
+    "NaN/Inf": lambda good_npz: b'{"t1": NaN, "t2": Infinity}',
+    "corrupt binary": lambda good_npz: bytes(range(256)) * 4,
+    "wrong schema": lambda good_npz: b'{"t1": {"train": "x", "test": 5}}',
+    "truncated npz": lambda good_npz: good_npz[: len(good_npz) // 2],
+    "object npz": lambda good_npz: _npz_of_objects(),
+}
+REPORT_FILES = ("challenges.json", "solutions.json", "submission.json", "predictions.npz", "metrics.jsonl",
+                "timing-report.json", "study.json")
+COMMANDS = ["tasks check", "tasks check --solutions", "validate", "validate --challenges", "repair --challenges",
+            "show", "show --challenges", "predict --data", "solve --data", "posttrain --data",
+            "evaluate --predictions", "evaluate --solutions", *(f"report {name}" for name in REPORT_FILES)]
+# Not in the matrix, and why: `repair SUBMISSION` accepts any submission by design (it rebuilds what
+# it cannot read, tests/test_jsonio.py); `bundle` and `dry-run` build and run a bundle (their readers
+# are the bundle manifest's, tested below, and the notebook's); `convert` reads checkpoints
+# (trm_core/checkpoint.py has its own tests of corrupt files).
+VALID_ROWS = {("report metrics.jsonl", "empty"), ("report metrics.jsonl", "NaN/Inf"),
+              ("report metrics.jsonl", "wrong schema")}  # a log with no row yet; free-form object rows
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    from tests.report_helpers import make_run
+
+    root = tmp_path_factory.mktemp("hostile")
+    make_run(root / "run", with_metrics=True)
+    (root / "challenges.json").write_text(json.dumps({"t1": TASK}))
+    (root / "solutions.json").write_text(json.dumps({"t1": [[[8, 7], [6, 5]]]}))
+    (root / "submission.json").write_text(json.dumps({"t1": [{"attempt_1": [[1]], "attempt_2": [[1]]}]}))
+    return root
+
+
+def _args(command: str, hostile: Path, root: Path, ckpt: Path, tmp: Path) -> list[str]:
+    good_ch, good_so, good_sub, run = (str(root / n) for n in ("challenges.json", "solutions.json",
+                                                                "submission.json", "run"))
+    f = str(hostile)
+    return {
+        "tasks check": ["tasks", "check", f],
+        "tasks check --solutions": ["tasks", "check", good_ch, "--solutions", f],
+        "validate": ["validate", f, "--challenges", good_ch],
+        "validate --challenges": ["validate", good_sub, "--challenges", f],
+        "repair --challenges": ["repair", good_sub, "--challenges", f, "-o", str(tmp / "repaired.json")],
+        "show": ["show", f, "-o", str(tmp / "show.html")],
+        "show --challenges": ["show", good_sub, "--challenges", f, "-o", str(tmp / "show.html")],
+        "predict --data": ["predict", "--checkpoint", str(ckpt), "--data", f, "--views", "1",
+                           "--out", str(tmp / "out.json")],
+        "solve --data": ["solve", "--checkpoint", str(ckpt), "--data", f, "--steps", "0", "--views", "1",
+                         "--out", str(tmp / "solved")],
+        "posttrain --data": ["posttrain", "--checkpoint", str(ckpt), "--data", f, "--steps", "1",
+                             "--out", str(tmp / "post")],
+        "evaluate --predictions": ["evaluate", "--checkpoint", str(ckpt), "--data", f"{run}/challenges.json",
+                                   "--solutions", f"{run}/solutions.json", "--predictions", f],
+        "evaluate --solutions": ["evaluate", "--checkpoint", str(ckpt), "--data", good_ch, "--solutions", f,
+                                 "--predictions", f"{run}/predictions.npz"],
+    }[command]
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_ends_a_hostile_file_in_one_clean_line(command: str, kind: str, folder: Path,
+                                                              micro_checkpoint: Path, tmp_path: Path,
+                                                              no_matplotlib) -> None:
+    import shutil
+
+    from click.testing import CliRunner
+
+    from trm_cli import main
+
+    if (command, kind) in VALID_ROWS:
+        pytest.skip("not hostile to this reader")
+    content = HOSTILE[kind]((folder / "run" / "predictions.npz").read_bytes())
+    if command.startswith("report "):
+        name = command.removeprefix("report ")
+        run = tmp_path / "run"
+        shutil.copytree(folder / "run", run)
+        hostile = run / name
+        hostile.write_bytes(content)
+        args = ["report", str(run)]
+    else:
+        hostile = tmp_path / ("hostile.npz" if "predictions" in command else "hostile.json")
+        hostile.write_bytes(content)
+        args = _args(command, hostile, folder, micro_checkpoint, tmp_path)
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1, (args, res.output)
+    assert isinstance(res.exception, SystemExit) and "Traceback" not in res.output, res.output
+    error = [line for line in res.output.splitlines() if line.startswith("Error: ")]
+    assert len(error) == 1, res.output
+    named = [line for line in res.output.splitlines() if str(hostile) in line]
+    assert named, f"no line names {hostile}:\n{res.output}"
+    if command in ("predict --data", "solve --data"):  # the output is left all the same: the fallback
+        out = tmp_path / "out.json" if command == "predict --data" else tmp_path / "solved" / "submission.json"
+        assert isinstance(json.loads(out.read_text()), dict)
+        assert "NO USABLE TASK" in error[0]
+
+
+def test_report_says_why_challenges_are_unreadable(folder: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from trm_cli import main
+
+    (tmp_path / "challenges.json").write_text('{"t1": ')  # a truncated copy: the only file of the folder
+    res = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert res.exit_code == 1 and "nothing to report" not in res.output
+    assert f"{tmp_path / 'challenges.json'}: not valid JSON" in res.output
+
+
+def test_validate_calls_a_bom_a_problem_and_repair_removes_it(folder: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from trm_cli import main
+
+    sub = tmp_path / "submission.json"
+    sub.write_bytes(b"\xef\xbb\xbf" + (folder / "submission.json").read_bytes())
+    res = CliRunner().invoke(main, ["validate", str(sub), "--challenges", str(folder / "challenges.json")])
+    assert res.exit_code == 1 and "byte-order mark" in res.output and "trm repair removes it" in res.output
+    res = CliRunner().invoke(main, ["repair", str(sub), "--challenges", str(folder / "challenges.json")])
+    assert res.exit_code == 0 and "byte-order mark removed" in res.output
+    assert not sub.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert json.loads(sub.read_text()) == json.loads((folder / "submission.json").read_text())  # attempts kept
+    res = CliRunner().invoke(main, ["validate", str(sub), "--challenges", str(folder / "challenges.json")])
+    assert res.exit_code == 0, res.output
+
+
+def test_predict_answers_every_task_named_when_some_are_unreadable(tmp_path: Path, micro_checkpoint: Path) -> None:
+    from click.testing import CliRunner
+
+    from trm_cli import main
+
+    data = _challenges_with_bad_tasks(tmp_path / "c.json")
+    out = tmp_path / "out.json"
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(micro_checkpoint), "--data", str(data),
+                                    "--views", "2", "--batch-size", "4", "--device", "cpu", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    sub = json.loads(out.read_text())
+    assert set(sub) == {"ok1", "huge_train", "huge_test", "deep", "ok2"}
+    assert sub["huge_train"][0]["attempt_1"] == [[5, 6], [7, 8]] and sub["deep"][0]["attempt_1"] == [[0]]
+
+
+def test_predict_stopped_by_sigterm_still_writes_every_task(tmp_path: Path, micro_checkpoint: Path,
+                                                            monkeypatch) -> None:
+    import os
+    import signal
+
+    from click.testing import CliRunner
+
+    from trm_cli import main
+    from trm_core import pipeline
+
+    data = tmp_path / "c.json"
+    data.write_text(json.dumps({"t1": TASK, "t2": TASK}))
+    real = pipeline.predict
+
+    def predict_then_sigterm(*args, **kwargs):  # SIGTERM arrives during the first batch
+        on_stop = kwargs["stop"]
+        calls = []
+
+        def stop() -> bool:
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return on_stop()
+        return real(*args, **{**kwargs, "stop": stop})
+
+    monkeypatch.setattr(pipeline, "predict", predict_then_sigterm)
+    out = tmp_path / "out.json"
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(micro_checkpoint), "--data", str(data),
+                                    "--views", "4", "--batch-size", "1", "--device", "cpu", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "SIGTERM" in res.output and "prediction stopped after 1/" in res.output
+    sub = json.loads(out.read_text())
+    assert set(sub) == {"t1", "t2"} and all(len(v) == 1 for v in sub.values())
+
+
+def test_a_bundle_manifest_of_any_shape_is_one_sentence(tmp_path: Path) -> None:
+    from submission.bundle_check import MARKER_NAME, verify_bundle
+
+    cases = {b"[1, 2]": "not an object", b"[" * 5000 + b"]" * 5000: "nested more than",
+             b'{"format": ' + b"9" * 5000 + b"}": "5000 digits", b"": "not readable JSON",
+             bytes(range(256)): "not UTF-8"}
+    for content, what in cases.items():
+        (tmp_path / MARKER_NAME).write_bytes(content)
+        problems = verify_bundle(tmp_path)
+        assert len(problems) == 1 and str(tmp_path / MARKER_NAME) in problems[0] and what in problems[0], problems
+    entries = [{"path": 5, "size": 1, "sha256": "x"}, {"path": "../outside", "size": 1, "sha256": "x"},
+               {"path": "/etc/passwd", "size": 1, "sha256": "x"}, {"path": "a", "size": 1e400, "sha256": "x"}, 7]
+    (tmp_path / MARKER_NAME).write_text(json.dumps({"format": "trm-kit-bundle/1", "files": entries}))
+    problems = verify_bundle(tmp_path)
+    assert len(problems) == 5 and all("malformed file entry" in p for p in problems), problems
