@@ -299,3 +299,12 @@ def test_a_bundle_manifest_of_any_shape_is_one_sentence(tmp_path: Path) -> None:
     (tmp_path / MARKER_NAME).write_text(json.dumps({"format": "trm-kit-bundle/1", "files": entries}))
     problems = verify_bundle(tmp_path)
     assert len(problems) == 5 and all("malformed file entry" in p for p in problems), problems
+
+
+def test_a_dangling_task_file_in_a_folder_is_named_not_skipped_silently(tmp_path: Path) -> None:
+    (tmp_path / "good.json").write_text(json.dumps(TASK))
+    (tmp_path / "gone.json").symlink_to(tmp_path / "nowhere.json")
+    loaded = load_tasks(tmp_path, strict=False)
+    assert list(loaded.tasks) == ["good"] and loaded.skipped == ["gone"]
+    assert "file not found" in loaded.problems[0].message
+    assert raw_challenges(tmp_path) == {"gone": None, "good": TASK}  # it still gets a submission entry

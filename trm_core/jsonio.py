@@ -168,11 +168,12 @@ def load_members(path: str | os.PathLike, duplicates: list[str] | None = None) -
         if key in out:
             repeated.append(key)
             bad.pop(key, None)  # the last one wins, as in a whole parse
+        at = f"{where}: member {key!r}"  # positions in a message are counted within the member
         try:
-            _check_limits(member, where, digits=False)
-            out[key] = _parse(member, where, repeated, long_ints=True)
+            _check_limits(member, at, digits=False)
+            out[key] = _parse(member, at, repeated, long_ints=True)
         except JSONLimitError as e:
-            out[key], bad[key] = None, str(e).removeprefix(f"{where}: ")
+            out[key], bad[key] = None, str(e).removeprefix(f"{at}: ")
     return _with_repeats(out, repeated, duplicates, where), bad
 
 

@@ -225,7 +225,8 @@ def _raw_tasks(path: Path, split: str | None) -> tuple[list[tuple[str, object, s
     if path.is_dir() and split is not None:
         return [], [Problem(label, None, None, f"split={split!r} given but this is a directory of task files")]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix == ".json" and p.is_file())
+        # a dangling link or an unreadable file is a task that cannot be read, named, not skipped silently
+        files = sorted(p for p in path.iterdir() if p.suffix == ".json" and not p.is_dir())
         if not files:
             return [], [Problem(label, None, None, "directory holds no .json task files")]
         out, problems = [], []
