@@ -6,7 +6,6 @@ A plain click command; the `trm` console script (trm_cli) registers it on the co
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
