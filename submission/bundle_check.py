@@ -2,7 +2,7 @@
 
 The runner calls this at start, before any job touches the checkpoint; bundle/manifest.py (the
 writer side) imports the names from here, so the marker's format lives in one place.
-Standard library only (with trm_core/safe_io.py): it runs on Kaggle before the package's
+Standard library only (with trm_core/safe_io.py and jsonio.py): it runs on Kaggle before the package's
 dependencies are known to work, and the bundle package is not installed there.
 
 Inputs: a bundle folder holding `trm-bundle.json` (every file with size and sha256, the Python
@@ -13,12 +13,12 @@ and `checkpoint_tampering(ckpt, manifest, problems)`, why a checkpoint must not 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from trm_core import jsonio
 from trm_core.safe_io import sha256_file
 
 MARKER_NAME = "trm-bundle.json"
@@ -28,14 +28,16 @@ FORMAT = "trm-kit-bundle/1"
 def read_manifest(bundle_dir: str | os.PathLike) -> dict[str, Any]:
     """The parsed marker file; ValueError naming the file when it is missing or not a manifest."""
     path = Path(bundle_dir) / MARKER_NAME
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path} not found: {bundle_dir} is not a trm-kit bundle folder") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not readable JSON: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), list):
-        raise ValueError(f"{path}: not a {FORMAT} manifest (format={manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    if not path.exists():
+        raise ValueError(f"{path} not found: {bundle_dir} is not a trm-kit bundle folder")
+    try:  # BOM, repeated keys, nesting and integer limits: the project's one JSON reader
+        manifest = jsonio.load(path)
+    except jsonio.JSONInputError as e:
+        raise ValueError(f"{path} is not readable JSON: {str(e).removeprefix(f'{path}: ')}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: not a {FORMAT} manifest (a JSON {type(manifest).__name__}, not an object)")
+    if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), list):
+        raise ValueError(f"{path}: not a {FORMAT} manifest (format={manifest.get('format')!r})")
     return manifest
 
 
@@ -55,8 +57,10 @@ def verify_bundle(bundle_dir: str | os.PathLike, check_hashes: bool = True,
     for entry in manifest["files"]:
         try:
             rel, size, digest = entry["path"], int(entry["size"]), entry["sha256"]
-        except (KeyError, TypeError, ValueError):
-            problems.append(f"{root / MARKER_NAME}: malformed file entry {entry!r}")
+            if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+                raise ValueError("path must be a relative path inside the bundle")
+        except (KeyError, TypeError, ValueError, OverflowError):
+            problems.append(f"{root / MARKER_NAME}: malformed file entry {str(entry)[:200]}")
             continue
         path = root / rel
         if not path.is_file():

@@ -6,26 +6,35 @@ A plain click command; the `trm` console script (trm_cli) registers it on the co
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from trm_core.report import TOP_CANDIDATES
 
-def run_report(run_dir, out=None, top: int = TOP_CANDIDATES):
-    """report.html for run_dir, with the timing section when the folder holds a timing report."""
+def run_report(run_dir, out=None, top: int = TOP_CANDIDATES, problems: list[str] | None = None, run=None):
+    """report.html for run_dir (`run`: its RunData, already read), with the timing section when the
+    folder holds a timing report; a timing report that cannot be read or drawn is left out and
+    named in `problems`."""
     from submission.report import timing_section
+    from trm_core import jsonio
     from trm_core.report import write_report
 
     sections = []
     timing = Path(run_dir) / "timing-report.json"
     if timing.is_file():
         try:
-            sections.append(timing_section(json.loads(timing.read_text())))
-        except (ValueError, KeyError, TypeError) as e:
-            click.echo(f"{timing}: not drawn ({e})", err=True)
-    return write_report(run_dir, out, sections=sections, top=top)
+            report = jsonio.load(timing, duplicates=[])
+            if not isinstance(report, dict):
+                raise ValueError(f"{timing}: expected a JSON object, got {type(report).__name__}")
+            sections.append(timing_section(report))
+        except Exception as e:  # noqa: BLE001 - any shape the renderer cannot draw: named, left out
+            why = str(e) if isinstance(e, jsonio.JSONInputError) or str(e).startswith(str(timing)) else \
+                f"{timing}: not drawn ({type(e).__name__}: {e})"
+            click.echo(why, err=True)
+            if problems is not None:
+                problems.append(why)
+    return write_report(run_dir, out, sections=sections, top=top, run=run)
 
 
 @click.command("report")
@@ -35,7 +44,8 @@ def run_report(run_dir, out=None, top: int = TOP_CANDIDATES):
 @click.option("--top", type=click.IntRange(1, 50), default=TOP_CANDIDATES, show_default=True,
               help="Vote candidates drawn per test input.")
 def report_cmd(run_dir: str, out: str | None, top: int) -> None:
-    """Draw the HTML report of RUN_DIR (a dry run, an evaluation, a study or a training run folder)."""
+    """Draw the HTML report of RUN_DIR (a dry run, an evaluation, a study or a training run folder).
+    A file that cannot be read is named (the page draws the rest) and the exit status is 1."""
     from trm_core.report import load_run
 
     try:
@@ -43,5 +53,15 @@ def report_cmd(run_dir: str, out: str | None, top: int) -> None:
     except FileNotFoundError as e:
         raise click.ClickException(str(e)) from None
     if not (run.tasks or run.metrics or run.study):
+        if run.unreadable:
+            raise click.ClickException(f"{run.unreadable[0]}; nothing else to report in {run_dir}")
         raise click.ClickException(f"{run_dir}: nothing to report (no challenges.json, metrics.jsonl or study.json)")
-    click.echo(run_report(run_dir, out, top))
+    timing: list[str] = []
+    page = run_report(run_dir, out, top, timing, run)
+    click.echo(page)
+    problems = run.unreadable + timing
+    if problems:
+        for line in problems[1:]:
+            click.echo(line, err=True)
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise click.ClickException(f"{problems[0]}{more}; {page} drawn without it")

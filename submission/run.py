@@ -189,12 +189,14 @@ class Runner:
         self.challenges_path = path
         repeated: list[str] = []
         a = self.answers
-        try:
-            a.raw = jsonio.load(path, duplicates=repeated)  # standard library only, BOM tolerated
+        try:  # standard library only, BOM tolerated; a task over the limits costs only itself
+            a.raw, unreadable = jsonio.load_members(path, duplicates=repeated)
         except jsonio.JSONInputError as e:
             self.problem(f"{e}: no submission can be built")
             self._phase("fallback", None, t0, "failed")
             return
+        for task_id, why in unreadable.items():
+            self.problem(f"{path}: task {task_id} unreadable ({why}): one [[0]] entry")
         if repeated:
             self.problem(f"{path}: keys repeated in one object (the last one kept): {sorted(set(repeated))[:10]}")
         a.fallback, a.broken = fallback_submission(a.raw)

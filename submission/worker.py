@@ -10,7 +10,8 @@ method of the same name here.
 Output: `result.rank<r>.json` in job_dir: ok, error (oom | checkpoint | tasks | cancelled | crash),
 message, part (what ran when it failed), started_at, ready_at (model and tasks loaded), ended_at and
 the kind's figures; predictions go to `<prefix>-r<rank>of<world>.npz` (saved every save_every_s,
-so a killed shard keeps what it did), the post-trained checkpoint to `<out_dir>/checkpoint/`.
+and on the way out of any failure, SIGTERM included, so a failed or killed shard keeps what it
+did), the post-trained checkpoint to `<out_dir>/checkpoint/`.
 Exit status: 0 done, 3 out of memory, 1 any other failure (13 for an injected abrupt exit, 14 when
 the runner named by $TRM_RUNNER_PID died: a worker never outlives its runner).
 """
@@ -18,13 +19,15 @@ the runner named by $TRM_RUNNER_PID died: a worker never outlives its runner).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +201,7 @@ class _Job:
         save_every, deadline = job.save_every_s, job.deadline
         for rank, world in job.shards:
             path = Path(f"{job.prefix}-r{rank}of{world}.npz")
-            state = {"done": 0, "total": 0, "saved": time.time()}
+            state: dict[str, Any] = {"done": 0, "total": 0, "saved": time.time(), "preds": None, "saved_n": 0}
 
             def stop() -> bool:
                 point("predict", state["done"])
@@ -206,23 +209,45 @@ class _Job:
                 return False
 
             def on_batch(preds: Any, done: int, total: int) -> None:
-                state["done"], state["total"] = done, total
+                state["done"], state["total"], state["preds"] = done, total, preds
                 if time.time() - state["saved"] >= save_every:
                     _save_predictions(preds, path)
-                    state["saved"] = time.time()
+                    state["saved"], state["saved_n"] = time.time(), len(preds)
 
             self.part = "predict"
             t0 = time.time()
             status: dict[str, str] = {}
-            preds = predict(model, variants, PredictConfig(num_views=views, batch_size=batch, order="variant"),
-                            device=device, stop=stop, deadline=deadline, on_batch=on_batch, shard=(rank, world),
-                            status=status)
+            try:
+                with _terminate_raises(not self.in_process):
+                    preds = predict(model, variants, PredictConfig(num_views=views, batch_size=batch,
+                                                                   order="variant"),
+                                    device=device, stop=stop, deadline=deadline, on_batch=on_batch,
+                                    shard=(rank, world), status=status)
+            except BaseException:
+                # a crash, an out-of-memory, a cancel or a kill's SIGTERM: every batch predicted since
+                # the last periodic save is kept, so the runner's vote uses it
+                self._keep(state, path)
+                raise
             self.result["compile"] = status.get("compile", "off")
             _save_predictions(preds, path)
             self.result["shards"].append({"rank": rank, "world": world, "path": str(path), "records": len(preds),
                                           "batches_done": state["done"], "batches_total": state["total"],
                                           "complete": state["done"] == state["total"] and state["total"] > 0,
                                           "seconds": time.time() - t0})
+
+    def _keep(self, state: dict[str, Any], path: Path) -> None:
+        """Save a failing shard's predictions made since its last save (never raises: the failure
+        being reported matters more)."""
+        preds = state["preds"]
+        if preds is None or len(preds) <= state["saved_n"]:
+            return
+        try:
+            _save_predictions(preds, path)
+        except Exception as e:  # noqa: BLE001
+            self.log(f"could not save the {len(preds)} predictions made before the failure: {e}")
+            return
+        self.result["saved_on_failure"] = {"path": str(path), "records": len(preds)}
+        self.log(f"saved the {len(preds)} predictions made before the failure to {path}")
 
     def run(self) -> int:
         """Run the job; record the outcome in result.rank<r>.json; return the exit status."""
@@ -244,6 +269,29 @@ class _Job:
             if "ok" in self.result:
                 _write_json(Path(self.job.job_dir) / f"result.rank{self.rank}.json", self.result)
         return status
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (the runner kills a job with SIGTERM, then SIGKILL 5 s later). A
+    BaseException, so that no `except Exception` on the way (the compile fallback) swallows it."""
+
+
+@contextlib.contextmanager
+def _terminate_raises(enabled: bool) -> Iterator[None]:
+    """Within: SIGTERM raises Terminated, so a killed shard saves what it predicted on its way out.
+    Only in a process's main thread (the in-process launcher cancels its threads instead)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise Terminated("SIGTERM: the runner stopped this job")
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _save_predictions(preds: Any, path: Path) -> None:

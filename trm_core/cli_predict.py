@@ -7,6 +7,10 @@ Defaults are read from PredictConfig (views, batch), TrainConfig and DataConfig 
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+
 import click
 
 from trm_core.cli_common import (Default, apply, data_options, echo_err, load_checkpoint, load_task_set,
@@ -54,25 +58,67 @@ def _predict_config(views: int, predict_batch: int, halt_steps: int | None):
         raise click.ClickException(str(e)) from None
 
 
-def _voted(opts: dict, saved: str | None = None, need_solutions: bool = False):
-    """The tasks of --data, their predictions (`saved`, else --checkpoint under --views) and the vote."""
+def _voted(opts: dict, saved: str | None = None, need_solutions: bool = False, tasks=None, stop=None):
+    """The tasks of --data (`tasks`: already loaded), their predictions (`saved`, else --checkpoint
+    under --views; `stop()` ends them between batches) and the vote."""
     from trm_core.distributed import default_device
     from trm_core.pipeline import predict_views
     from trm_core.predictions import Predictions
     from trm_core.vote import vote
 
-    tasks = load_task_set(opts["data"], opts["solutions"], opts["split"], strict=False)
-    report_skipped(tasks)
+    if tasks is None:
+        tasks = load_task_set(opts["data"], opts["solutions"], opts["split"], strict=False)
+        report_skipped(tasks)
     missing = [t.id for t in tasks.tasks.values() if t.test_outputs is None]
     if need_solutions and missing:
         raise click.ClickException(f"no solutions for {len(missing)} task(s), e.g. {missing[:3]}: pass --solutions")
     if saved:
-        preds = Predictions.load(saved)
+        try:
+            preds = Predictions.load(saved)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
     else:
         cfg = _predict_config(opts["views"], opts["predict_batch"], opts["halt_steps"])
         preds, _ = predict_views(load_checkpoint(opts["ckpt_path"], opts["config"]), tasks, cfg, seed=opts["seed"],
-                                 device=opts["device"] or default_device(), log=echo_err)
+                                 device=opts["device"] or default_device(), stop=stop, log=echo_err)
     return tasks, preds, vote(preds, opts["rule"])
+
+
+def _fallback_first(out_path: str, raw: dict) -> None:
+    """The submission for every task given, the test input as both attempts: written before any
+    prediction, so whatever stops the command a valid file is there."""
+    from trm_core.pipeline import write_answers
+
+    try:
+        write_answers(out_path, {}, raw)
+    except OSError as e:
+        raise click.ClickException(f"{out_path}: cannot write the submission: {e.strerror or e}") from None
+
+
+def _no_usable_task(data: str, tasks, raw: dict, out_path: str) -> click.ClickException:
+    """The loud ending of a command given no task it can use (its fallback output already written)."""
+    why = f": {tasks.problems[0]}" if tasks.problems else ""
+    more = f" (and {len(tasks.problems) - 1} more problem(s); trm tasks check lists them)" if len(tasks.problems) > 1 \
+        else ""
+    return click.ClickException(f"NO USABLE TASK in {data}{why}{more}; {out_path} holds only the fallback "
+                                f"for the {len(raw)} task(s) it names")
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """Yield a stop() that turns true once SIGTERM arrives, so prediction ends between batches and
+    the views made so far are still voted and written (main thread only; elsewhere never true)."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        yield lambda: bool(got)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if got:
+        echo_err("SIGTERM: prediction stopped; the views made so far were voted and written")
 
 
 @click.command("predict")
@@ -82,15 +128,24 @@ def _voted(opts: dict, saved: str | None = None, need_solutions: bool = False):
 @click.option("--predictions", "preds_path", type=click.Path(dir_okay=False), default=None,
               help="Also save every view's prediction (.npz) for trm evaluate --predictions.")
 def predict_cmd(out_path: str, preds_path: str | None, **opts) -> None:
-    """Predict every test input under K augmented views, vote, and write a Kaggle submission."""
+    """Predict every test input under K augmented views, vote, and write a Kaggle submission.
+    OUT always ends up holding an entry for every task given: the fallback (the test input) is
+    written first and replaced by the voted answers; SIGTERM stops prediction and writes what it has."""
     from trm_core.pipeline import write_answers
     from trm_core.submission_file import build_submission
 
-    tasks, preds, voted = _voted(opts)
-    if preds_path:
-        preds.save(preds_path)
+    tasks = load_task_set(opts["data"], opts["solutions"], opts["split"], strict=False)
     # every task given gets an entry: the model's answer, else the fallback (unreadable tasks too)
     raw = raw_challenges_of(opts["data"], opts["split"], tasks)
+    _fallback_first(out_path, raw)
+    if not tasks.tasks:
+        report_skipped(tasks, raising=False)
+        raise _no_usable_task(opts["data"], tasks, raw, out_path)
+    report_skipped(tasks)
+    with _stop_on_sigterm() as stop:
+        tasks, preds, voted = _voted(opts, tasks=tasks, stop=stop)
+    if preds_path:
+        preds.save(preds_path)
     write_answers(out_path, build_submission(voted, {t: raw[t] for t in tasks.tasks}, fill=opts["fill"]), raw)
     click.echo(out_path)
 
@@ -163,6 +218,15 @@ def solve_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | No
 
     ckpt = load_checkpoint(ckpt_path, config)
     tasks = load_task_set(data, solutions, split, strict=False)
+    if not tasks.tasks:  # the output folder still gets its submission: the fallback of every task named
+        from pathlib import Path
+
+        from trm_core.pipeline import SUBMISSION_FILE
+
+        raw = raw_challenges_of(data, split, tasks)
+        _fallback_first(str(Path(out_dir) / SUBMISSION_FILE), raw)
+        report_skipped(tasks, raising=False)
+        raise _no_usable_task(data, tasks, raw, str(Path(out_dir) / SUBMISSION_FILE))
     report_skipped(tasks)
     train_cfg, data_cfg = None, None
     if opts["steps"] != 0:

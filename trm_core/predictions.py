@@ -9,6 +9,8 @@ the grids stream through the CPU. A fixed-width row of ROW = 2 + 900 bytes, one 
 `save`/`load` keep a container in one .npz file.
 """
 
+import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -300,14 +302,34 @@ class Predictions:
 
     @classmethod
     def load(cls, path: str | Path) -> "Predictions":
-        """Read records written by save(), checking that they are consistent."""
-        with np.load(path, allow_pickle=False) as z:
-            state = {k: z[k] for k in z.files}
+        """Read records written by save(), checking that they are consistent; anything else (not a
+        zip, truncated, object arrays, wrong shapes or types) is a ValueError naming the file."""
+        try:
+            with open(path, "rb") as f:
+                if f.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):  # what np.savez writes
+                    raise ValueError("not an .npz file: it does not start as a zip archive")
+            with np.load(path, allow_pickle=False) as z:
+                if not hasattr(z, "files"):
+                    raise ValueError(f"a single {z.dtype} array, not an .npz of prediction columns")
+                state = {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise ValueError(f"{path}: file not found") from None
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+            # a truncated or foreign file, or object arrays (refused: loading them would unpickle)
+            raise ValueError(f"{path}: not a readable predictions file ({type(e).__name__}: {e})") from None
         missing = {"task_ids", "task", "test_index", "variant", "q_halt", "start", "data"} - set(state)
         if missing:
             raise ValueError(f"{path}: not a predictions file, missing arrays {sorted(missing)}")
+        for name, kinds in (("task_ids", "U"), ("task", "iu"), ("test_index", "iu"), ("variant", "iu"),
+                            ("q_halt", "fiu"), ("start", "iu"), ("data", "u")):
+            if state[name].ndim != 1 or state[name].dtype.kind not in kinds:
+                raise ValueError(f"{path}: array {name!r} is {state[name].dtype} with shape {state[name].shape}, "
+                                 "not a column of a predictions file")
         out = cls.__new__(cls)
-        out.__setstate__(state)
+        try:
+            out.__setstate__(state)
+        except (ValueError, OverflowError) as e:
+            raise ValueError(f"{path}: not a predictions file ({e})") from None
         n = len(out)
         if any(len(c) != n for c in (out._test, out._variant, out._q, out._start)):
             raise ValueError(f"{path}: columns have different lengths")

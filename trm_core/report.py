@@ -52,6 +52,8 @@ class RunData:
     study: dict[str, Any] | None = None
     title: str = "trm-kit report"
     notes: list[str] = field(default_factory=list)  # files that could not be read, and why
+    unreadable: list[str] = field(default_factory=list)  # "<path>: why" for each file that could not be used
+    folder: Path | None = None  # the run folder read (None: put together in memory, e.g. by trm show)
 
     @property
     def solved_known(self) -> bool:
@@ -319,9 +321,24 @@ def tasks_section(run: RunData, top: int = TOP_CANDIDATES) -> Section | None:
 
 def run_sections(run: RunData, extra: Sequence[Section] = (), top: int = TOP_CANDIDATES) -> list[Section]:
     """Summary, the extra sections (e.g. the dry run's timing), training curves, study, tasks."""
+    def note(name: str, why: str) -> None:
+        run.notes.append(f"{name}: {why}")
+        run.unreadable.append(f"{run.folder / name if run.folder else name}: {why}")
+
+    def drawn(name: str, draw_it: Any) -> Section | None:
+        try:
+            return draw_it()
+        except Exception as e:  # noqa: BLE001 - a file of the wrong shape: named, the rest drawn
+            note(name, f"not drawn ({type(e).__name__}: {e})")
+            return None
+
+    curves = drawn("metrics.jsonl", lambda: curves_section(run.metrics))
+    study = drawn("study.json", lambda: study_section(run.study)) if run.study else None
+    if run.study and study is None and not any("study.json" in u for u in run.unreadable):
+        note("study.json", "no arms to draw (expected {\"arms\": {name: {\"curve\": [...]}}})")
+    tasks = drawn("challenges.json", lambda: tasks_section(run, top))
     summary = summary_section(run) if run.tasks or run.notes else None  # a training folder has no tasks
-    found = [summary, *extra, curves_section(run.metrics),
-             study_section(run.study) if run.study else None, tasks_section(run, top)]
+    found = [summary, *extra, curves, study, tasks]
     return [s for s in found if s is not None]
 
 
@@ -338,23 +355,43 @@ def _find(run_dir: Path, exact: str, pattern: str) -> Path | None:
 
 
 def _read_json(path: Path, notes: list[str]) -> Any:
+    """The file's JSON by the rules of trm_core.jsonio, or None with a note naming the file and why."""
+    from trm_core import jsonio
+
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        notes.append(f"{path.name}: not readable ({e})")
+        return jsonio.load(path, duplicates=[])
+    except jsonio.JSONInputError as e:
+        notes.append(f"{path.name}: not readable ({str(e).removeprefix(f'{path}: ')})")
         return None
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl rows; a torn last line (a crash mid-write) is skipped."""
-    rows = []
-    for line in path.read_text().splitlines():
+def read_metrics(path: Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """metrics.jsonl rows; a torn last line (a crash mid-write) is skipped. Any other line that is
+    not a JSON object (within jsonio's limits) is skipped and counted in `notes`."""
+    from trm_core import jsonio
+
+    rows, skipped = [], 0
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError as e:
+        if notes is not None:
+            notes.append(f"{path.name}: not readable ({e.strerror})")
+        return rows
+    for i, line in enumerate(lines):
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+            row = jsonio.loads(line, path.name)
+        except jsonio.JSONLimitError:
+            skipped += 1
+            continue
+        except jsonio.JSONInputError:
+            skipped += i < len(lines) - 1  # only the last line may be torn by a crash
             continue
         if isinstance(row, dict):
             rows.append(row)
+        else:
+            skipped += 1
+    if skipped and notes is not None:
+        notes.append(f"{path.name}: {skipped} line(s) skipped: not JSON objects within the limits")
     return rows
 
 
@@ -367,7 +404,7 @@ def load_run(run_dir: str | os.PathLike, rule: str = "reference") -> RunData:
     d = Path(run_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: not a folder")
-    run = RunData(title=f"trm-kit report: {d.resolve().name}")
+    run = RunData(title=f"trm-kit report: {d.resolve().name}", folder=d)
     challenges = _find(d, "challenges.json", "*challenges*.json")
     if challenges is not None:
         solutions = _find(d, "solutions.json", "*solutions*.json")
@@ -375,32 +412,43 @@ def load_run(run_dir: str | os.PathLike, rule: str = "reference") -> RunData:
             loaded = load_tasks(challenges, solutions=solutions, strict=False)
             run.tasks = list(loaded)
             run.notes += [str(p) for p in loaded.problems[:20]]
+            run.unreadable += [f"{p.file}: {p.message}" for p in loaded.problems if p.task_id is None]
+            if loaded.problems and not run.tasks and not run.unreadable:
+                run.unreadable.append(f"no usable task: {loaded.problems[0]}")
         except (ValueError, OSError) as e:
             run.notes.append(f"{challenges.name}: {e}")
+            run.unreadable.append(f"{challenges}: {e}")
+    seen = len(run.notes)
     if (d / "submission.json").is_file():
         sub = _read_json(d / "submission.json", run.notes)
         run.submission = sub if isinstance(sub, dict) else None
+        if sub is not None and not is_submission(sub):
+            run.notes.append("submission.json: not a submission {task_id: [{attempt_1, attempt_2}, ...]}")
     for name, attr in ((PREDICTIONS_FILE, "vote"), (BASELINE_FILE, "baseline")):
         if (d / name).is_file():
             try:
                 setattr(run, attr, vote(Predictions.load(d / name), rule))
             except (OSError, ValueError) as e:
-                run.notes.append(f"{name}: {e}")
+                run.notes.append(f"{name}: {str(e).removeprefix(f'{d / name}: ')}")
     if (d / "metrics.jsonl").is_file():
-        run.metrics = read_metrics(d / "metrics.jsonl")
+        run.metrics = read_metrics(d / "metrics.jsonl", run.notes)
     if (d / "study.json").is_file():
         study = _read_json(d / "study.json", run.notes)
         run.study = study if isinstance(study, dict) else None
+        if study is not None and run.study is None:
+            run.notes.append(f"study.json: not a JSON object (got {type(study).__name__})")
+    run.unreadable += [f"{d / note}" for note in run.notes[seen:]]  # each note starts with its file's name
     return run
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
-                 sections: Sequence[Section] = (), title: str | None = None, top: int = TOP_CANDIDATES) -> Path:
-    """Read run_dir, write its report (default run_dir/report.html, atomically) and return the path.
-
-    `sections` are added after the summary (the dry run passes its timing section here).
+                 sections: Sequence[Section] = (), title: str | None = None, top: int = TOP_CANDIDATES,
+                 run: RunData | None = None) -> Path:
+    """Read run_dir (or take `run`, already read), write its report (default run_dir/report.html,
+    atomically) and return the path. `sections` are added after the summary (the dry run passes its
+    timing section here); a section that cannot be drawn is named in run.notes and run.unreadable.
     """
-    run = load_run(run_dir)
+    run = load_run(run_dir) if run is None else run
     page = render_page(title or run.title, run_sections(run, sections, top))
     return write_atomic(Path(out) if out is not None else Path(run_dir) / REPORT_FILE, page)
 

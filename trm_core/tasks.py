@@ -198,13 +198,15 @@ def _parse_solutions(task: Task, raw: object, file: str, max_side: int) -> list[
 # files
 
 
-def _read_json(path: Path) -> tuple[object, list[str], str | None]:
-    """(data, duplicated object keys, error message), by the rules of trm_core.jsonio."""
+def _read_json(path: Path) -> tuple[object, list[str], str | None, dict[str, str]]:
+    """(data, duplicated object keys, error message, {member: why} for top-level members that
+    break a limit), by the rules of trm_core.jsonio: one bad task costs that task, not the file."""
     duplicates: list[str] = []
     try:
-        return jsonio.load(path, duplicates), duplicates, None
+        data, bad = jsonio.load_members(path, duplicates)
+        return data, duplicates, None, bad
     except jsonio.JSONInputError as e:
-        return None, [], str(e).removeprefix(f"{path}: ")
+        return None, [], str(e).removeprefix(f"{path}: "), {}
 
 
 def _looks_like_task(data: object) -> bool:
@@ -223,12 +225,15 @@ def _raw_tasks(path: Path, split: str | None) -> tuple[list[tuple[str, object, s
     if path.is_dir() and split is not None:
         return [], [Problem(label, None, None, f"split={split!r} given but this is a directory of task files")]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix == ".json" and p.is_file())
+        # a dangling link or an unreadable file is a task that cannot be read, named, not skipped silently
+        files = sorted(p for p in path.iterdir() if p.suffix == ".json" and not p.is_dir())
         if not files:
             return [], [Problem(label, None, None, "directory holds no .json task files")]
         out, problems = [], []
         for f in files:
-            data, duplicates, error = _read_json(f)
+            data, duplicates, error, bad = _read_json(f)
+            if error is None and bad:  # a per-task file: a bad member is a bad task
+                error = "; ".join(f"'{key}': {why}" for key, why in bad.items())
             if error is not None:
                 problems.append(Problem(str(f), f.stem, None, error))
             elif not _looks_like_task(data) and isinstance(data, dict) and data and all(
@@ -240,10 +245,12 @@ def _raw_tasks(path: Path, split: str | None) -> tuple[list[tuple[str, object, s
                 out.append((f.stem, data, str(f)))
         return out, problems
 
-    data, duplicates, error = _read_json(path)
+    data, duplicates, error, bad = _read_json(path)
     if error is not None:
         return [], [Problem(label, None, None, error)]
-    if _looks_like_task(data):  # one per-task file
+    if _looks_like_task(data) or (bad and {"train", "test"} & set(bad)):  # one per-task file
+        if bad:
+            return [], [Problem(label, path.stem, None, "; ".join(f"'{k}': {why}" for k, why in bad.items()))]
         return [(path.stem, data, label)], []
     if not isinstance(data, dict):
         return [], [Problem(label, None, None, f"expected a JSON object {{task_id: task}}, got {describe(data)}")]
@@ -257,6 +264,9 @@ def _raw_tasks(path: Path, split: str | None) -> tuple[list[tuple[str, object, s
         return out, problems
     if split is not None:
         return [], [Problem(label, None, None, f"split={split!r} given but this is not a split file")]
+    # a task that could not be read is named (so it is skipped) and still listed (raw None), so
+    # that raw_challenges gives it an entry; the other tasks load
+    problems += [Problem(label, key, None, why) for key, why in bad.items()]
     return [(tid, raw, label) for tid, raw in data.items()], problems
 
 
@@ -330,8 +340,9 @@ def _merge_solutions(result: TaskSet, solutions: str | os.PathLike | Iterable[st
     entry for every test input is dropped and named, as is an entry for a task not loaded."""
     sol_paths = [Path(solutions)] if isinstance(solutions, (str, os.PathLike)) else [Path(p) for p in solutions]
     merged: dict[str, tuple[object, str]] = {}
+    unreadable: dict[str, Problem] = {}
     for sp in sol_paths:
-        data, duplicates, error = _read_json(sp)
+        data, duplicates, error, bad = _read_json(sp)
         if error is None and not isinstance(data, dict):
             error = f"expected a JSON object {{task_id: [grid, ...]}}, got {describe(data)}"
         if error is not None:
@@ -342,9 +353,13 @@ def _merge_solutions(result: TaskSet, solutions: str | os.PathLike | Iterable[st
                 report([Problem(str(sp), key, None, "task id appears more than once in the solutions file")])
         for tid, raw in data.items():
             merged[tid] = (raw, str(sp))
+            unreadable.pop(tid, None)
+        unreadable.update({tid: Problem(str(sp), tid, None, why) for tid, why in bad.items()})
     for tid in list(result.tasks):
         task = result.tasks[tid]
-        if tid not in merged:
+        if tid in unreadable:
+            problems = [unreadable[tid]]
+        elif tid not in merged:
             problems = [Problem(", ".join(map(str, sol_paths)), tid, None, "no solutions for this task")]
         else:
             problems = _parse_solutions(task, merged[tid][0], merged[tid][1], max_side)
