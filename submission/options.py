@@ -122,7 +122,8 @@ def _field_problem(f: Any, value: Any) -> str | None:
     if kind == "str":
         choices = meta["choices"]
         return None if value in choices else f"must be one of {', '.join(choices)}, got {value!r}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or (kind == "int" and not isinstance(value, numbers.Integral)):
+    wanted = numbers.Integral if kind == "int" else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, wanted):
         return f"must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}"
     if not math.isfinite(value):
         return f"must be a finite number, got {value}"
