@@ -25,6 +25,8 @@ from submission.scheduler import Budget
 POSTTRAIN_MODES = ("full", "embeddings", "embeddings-then-full", "lora")  # trm_core.train.MODES bar pretrain
 BIG = 1 << 20  # the most rows per batch, views per test input or smoke tasks anyone could mean
 SEED_MAX = (1 << 32) - 1  # numpy's and torch's generators both take 0..2**32-1
+UNIX_MAX = 1e11  # a Unix time past the year 5000 is a typo (or milliseconds)
+SECONDS_MAX = 1e7  # about 116 days: no time limit, margin or interval of a run is longer
 
 
 class OptionsError(ValueError):
@@ -53,9 +55,11 @@ class RunnerOptions:
     input_dir: Path = _opt(help="searched for the test challenges", cli_default=Path("/kaggle/input"))
     working_dir: Path = _opt(help="submission.json and trm-run/ go here", cli_default=Path("/kaggle/working"))
     bundle_dir: Path | None = _opt(None, "the bundle folder (default: found by its marker)")
-    start_time: float | None = _opt(None, "Unix time the notebook started (default: now)", low=0.0, above=True)
+    start_time: float | None = _opt(None, "Unix time the notebook started (default: now)", low=0.0, above=True,
+                                     high=UNIX_MAX)
     deadline: float | None = _opt(None, "Unix time the final submission must be written by "
-                                        "(default: start + limit - margin)", low=0.0, above=True)
+                                        "(default: start + limit - margin)", low=0.0, above=True,
+                                   high=UNIX_MAX)
     checkpoint: Path | None = _opt(None, "kit checkpoint (default: <bundle>/checkpoint)")
     scratch_dir: Path | None = _opt(None, "scratch files (default: $TRM_SCRATCH/run-<start> or a temp folder)")
     run_mode: str = _opt("auto", "auto (rerun/local: full, commit/interactive: smoke) | full | smoke",
@@ -79,20 +83,23 @@ class RunnerOptions:
     max_steps: int | None = _opt(None, "explicit step cap (overrides --max-epochs; 0: no post-training)",
                                  low=0, high=10**9)
     time_limit_s: float = _opt(Budget.time_limit_s, "the session's time limit (s)", flag="--time-limit", low=0.0,
-                               above=True)
-    margin_s: float = _opt(Budget.margin_s, "kept free before the limit (s)", flag="--margin", low=0.0)
+                               above=True, high=SECONDS_MAX)
+    margin_s: float = _opt(Budget.margin_s, "kept free before the limit (s)", flag="--margin", low=0.0,
+                           high=SECONDS_MAX)
     reserve_min_s: float = _opt(Budget.reserve_min_s, "least time kept unplanned (s)", flag="--reserve-min",
-                                low=0.0)
+                                low=0.0, high=SECONDS_MAX)
     baseline: bool = _opt(False, "also predict with the un-adapted checkpoint")
     seed: int = _opt(0, "seed of variants, sampler and training", low=0, high=SEED_MAX)
     provisional_every_s: float = _opt(60.0, "rewrite submission.json from finished shards this often (s)",
-                                      flag="--provisional-every", low=0.0, above=True)
+                                      flag="--provisional-every", low=0.0, above=True,
+                                      high=SECONDS_MAX)
     save_every_s: float = _opt(60.0, "prediction shards save what they have this often (s)", flag="--save-every",
-                               low=0.0, above=True)
+                               low=0.0, above=True, high=SECONDS_MAX)
     smoke_tasks: int = _opt(4, "tasks in a smoke run", low=1, high=BIG)
     smoke_steps: int = _opt(20, "training steps in a smoke run", low=1, high=10**9)
     smoke_views: int = _opt(8, "views per test input in a smoke run", low=1, high=BIG)
-    smoke_time_s: float = _opt(1200.0, "a smoke run's time (s)", flag="--smoke-time", low=0.0, above=True)
+    smoke_time_s: float = _opt(1200.0, "a smoke run's time (s)", flag="--smoke-time", low=0.0, above=True,
+                               high=SECONDS_MAX)
     max_attempts: int = _opt(3, "per job (calibration, training, each prediction shard group)", low=1, high=100)
 
     def __post_init__(self) -> None:
@@ -138,7 +145,7 @@ def _range(low: float | None, high: float | None, above: bool) -> str:
         return f"> {low:g}" + (f" and <= {high:g}" if high is not None else "")
     if high is None:
         return f">= {low:g}"
-    return f"in {low}..{high}"
+    return f"in {low}..{high}" if isinstance(low, int) and isinstance(high, int) else f"in [{low:g}, {high:g}]"
 
 
 def _path_or_none(text: str) -> Path | None:

@@ -552,8 +552,8 @@ def main(argv: list[str] | None = None, **runner_kwargs: Any) -> int:
             print(printable(f"[trm runner] no fallback written either: {f}"), flush=True)
             return BAD_OPTIONS_STATUS
         return Runner(folders, **runner_kwargs).fallback_only(str(e))
-    if opts.start_time is None:
-        opts = replace(opts, start_time=start)
+    if opts.start_time is None and (opts.deadline is None or opts.deadline > start):
+        opts = replace(opts, start_time=start)  # a deadline already past: the runner's clock starts it
     runner = Runner(opts, **runner_kwargs)
     with on_signals(runner.stop):
         return runner.run()

@@ -97,19 +97,29 @@ def test_unusable_folders_end_in_one_line(tmp_path: Path, capsys) -> None:
     ("puzzle_emb_lr", -1e-3, "--puzzle-emb-lr"), ("predict_batch", -1, "--predict-batch: must be in 1..1048576"),
     ("train_batch", True, "--train-batch: must be an integer"), ("cpu_procs", 0, "--cpu-procs: must be in 1..64"),
     ("views_max", 2.5, "--views-max: must be an integer"), ("max_epochs", math.inf, "--max-epochs"),
-    ("time_limit_s", 0, "--time-limit: must be > 0"), ("margin_s", -1, "--margin: must be >= 0"),
+    ("time_limit_s", 0, "--time-limit: must be > 0"), ("margin_s", -1, "--margin: must be in [0, 1e+07]"),
     ("save_every_s", 0, "--save-every"), ("max_attempts", 0, "--max-attempts"), ("device", "tpu", "--device"),
     ("run_mode", "bogus", "--run-mode"), ("train_mode", "pretrain", "--train-mode"), ("baseline", 1, "--baseline"),
     ("working_dir", "w", "--working-dir: must be a path"),
     ("checkpoint", Path("c\0"), "--checkpoint: a path with a NUL"),
     ("views_target", 1000, "--views-target (1000) <= --views-max"),
-    ("deadline", 5.0, "--deadline (5.0) must be after")])
+    ("deadline", 5.0, "--deadline (5.0) must be after"), ("start_time", 1e300, "--start-time: must be > 0 and <= 1e+11"),
+    ("time_limit_s", 1e308, "--time-limit: must be > 0 and <= 1e+07")])
 def test_every_option_is_checked_when_the_options_are_made(field: str, value: object, says: str,
                                                             tmp_path: Path) -> None:
     kw = {"input_dir": tmp_path, "working_dir": tmp_path, "start_time": 10.0, field: value}
     with pytest.raises(OptionsError) as e:
         RunnerOptions(**kw)
     assert says in str(e.value)
+
+
+def test_a_deadline_already_past_still_gets_the_fallback(tmp_path: Path) -> None:
+    work = tmp_path / "w"
+    argv = ["--input-dir", str(_input(tmp_path)), "--working-dir", str(work), "--checkpoint", str(tmp_path / "none"),
+            "--deadline", str(time.time() - 10)]  # no --start-time: "now" would come after the deadline
+    assert main(argv) == 0
+    assert validate(json.loads((work / "submission.json").read_text()), {t: CHALLENGES[t] for t in IDS}) == []
+    assert _strict((work / "trm-run" / "run.json").read_text())["finished_before_deadline"] is False
 
 
 def test_the_defaults_and_the_tests_options_are_accepted(tmp_path: Path) -> None:
