@@ -101,6 +101,7 @@ class Answers:
         self.sources: dict[str, list[str]] = {}  # per task, per test input: who answered it (SOURCES)
         self.write_s = 0.0  # the longest write so far (validate, serialise, fsync)
         self.assemble_s = 0.0  # the longest assembly so far (read the shards, vote, build, write)
+        self.said_non_finite: set[str] = set()  # sources whose non-finite views were reported
 
     def write(self, submission: dict[str, list], what: str, sources: dict[str, list[str]] | None = None) -> bool:
         """Validate and write atomically; returns False (logged) when it could not. sources: who
@@ -173,7 +174,8 @@ class Answers:
             if preds is None or not len(preds):
                 continue
             preds, bad = finite_only(preds)
-            if bad:
+            if bad and who not in self.said_non_finite:  # once, not at every provisional write
+                self.said_non_finite.add(who)
                 self.problem(f"{bad} {who} prediction(s) with a non-finite score dropped (NaN or infinite "
                              "weights or logits): they answer nothing")
             if not len(preds):
