@@ -15,6 +15,8 @@ dry run. Field names (JSON):
                      baseline was cut short): pass@1, pass@2, oracle (Kaggle way, per test input),
                      passed/total, views; submission_score (Kaggle's metric on the file)
   projection[]       Projection.to_json() for each model projected, and the assumptions list
+  answers            who answered the test inputs in submission.json: {"adapted", "unadapted",
+                     "fallback": count} from run.json's "answers" (None when run.json has none)
 """
 
 from __future__ import annotations
@@ -25,6 +27,22 @@ from typing import Any
 def _phase_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"name": p["name"], "planned_s": p.get("planned_s"), "actual_s": p.get("actual_s"),
              "status": p.get("status")} for p in run.get("phases", [])]
+
+
+def answer_counts(run: dict[str, Any]) -> dict[str, int] | None:
+    """run.json's count of test inputs per source (adapted, unadapted, fallback); None when it has
+    none or they are not counts."""
+    counts = (run.get("answers") or {}).get("counts") if isinstance(run.get("answers"), dict) else None
+    if not isinstance(counts, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                               for v in counts.values()):
+        return None
+    return {k: counts.get(k, 0) for k in ("adapted", "unadapted", "fallback")}
+
+
+def answers_line(counts: dict[str, int]) -> str:
+    """"N test inputs: a by the adapted model, u by the un-adapted model, f by the fallback"."""
+    return (f"{sum(counts.values())} test inputs: {counts['adapted']} by the adapted model, {counts['unadapted']} "
+            f"by the un-adapted model, {counts['fallback']} by the fallback")
 
 
 def timing_report(run: dict[str, Any], *, accuracy: dict[str, Any] | None = None,
@@ -65,6 +83,7 @@ def timing_report(run: dict[str, Any], *, accuracy: dict[str, Any] | None = None
         "projection": projections or [],
         "assumptions": assumptions or [],
         "problems": run.get("problems", []),
+        "answers": answer_counts(run),
         **(extra or {}),
     }
 
@@ -161,8 +180,10 @@ def render(report: dict[str, Any]) -> str:
     if sub:
         lines.append("")
         state = "valid" if sub.get("valid") else f"INVALID ({len(sub.get('problems', []))} problems)"
-        lines.append(f"submission: {state}; {sub.get('test_inputs')} test inputs, {sub.get('from_model')} answered "
-                     f"by the model, the rest by the fallback")
+        counts = r.get("answers")
+        who = answers_line(counts) if counts else f"{sub.get('test_inputs')} test inputs (who answered is not " \
+                                                   "recorded in run.json)"
+        lines.append(f"submission: {state}; {who}")
     if r.get("projection"):
         lines.append("")
         lines.append("projection for the hidden rerun:")

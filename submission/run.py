@@ -21,10 +21,19 @@ submissions while it runs -> vote -> write. Every job is retried by one policy
 (a torchrun group on fewer GPUs the second time), a hang -> killed at its heartbeat and retried,
 out of time -> stop; what cannot be done keeps the fallback. The commit run (Kaggle's
 "Save & Run All", not the scoring rerun) is a smoke run on a few tasks with few steps and views, and
-still writes a complete file. Nothing escapes `main`: every error is logged and the exit status is 0.
+still writes a complete file. Nothing escapes `main`: every error is logged. Exit status: 0; 2 when
+an option is refused (every option is checked before anything starts, and the fallback is still
+written from --input-dir to --working-dir); 128 + the signal's number when SIGTERM (the notebook's
+kill time) or SIGHUP stopped the run: its jobs are stopped, what they saved is voted over the
+fallback, and submission.json and run.json are written whole (submission/stopping.py).
+
+The deadline holds with a margin the runner measures: the final reserve (kept between the last
+job's kill time and the deadline) is at least twice the measured cost of what follows a kill (the
+final vote and write, the final check, run.json's saves), rehearsed once right after loading so
+that imports and compilation happen then, plus STOP_S for the jobs to go.
 
 The parts: submission/options.py (RunnerOptions and the command line built from it),
-fallback.py, bundle_check.py, record.py (run.json), jobs.py (the typed job files), dispatch.py
+stopping.py (signals), fallback.py, bundle_check.py, record.py (run.json), jobs.py (the typed job files), dispatch.py
 (launching and outcomes), retry.py, planning.py (calibration, the plan, the post-training config),
 training.py and predicting.py (their attempts), assemble.py (votes over the fallback, the final
 repair); this file runs them as a short sequence of phases (`Runner._run`).
@@ -44,18 +53,19 @@ from typing import Any
 
 from submission import env as env_mod
 from submission import faults as faults_mod
-from submission.assemble import Answers, dedupe
+from submission.assemble import SOURCE_OF_TAG, Answers, dedupe, shard_files
 from submission.bundle_check import checkpoint_tampering, verify_bundle
 from submission.dispatch import Dispatcher, Outcome
 from submission.fallback import fallback_submission
 from submission.launch import SubprocessLauncher
-from submission.options import RunnerOptions, options_from_args, parser
+from submission.options import OptionsError, RunnerOptions, folders_from_args, options_from_args, parser
 from submission.planning import CALIBRATION_UNIT_S, Planner
 from submission.predicting import Prediction
-from submission.record import RunLog
+from submission.record import RunLog, printable, save_json, show_id
 from submission.retry import RetryPolicy
 from submission.training import Training, group_timeout as _group_timeout
 from submission.scheduler import Calibration, Plan
+from submission.stopping import Stopped, StopSwitch, TrackedLauncher, on_signals
 from trm_core import jsonio
 from trm_core.safe_io import MAX_SIDE
 
@@ -63,6 +73,9 @@ __all__ = ["CALIBRATION_UNIT_S", "Outcome", "Runner", "RunnerOptions", "_group_t
            "fallback_submission", "main", "options_from_args", "parser"]
 
 RUN_DIR = "trm-run"
+STOP_S = 1.0  # from a job's kill time to its process gone: the 0.1 s poll, SIGTERM, the exit
+FINAL_SAFETY = 2.0  # the final reserve holds this many times the measured cost of the final steps
+BAD_OPTIONS_STATUS = 2
 
 
 
@@ -88,22 +101,30 @@ class Runner:
 
     def __init__(self, opts: RunnerOptions, *, launcher: Any = None, environ: dict[str, str] | None = None,
                  clock: Callable[[], float] = time.time, echo: Callable[[str], None] | None = None) -> None:
-        self.opts, self.clock = opts, clock
+        self.opts = opts
+        self.stop = StopSwitch(clock)
+        clock = self.clock = self.stop.clock  # raises Stopped once after a stop signal (see stopping.py)
         self.environ = dict(os.environ if environ is None else environ)
         self.start = opts.start_time if opts.start_time is not None else clock()
         self.deadline = opts.deadline if opts.deadline is not None else \
             self.start + opts.time_limit_s - opts.margin_s
         self.run_deadline = self.deadline  # a smoke run ends sooner
-        say = echo or (lambda line: print(line, flush=True))
+        out = echo or (lambda line: print(line, flush=True))
+
+        def say(line: str) -> None:  # every line printed: a task id or a worker's output may hold anything
+            out(printable(line))
+
         span = self.deadline - self.start
-        self.final_reserve = max(1.0, min(60.0, 0.02 * span))
+        self.reserve_floor = max(1.0, min(60.0, 0.02 * span))
+        self.plan_reserve = 0.0  # the plan's vote and write, and half its reserve (see make_plan)
+        self.final_check_s = 0.0  # the final check of the file on disk, measured (Answers.rehearse)
         self.grace = max(0.5, min(120.0, 0.02 * span))
         self.run_dir = opts.working_dir / RUN_DIR
         self.scratch = opts.scratch_dir or Path(self.environ.get("TRM_SCRATCH") or tempfile.gettempdir()) / \
             f"trm-run-{int(self.start)}"
+        self.launcher = TrackedLauncher(launcher or SubprocessLauncher(echo=say))
         # a job whose heartbeat stops for this long (or 10 of its steps) is killed and retried
-        self.dispatch = Dispatcher(launcher or SubprocessLauncher(echo=say), self.scratch, clock,
-                                   min_stall=max(2.0, min(600.0, 0.1 * span)))
+        self.dispatch = Dispatcher(self.launcher, self.scratch, clock, min_stall=max(2.0, min(600.0, 0.1 * span)))
         self.rec = RunLog(self.run_dir / "run.json", self.start, self.deadline, clock, say, lambda: self.answers.writes)
         self.log, self.problem = self.rec.log, self.rec.problem
         self.record = self.rec.data  # what run.json holds besides phases and problems
@@ -120,6 +141,8 @@ class Runner:
         self.plan: Plan | None = None  # the latest plan (re-plans after a retry replace it)
         self.initial_plan: Plan | None = None  # phases are reported against it
         self.predictions: dict[str, list[str]] = {}
+        self.on_stop: Callable[[], None] | None = None  # votes the prediction under way when a stop comes
+        self.fallback_tried = False  # a signal in the first instant comes before the fallback
 
     # ---- bookkeeping -------------------------------------------------------------------------
 
@@ -132,21 +155,54 @@ class Runner:
         return self.rec.problems
 
     def _phase(self, name: str, planned: float | None, started: float, status: str, **detail: Any) -> dict:
+        self.record["answers"] = self.answers.who_answered()
         return self.rec.phase(name, planned, started, status, **detail)
 
     def left(self) -> float:
         return self.run_deadline - self.clock()
 
+    @property
+    def final_steps_s(self) -> float:
+        """FINAL_SAFETY x the measured cost of the steps after the last prediction: the slowest
+        vote-and-write so far (rehearsed in load), the final check, and three saves of run.json
+        (the prediction's phase, the vote's, the final one)."""
+        a = self.answers
+        return FINAL_SAFETY * (max(a.assemble_s, a.write_s) + self.final_check_s + 3 * self.rec.save_s)
+
+    @property
+    def final_reserve(self) -> float:
+        """Seconds kept between the last job's kill time and the deadline: the floor (2% of the
+        run, 1..60 s), the plan's vote and write with half its reserve, or STOP_S + final_steps_s,
+        whichever is most."""
+        return max(self.reserve_floor, self.plan_reserve, STOP_S + self.final_steps_s)
+
     # ---- the whole run -------------------------------------------------------------------------
 
     def run(self) -> int:
+        """The whole run; the exit status (0, or 128 + the signal's number when one stopped it)."""
         try:
             self._run()
+        except Stopped:
+            pass  # finalize says so
         except BaseException as e:  # noqa: BLE001 - the runner never raises past here
             self.problem(f"runner error: {type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}")
         finally:
+            self.stop.finishing = True  # first: a clock that raised in here would skip the final file
             self.finalize()
-        return 0
+        return self.stop.exit_status
+
+    def fallback_only(self, why: str) -> int:
+        """Refused options: write the fallback (and run.json saying why), then BAD_OPTIONS_STATUS."""
+        self.record["options_refused"] = why
+        try:
+            self.problem(f"options refused, only the fallback is written: {why}")
+            self.write_fallback()
+        except BaseException as e:  # noqa: BLE001 - as in run()
+            self.problem(f"runner error: {type(e).__name__}: {e}")
+        finally:
+            self.stop.finishing = True
+            self.finalize()
+        return BAD_OPTIONS_STATUS
 
     def _run(self) -> None:
         """The phases, in order; each one that fails leaves the submission as it was."""
@@ -170,6 +226,7 @@ class Runner:
     # ---- phases: fallback, environment, inputs --------------------------------------------------
 
     def write_fallback(self) -> None:
+        self.fallback_tried = True
         t0 = self.clock()
         # only under the given folder (a file found above it would answer someone else's tasks), in
         # the folder of the competition the bundle was built for when that folder is there
@@ -204,16 +261,12 @@ class Runner:
             self.problem(f"tasks with no readable test inputs (one [[0]] entry each): {a.broken}")
         if isinstance(a.raw, dict):
             a.clean = {t: v for t, v in a.raw.items() if str(t) not in a.broken}
-        ok = a.write(a.fallback, "fallback")
-        t_write = self.clock()  # what a later write costs, imports done: validate and serialise
-        try:
-            from trm_core.submission_file import validate
-
-            validate(a.fallback, a.clean)
-            json.dumps(a.fallback)
-        except Exception:  # noqa: BLE001 - only a measurement
+        try:  # imported before the write, so the write's measured cost is a later write's
+            import trm_core.submission_file  # noqa: F401
+        except Exception:  # noqa: BLE001 - the write falls back to safe_io alone
             pass
-        self.planner.write_s = 2 * (self.clock() - t_write) + 0.1
+        ok = a.write(a.fallback, "fallback")
+        self.planner.write_s = self.final_steps_s  # until the rehearsal (in load) measures the final vote too
         n = sum(len(v) for v in a.fallback.values())
         self._phase("fallback", None, t0, "ok" if ok else "failed", tasks=len(a.fallback), test_inputs=n)
 
@@ -267,7 +320,8 @@ class Runner:
 
         loaded = load_tasks(self.challenges_path, strict=False, max_side=self.canvas)
         for p in loaded.problems:
-            self.problem(f"task kept on the fallback: {p}")
+            what = f"task {show_id(p.task_id)}" if p.task_id is not None else "a task"
+            self.problem(f"{what} kept on the fallback: {p.file}: {p.where + ': ' if p.where else ''}{p.message}")
         self.record["task_problems"] = [{"task_id": p.task_id, "where": p.where, "message": p.message}
                                         for p in loaded.problems]
         ids = list(loaded.tasks)
@@ -281,7 +335,12 @@ class Runner:
                                 "broken": self.answers.broken, "used_ids": ids}
         self.log(f"{len(ids)} task(s) to predict ({tests} test inputs, {pairs} demonstration pairs); "
                  f"{len(loaded.skipped)} skipped, canvas {self.canvas}")
-        self._phase("load", None, t0, "ok")
+        # the final vote and write, rehearsed: imports and compilation now, not at the deadline,
+        # and its measured cost sizes the final reserve (and the plan's vote-and-write time)
+        check_s = self.answers.rehearse(self.tasks, self.run_dir / "rehearsal.json")
+        self.final_check_s = max(self.final_check_s, check_s)
+        self.planner.write_s = self.final_steps_s
+        self._phase("load", None, t0, "ok", final_reserve_s=self.final_reserve)
 
     def _checkpoint(self) -> tuple[Path | None, Any]:
         """(the checked checkpoint folder, its manifest), or (None, None) with the problem said."""
@@ -357,12 +416,12 @@ class Runner:
                 self.problem(f"only {n} of {of} tasks fit before the deadline: predicting those "
                              "(fewest test inputs first); the others keep the fallback")
                 self.plan = self.planner.plan(self.tasks, cal)
-        self.plan.save(self.run_dir / "plan.json")
+        save_json(self.run_dir / "plan.json", self.plan.to_json())
         self.record["plan"] = self.plan.to_json()
         self.record["planned_total_s"] = self.plan.end - self.start
         self.log(self.plan.render())
         if not self.plan.fallback_only:
-            self.final_reserve = self.plan.phases["vote_write"] + 0.5 * self.plan.reserve_s
+            self.plan_reserve = self.plan.phases["vote_write"] + 0.5 * self.plan.reserve_s
             self.initial_plan = self.plan
         return self.plan
 
@@ -394,13 +453,16 @@ class Runner:
             views, batch = self.planner.views(), self.planner.batches()[1]
             deadline, planned = self.run_deadline - self.final_reserve - self.grace, None
         tag = "adapted" if adapted else "raw"
+        source = SOURCE_OF_TAG[tag]
+        self.on_stop = lambda: self.answers.assemble(self._saved(tag), "final, stopped", source=source)
         files = self.predict(adapted or self.checkpoint, tag, views, batch, deadline, planned, provisional=True)
         t0 = self.clock()
-        summary = self.answers.assemble(files, "final") if files else {"records": 0, "from_model": 0}
+        summary = self.answers.assemble(files, "final", source=source) if files else {"records": 0, "from_model": 0}
+        self.on_stop = None
         vw = self.initial_plan.phases["vote_write"] if self.initial_plan else None
         self._phase("vote_write", vw, t0, "ok" if files else "skipped", **summary)
         self.record["predict"] = {"tag": tag, "views": views, "files": files, **summary}
-        return {**summary, "files": files, "views": views, "batch": batch}
+        return {**summary, "files": files, "views": views, "batch": batch, "source": source}
 
     def predict_unadapted(self, final: dict[str, Any]) -> None:
         """The un-adapted checkpoint: as a baseline when asked, else to answer what the adapted
@@ -408,6 +470,11 @@ class Runner:
         views, batch = final["views"], final["batch"]
         deadline = self.run_deadline - self.final_reserve - self.grace
         raw_files: list[str] = []
+        source = final["source"]
+        if final["from_model"] < self.test_inputs():
+            tag = "baseline" if self.opts.baseline else "unadapted"
+            self.on_stop = lambda: self.answers.assemble(final["files"], "final, stopped", fill=self._saved(tag),
+                                                         source=source)
         if self.opts.baseline and self.plan is not None:
             planned = self.initial_plan.phases["baseline_launch"] + self.initial_plan.phases["baseline"]
             raw_files = self.predict(self.checkpoint, "baseline", views, batch, deadline, planned, provisional=False)
@@ -420,9 +487,14 @@ class Runner:
         if raw_files and final["from_model"] < self.test_inputs():
             t0 = self.clock()
             best = self.answers.assemble(final["files"], "final, un-adapted where the adapted model has no answer",
-                                         fill=raw_files)
+                                         fill=raw_files, source=source)
             self._phase("vote_write_fill", None, t0, "ok", **best)
             self.record["predict"]["filled_from_unadapted"] = best["from_model"] - final["from_model"]
+        self.on_stop = None
+
+    def _saved(self, tag: str) -> list[str]:
+        """The shard files of prediction `tag` saved so far."""
+        return shard_files(self.scratch / "predictions", tag)
 
     def predict(self, ckpt: Path, tag: str, views: int, batch: int, deadline: float, planned: float | None,
                 provisional: bool, phase: str | None = None) -> list[str]:
@@ -452,9 +524,14 @@ class Runner:
     # ---- the last phase, whatever happened ---------------------------------------------------------
 
     def finalize(self) -> None:
-        """Validate and repair whatever is on disk; always leaves a valid file when the challenges parse."""
+        """Stop what still runs (after a stop signal: vote what its jobs saved), validate and repair
+        whatever is on disk; always leaves a valid file when the challenges parse."""
         t0 = self.clock()
         try:
+            if self.stop.signal:
+                self._stopped()
+            if not self.fallback_tried:
+                self.write_fallback()
             if self.answers.raw is not None and self.answers.fallback:
                 repairs = self.answers.repair()
                 if repairs is not None:
@@ -462,26 +539,53 @@ class Runner:
                 self.record["submission"] = {"path": str(self.sub_path), "writes": self.answers.writes}
         except Exception as e:  # noqa: BLE001
             self.problem(f"final check failed: {type(e).__name__}: {e}")
-        end = self.clock()
+        # the last save is part of the run: its cost is the slowest save measured so far
+        end = self.clock() + self.rec.save_s
         self.record["finished_before_deadline"] = end <= self.deadline
         self._phase("finalize", None, t0, "ok")
         self.log(f"done in {end - self.start:.1f} s, {self.deadline - end:.1f} s before the deadline; "
                  f"{len(self.problems)} problem(s)")
 
+    def _stopped(self) -> None:
+        """A stop signal came: end every job still running, then vote what the prediction under way
+        saved (its shards save as they go) over the fallback."""
+        t0 = self.clock()
+        self.log(f"{self.stop.signal}: stopping the jobs and writing what they saved")
+        stopped = self.launcher.stop_all()
+        self.record["stopped"] = {"signal": self.stop.signal, "at_s": (self.stop.at or t0) - self.start,
+                                  "jobs": stopped}
+        status = "ok"
+        if self.on_stop is not None:
+            try:
+                self.on_stop()
+            except Exception as e:  # noqa: BLE001 - the file on disk stays as it was
+                self.problem(f"vote after {self.stop.signal} failed: {type(e).__name__}: {e}")
+                status = "failed"
+        self._phase("stopped", None, t0, status, signal=self.stop.signal, jobs=stopped)
+
 
 def main(argv: list[str] | None = None, **runner_kwargs: Any) -> int:
-    """Parse, run, exit 0 whatever happens (an unusable command line is reported, then 0 too)."""
+    """Parse and run; the exit status (see the module docstring). Nothing raises past here: refused
+    options still get the fallback written (from the folders the command line names) and exit
+    BAD_OPTIONS_STATUS; a stop signal during the run ends it as `Runner.run` says."""
     start = time.time()
     try:
         opts = options_from_args(argv)
-    except SystemExit as e:  # argparse: --help (0) or bad options (2)
-        return int(e.code or 0) if e.code == 0 else 0
-    except Exception as e:  # noqa: BLE001
-        print(f"[trm runner] bad options: {e}", flush=True)
-        return 0
-    if opts.start_time is None:
-        opts = replace(opts, start_time=start)
-    return Runner(opts, **runner_kwargs).run()
+    except SystemExit as e:  # --help
+        return int(e.code) if isinstance(e.code, int) else 0
+    except Exception as e:  # noqa: BLE001 - OptionsError, or anything else a command line can cause
+        print(printable(f"[trm runner] bad options: {e}"), flush=True)
+        try:
+            folders = replace(folders_from_args(argv), start_time=start)
+        except (OptionsError, SystemExit) as f:
+            print(printable(f"[trm runner] no fallback written either: {f}"), flush=True)
+            return BAD_OPTIONS_STATUS
+        return Runner(folders, **runner_kwargs).fallback_only(str(e))
+    if opts.start_time is None and (opts.deadline is None or opts.deadline > start):
+        opts = replace(opts, start_time=start)  # a deadline already past: the runner's clock starts it
+    runner = Runner(opts, **runner_kwargs)
+    with on_signals(runner.stop):
+        return runner.run()
 
 
 if __name__ == "__main__":

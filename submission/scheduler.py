@@ -31,13 +31,10 @@ the re-plan and the watchdog that triggers it share one cost model and stay toge
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
 HOUR = 3600.0
@@ -228,14 +225,6 @@ class Plan:
         kw["workload"] = Workload(**d["workload"])
         kw["calibration"] = Calibration.from_json(d["calibration"])
         return cls(**kw)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
-        os.replace(tmp, path)
-        return path
 
     def render(self) -> str:
         """The plan and its assumptions as readable lines."""

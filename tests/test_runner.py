@@ -270,7 +270,9 @@ def test_prediction_shards_without_a_process_group_are_disjoint_and_complete() -
 
 
 def test_main_never_raises(tmp_path: Path, capsys) -> None:
-    assert main(["--no-such-flag"]) == 0
+    # refused options end in one line and status 2; with no folder to use, nothing is written
+    assert main(["--no-such-flag"]) == 2
+    assert "bad options: unrecognized arguments: --no-such-flag" in capsys.readouterr().out
     assert main(["--input-dir", str(tmp_path / "nothing"), "--working-dir", str(tmp_path / "w"),
                  "--deadline", str(time.time() + 5)]) == 0
     assert "no test challenges file" in capsys.readouterr().out

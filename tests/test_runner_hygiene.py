@@ -127,6 +127,9 @@ def test_the_unadapted_model_fills_in_when_adapted_prediction_always_fails(tmp_p
     assert phases["adapted"]["status"] == "failed" and phases["unadapted"]["status"] == "ok", phases
     assert record["predict"]["from_model"] == 0
     assert record["predict"]["filled_from_unadapted"] == 6  # every test input answered by a model
+    # ... and the record says which: no report reads "0 answered by the model" off from_model
+    assert record["answers"]["counts"] == {"adapted": 0, "unadapted": 6, "fallback": 0}
+    assert all(s == ["unadapted"] * len(CHALLENGES[t]["test"]) for t, s in record["answers"]["by_task"].items())
 
 
 def test_more_tasks_than_time_predicts_the_tasks_that_fit() -> None:

@@ -10,6 +10,7 @@ disjoint shard; `gather` collects the shards on every rank.
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,10 +38,13 @@ class PredictConfig:
     compile_limit_s: float = 600.0  # seconds the first compiled batch (the warm-up) may take; 0 = no limit
 
     def __post_init__(self) -> None:
-        if self.num_views < 1 or self.batch_size < 1:
-            raise ValueError("PredictConfig: num_views and batch_size must be >= 1")
-        if self.halt_steps is not None and self.halt_steps < 1:
-            raise ValueError("PredictConfig: halt_steps must be >= 1")
+        # an integer >= 1, not a bool or a float: a batch of -1 or 2.5 rows is a mistake to name, not to round
+        for name in ("num_views", "batch_size", "halt_steps"):
+            value = getattr(self, name)
+            if name == "halt_steps" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"PredictConfig.{name} must be an integer >= 1, got {value!r}")
         if self.compile_limit_s < 0:
             raise ValueError(f"PredictConfig.compile_limit_s must be >= 0 (0 = no limit), got {self.compile_limit_s}")
 

@@ -9,6 +9,8 @@ Inputs: a run folder, from which it reads whichever of these files exist:
   baseline-predictions.npz                the un-adapted model's predictions, for the comparison
   metrics.jsonl                           the training log (one JSON object per logged interval)
   study.json                              a study's curves per arm (`study_section` gives the layout)
+  run.json                                the runner's record: who answered each test input (its
+                                          "answers" counts), shown in the summary
 Callers add their own sections after the summary (`trm report` and the dry run add the timing
 report's, from submission/report.py, when the folder holds timing-report.json).
 Output: report.html (`write_report`), or its sections (`run_sections`) for a page of trm_core/page.py.
@@ -50,6 +52,7 @@ class RunData:
     baseline: Any = None  # Vote of the un-adapted predictions
     metrics: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl rows
     study: dict[str, Any] | None = None
+    answers: dict[str, int] | None = None  # test inputs per source (adapted, unadapted, fallback), from run.json
     title: str = "trm-kit report"
     notes: list[str] = field(default_factory=list)  # files that could not be read, and why
     unreadable: list[str] = field(default_factory=list)  # "<path>: why" for each file that could not be used
@@ -143,6 +146,10 @@ def summary_section(run: RunData) -> Section:
                            cls="scores"))
         parts.append('<p class="hint">pass@K: the right answer among the first K attempts; oracle: among any '
                      "candidate of the vote. Oracle well above pass@2: the selection loses answers.</p>")
+    if run.answers:
+        a = run.answers
+        parts.append(f"<p>{sum(a.values())} test input(s) in submission.json answered by: {a['adapted']} the adapted "
+                     f"model, {a['unadapted']} the un-adapted model, {a['fallback']} the fallback.</p>")
     if run.notes:
         parts.append("<ul class=\"notes\">" + "".join(f"<li>{esc(n)}</li>" for n in run.notes) + "</ul>")
     return Section("summary", "Summary", "".join(parts))
@@ -437,8 +444,20 @@ def load_run(run_dir: str | os.PathLike, rule: str = "reference") -> RunData:
         run.study = study if isinstance(study, dict) else None
         if study is not None and run.study is None:
             run.notes.append(f"study.json: not a JSON object (got {type(study).__name__})")
+    if (d / "run.json").is_file():
+        run.answers = _answer_counts(_read_json(d / "run.json", run.notes))
     run.unreadable += [f"{d / note}" for note in run.notes[seen:]]  # each note starts with its file's name
     return run
+
+
+def _answer_counts(record: object) -> dict[str, int] | None:
+    """run.json's test inputs per source, when it holds them as counts (else None)."""
+    answers = record.get("answers") if isinstance(record, dict) else None
+    counts = answers.get("counts") if isinstance(answers, dict) else None
+    keys = ("adapted", "unadapted", "fallback")
+    if not isinstance(counts, dict) or not all(type(counts.get(k)) is int and counts[k] >= 0 for k in keys):
+        return None
+    return {k: counts[k] for k in keys}
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,

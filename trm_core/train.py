@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import sys
 import time
@@ -77,6 +78,21 @@ def read_train_state(path: Path) -> dict[str, Any]:
     return state
 
 
+# TrainConfig's real-valued fields and their ranges: "(" / ")" exclude the bound, "[" / "]" include it
+_REAL_RANGES = {"lr": "(0, inf)", "puzzle_emb_lr": "(0, inf)", "weight_decay": "[0, inf)",
+                "puzzle_emb_weight_decay": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)", "lr_min_ratio": "[0, 1]",
+                "lora_alpha": "(0, inf)", "ema_rate": "[0, 1]", "freeze_fraction": "[0, 1]",
+                "compile_limit_s": "[0, inf)"}
+
+
+def _in_range(value: object, span: str) -> bool:
+    """A finite real (not a bool) inside `span`, e.g. "(0, inf)" or "[0, 1]"."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        return False
+    low, high = (float(x) for x in span[1:-1].split(","))
+    return (low <= value if span[0] == "[" else low < value) and (value <= high if span[-1] == "]" else value < high)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train. Defaults are the reference's pre-training values."""
@@ -110,6 +126,10 @@ class TrainConfig:
     checkpoint_activations: bool = False  # recompute the gradient-carrying cycle in backward (memory, not speed)
 
     def __post_init__(self) -> None:
+        # a NaN or infinite rate trains every weight to NaN without an error: refuse it here
+        for name, span in _REAL_RANGES.items():
+            if not _in_range(getattr(self, name), span):
+                raise ValueError(f"TrainConfig.{name} must be a finite number in {span}, got {getattr(self, name)!r}")
         if self.mode not in MODES:
             raise ValueError(f"TrainConfig.mode must be one of {MODES}, got {self.mode!r}")
         if self.steps < 1 or self.global_batch_size < 1:
