@@ -26,6 +26,7 @@ from submission.run import BAD_OPTIONS_STATUS, Runner, main
 from trm_core.submission_file import validate
 
 from test_runner import _options
+from test_runner_hygiene import _pids_running
 
 REPO = Path(__file__).resolve().parent.parent
 PLACEHOLDER = REPO / "submission" / "placeholder"
@@ -379,20 +380,6 @@ def test_a_stop_before_anything_still_writes_the_fallback(tmp_path: Path) -> Non
     assert record["stopped"]["signal"] == "SIGTERM" and record["answers"]["counts"]["fallback"] == 6
 
 
-def _pids_with(text: str) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if text in cmd and state != "Z":
-                out.append(int(d.name))
-    return out
-
-
 def test_sigterm_stops_the_jobs_and_leaves_a_complete_record(tmp_path: Path, micro_checkpoint: Path) -> None:
     """A real runner process, its prediction jobs real processes, SIGTERM as the notebook's run cell
     sends it at its kill time: well within the 30 s before SIGKILL, the runner exits 128 + 15 with a
@@ -428,6 +415,6 @@ def test_sigterm_stops_the_jobs_and_leaves_a_complete_record(tmp_path: Path, mic
     assert validate(sub, {t: CHALLENGES[t] for t in IDS}) == []
     assert record["answers"]["counts"]["unadapted"] >= 1  # the saved views were voted
     end = time.time() + 10
-    while _pids_with(str(scratch)) and time.time() < end:
+    while _pids_running(str(scratch)) and time.time() < end:
         time.sleep(0.2)
-    assert _pids_with(str(scratch)) == []
+    assert _pids_running(str(scratch)) == []
