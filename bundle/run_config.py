@@ -69,8 +69,6 @@ def _keys() -> dict[str, str]:
     """{accepted spelling: field name}: the field name and its flag, with '-' or '_'."""
     out = {}
     for f in fields(RunnerOptions):
-        if f.name in SET_BY_NOTEBOOK:
-            continue
         for spelling in (f.name, flag_of(f).lstrip("-")):
             out[spelling] = out[spelling.replace("-", "_")] = out[spelling.replace("_", "-")] = f.name
     return out
@@ -92,14 +90,12 @@ def parse_run_options(pairs: Sequence[str]) -> tuple[tuple[str, Any], ...]:
             raise RunConfigError(f"--run-option {pair[:40]!r}...: {len(pair)} characters; no runner option "
                                  f"takes more than {MAX_TEXT}")
         key, value = pair.split("=", 1)
-        bare = key.strip().lstrip("-")
-        if bare in SET_BY_NOTEBOOK or bare.replace("-", "_") in SET_BY_NOTEBOOK:
-            name = bare.replace("-", "_")
-            raise RunConfigError(f"--run-option {key}: not settable here ({SET_BY_NOTEBOOK[name]})")
-        name = keys.get(bare)
+        name = keys.get(key.strip().lstrip("-"))
         if name is None:
-            known = sorted({n for n in keys.values()})
+            known = sorted({n for n in keys.values() if n not in SET_BY_NOTEBOOK})
             raise RunConfigError(f"--run-option {key!r}: not a runner option; known: {', '.join(known)}")
+        if name in SET_BY_NOTEBOOK:
+            raise RunConfigError(f"--run-option {key}: not settable here ({SET_BY_NOTEBOOK[name]})")
         if name in given:
             raise RunConfigError(f"--run-option {name} is given twice ({given[name]!r} and {pair!r}): keep one")
         given[name] = pair
