@@ -1,7 +1,7 @@
 """Build the offline Kaggle bundle: one call from a checkpoint spec to two upload-ready folders.
 
 Inputs: `BundleOptions` (checkpoint spec, output folder, target image, wheels folder, Kaggle owner
-and slugs, competition slug).
+and slugs, competition slug, the run's configuration: runner options, accelerator, image pin).
 Outputs, under options.out:
   dataset/   trm-bundle.json (manifest: every file with size and sha256), wheels/ (trm-kit's
              wheel + binary wheels of whatever the target image lacks), checkpoint/ (slim kit
@@ -14,26 +14,34 @@ The build happens in a staging folder beside options.out (same file system) and 
 place only after every check passed, the credential scan over every file of dataset/ and kernel/
 last: a refused or failed build leaves nothing new in options.out. options.out and the folders
 in it are never followed through symbolic links.
+
+Reproducible: the same checkout, checkpoint, target and options give byte-identical files and the
+same bundle id (a notebook pushed earlier accepts a rebuild's dataset). No hashed file holds the
+build's time: the own wheel is a deterministic archive and a converted checkpoint records the
+build epoch (bundle.manifest.build_epoch) as its conversion time; only the manifest's created_at
+(not hashed) is the clock, unless SOURCE_DATE_EPOCH is set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from bundle import BundleError
 from bundle.checkpoint_source import check_shippable, copy_checkpoint, resolve_checkpoint
 from bundle.image import DEFAULT_TARGET, TargetImage, get_target
-from bundle.manifest import write_manifest
-from bundle.metadata import (DATASET_METADATA_FILE, DEFAULT_COMPETITION, DEFAULT_LICENCE, KERNEL_METADATA_FILE,
-                             dataset_metadata, kernel_metadata, validate_dataset_metadata,
+from bundle.manifest import build_epoch, write_manifest
+from bundle.metadata import (DATASET_METADATA_FILE, DEFAULT_ACCELERATOR, DEFAULT_COMPETITION, DEFAULT_LICENCE,
+                             KERNEL_METADATA_FILE, dataset_metadata, kernel_metadata, validate_dataset_metadata,
                              validate_kernel_metadata, write_metadata)
 from bundle.notebook import NOTEBOOK_NAME, NotebookSettings, write_notebook
 from bundle.publish import find_credentials
+from bundle.run_config import RunConfig, run_config
 from bundle.wheels import WheelDecision, build_own_wheel, fetch_wheels, plan_wheels, project_requirements
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +65,9 @@ class BundleOptions:
     time_limit_s: int = 12 * 3600  # notebook session limit the runner's deadline derives from
     runner_margin_s: int = 1800
     repo_root: Path = REPO_ROOT
+    run_options: tuple[str, ...] = ()  # `--run-option KEY=VALUE`s: runner options the notebook passes
+    accelerator: str = DEFAULT_ACCELERATOR  # a bundle.metadata.ACCELERATORS name: kernel-metadata's machine
+    image_pin: str | None = None  # docker_image_pinning_type (original | latest); None: Kaggle's default
 
     @property
     def kernel_ref_slug(self) -> str:
@@ -144,10 +155,17 @@ def build_bundle(options: BundleOptions, log: Callable[[str], None] = lambda s: 
 
     target: TargetImage = get_target(options.target)
     log(f"target {target.name}: Python {target.python_version}, {target.description}")
-    # Metadata first: a bad owner or slug should fail before minutes of downloads.
+    # The run's configuration and the metadata first: a bad option, owner or slug should fail before
+    # minutes of downloads.
+    try:
+        run = run_config(options.run_options, options.accelerator, options.image_pin)
+        epoch = build_epoch()
+    except ValueError as e:
+        raise BundleError(str(e)) from None
     dmeta = dataset_metadata(options.owner, options.slug, licence=options.licence)
     dataset_ref = dmeta["id"]
-    kmeta = kernel_metadata(options.owner, options.kernel_ref_slug, NOTEBOOK_NAME, dataset_ref, options.competition)
+    kmeta = kernel_metadata(options.owner, options.kernel_ref_slug, NOTEBOOK_NAME, dataset_ref, options.competition,
+                            accelerator=run.accelerator.name, image_pin=run.image_pin)
     problems = validate_dataset_metadata(dmeta) + validate_kernel_metadata(kmeta)
     if problems:
         raise BundleError("Kaggle metadata would be refused:\n  - " + "\n  - ".join(problems))
@@ -160,22 +178,39 @@ def build_bundle(options: BundleOptions, log: Callable[[str], None] = lambda s: 
     # refused or failed build leaves nothing new there (no key-bearing copy, no half tree).
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=_staging_parent(out)))
     try:
-        staged = _build_into(options, target, dmeta, kmeta, stage, out, trm_version, log)
+        staged = _build_into(options, target, run, epoch, dmeta, kmeta, stage, out, trm_version, log)
         _move_into_place(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return replace(staged, dataset_dir=out / "dataset", kernel_dir=out / "kernel")
 
 
-def _build_into(options: BundleOptions, target: TargetImage, dmeta: dict[str, Any], kmeta: dict[str, Any],
-                stage: Path, out: Path, trm_version: str, log: Callable[[str], None]) -> BuildResult:
+@contextlib.contextmanager
+def _epoch_for_conversion(epoch: int) -> Iterator[None]:
+    """SOURCE_DATE_EPOCH set to `epoch` while the checkpoint is converted, so that the converted
+    manifest's converted_at (trm_core.checkpoint.convert reads the convention) is not the clock."""
+    before = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = str(epoch)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SOURCE_DATE_EPOCH", None)
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = before
+
+
+def _build_into(options: BundleOptions, target: TargetImage, run: RunConfig, epoch: int, dmeta: dict[str, Any],
+                kmeta: dict[str, Any], stage: Path, out: Path, trm_version: str,
+                log: Callable[[str], None]) -> BuildResult:
     """dataset/, kernel/ and work/ under stage, every file of dataset/ and kernel/ scanned."""
     dataset_dir, kernel_dir, work_dir = (stage / name for name in BUILT_FOLDERS)
     for d in (dataset_dir, kernel_dir, work_dir):
         d.mkdir()
 
     # checkpoint
-    ckpt = resolve_checkpoint(options.checkpoint, work_dir, options.config)
+    with _epoch_for_conversion(epoch):
+        ckpt = resolve_checkpoint(options.checkpoint, work_dir, options.config)
     copy_checkpoint(ckpt, dataset_dir / "checkpoint")
     _refuse_credentials(dataset_dir / "checkpoint", "dataset/checkpoint")  # before minutes of wheel downloads
     log(f"checkpoint {ckpt.source} -> {out / 'dataset' / 'checkpoint'}: "
@@ -186,25 +221,28 @@ def _build_into(options: BundleOptions, target: TargetImage, dmeta: dict[str, An
     decisions = plan_wheels(project_requirements(options.repo_root), target)
     for d in decisions:
         log(f"{d.requirement}: {d.action} ({d.reason})")
-    fetch_wheels(decisions, target, wheels_dir, options.wheels_dir, log=log)
+    vendored = fetch_wheels(decisions, target, wheels_dir, options.wheels_dir, log=log)
     if options.own_wheel is not None:
         if not options.own_wheel.is_file():
             raise BundleError(f"--own-wheel {options.own_wheel} does not exist")
-        shutil.copy2(options.own_wheel, wheels_dir / options.own_wheel.name)
+        shutil.copyfile(options.own_wheel, wheels_dir / options.own_wheel.name)
     else:
-        build_own_wheel(options.repo_root, wheels_dir, log=log)
+        build_own_wheel(options.repo_root, wheels_dir, log=log, epoch=epoch)
 
     manifest = write_manifest(dataset_dir, trm_version=trm_version, target=target.name,
                               python_tag=target.python_tag,
                               extra={"checkpoint": "checkpoint", "wheels": "wheels",
                                      "checkpoint_source": ckpt.source,
-                                     "vendored": [d.requirement.key for d in decisions if d.action == "vendor"],
-                                     "competition": options.competition})
+                                     # every wheel shipped besides trm-kit's own, the dependencies
+                                     # fetched for a vendored package included (numba's llvmlite)
+                                     "vendored": [w.name for w in vendored],
+                                     "competition": options.competition,
+                                     "run": run.to_json()})
     write_metadata(dataset_dir / DATASET_METADATA_FILE, dmeta, [])
 
     settings = NotebookSettings(bundle_id=manifest["bundle_id"], trm_version=trm_version,
                                 time_limit_s=options.time_limit_s, runner_margin_s=options.runner_margin_s,
-                                competition=options.competition)
+                                competition=options.competition, run=run)
     write_notebook(settings, kernel_dir / NOTEBOOK_NAME)
     write_metadata(kernel_dir / KERNEL_METADATA_FILE, kmeta, validate_kernel_metadata(kmeta, kernel_dir))
     # the one scan over everything the bundle holds, the manifest and notebook written last included

@@ -32,6 +32,9 @@ PACKAGE = "trm-kit"
 PACKAGE_VERSION = ""  # "" installs whatever trm-kit version the bundle holds
 MARKER_NAME = "trm-bundle.json"
 WHEELS_DIR = "wheels"
+ACCELERATOR = ""  # the Kaggle accelerator the bundle was built for ("" : not checked)
+EXPECTED_GPUS = 0  # GPUs that accelerator has (0: no GPU expected)
+RUN_CONFIG = {}  # the runner options, accelerator and image pin chosen at `trm bundle`, printed first
 # </settings>
 
 MAX_DEPTH = 6  # /kaggle/input/datasets/<owner>/<slug>/<marker> is depth 4

@@ -14,6 +14,7 @@ import click
 
 from bundle.build import BundleOptions
 from bundle.dry_run import DryRunOptions
+from bundle.metadata import ACCELERATORS, PINNING_TYPES
 
 
 @click.command("bundle")
@@ -35,11 +36,22 @@ from bundle.dry_run import DryRunOptions
 @click.option("--kernel-slug", default=None, help="Notebook slug (default: <slug>-submit).")
 @click.option("--competition", default=BundleOptions.competition, show_default=True,
               help="Competition slug attached to the notebook.")
+@click.option("--run-option", "run_options", multiple=True, metavar="KEY=VALUE",
+              help="A runner option the notebook passes (repeatable), e.g. train_mode=full, views_target=128, "
+                   "max_steps=2000, seed=7; checked now against `python -m submission.run --help`'s options.")
+@click.option("--accelerator", type=click.Choice(list(ACCELERATORS), case_sensitive=False),
+              default=BundleOptions.accelerator, show_default=True,
+              help="The Kaggle machine, written to kernel-metadata.json: l4x4 (NvidiaL4), t4x2 (NvidiaTeslaT4), "
+                   "none (CPU only); the setup cell checks the GPUs it gets against it.")
+@click.option("--image-pin", type=click.Choice(PINNING_TYPES), default=None,
+              help="kernel-metadata.json's docker_image_pinning_type: original (the image the notebook was first "
+                   "run on) or latest (default: not written, Kaggle decides).")
 @click.option("--push", is_flag=True, help="Upload the dataset and push the notebook (prints the kaggle "
                                            "commands instead when no credentials are found).")
 def bundle_cmd(checkpoint: str, out: str, target: str, config: str | None, wheels_dir: str | None,
                own_wheel: str | None, owner: str | None, slug: str, kernel_slug: str | None,
-               competition: str, push: bool) -> None:
+               competition: str, run_options: tuple[str, ...], accelerator: str, image_pin: str | None,
+               push: bool) -> None:
     """Build the offline Kaggle bundle: wheels, slim checkpoint, manifest, notebook, metadata."""
     from bundle import BundleError
     from bundle.build import build_bundle, default_owner
@@ -48,10 +60,15 @@ def bundle_cmd(checkpoint: str, out: str, target: str, config: str | None, wheel
     options = BundleOptions(
         checkpoint=checkpoint, out=Path(out), target=target, config=config,
         wheels_dir=Path(wheels_dir) if wheels_dir else None, own_wheel=Path(own_wheel) if own_wheel else None,
-        owner=owner or default_owner(), slug=slug, kernel_slug=kernel_slug, competition=competition)
+        owner=owner or default_owner(), slug=slug, kernel_slug=kernel_slug, competition=competition,
+        run_options=run_options, accelerator=accelerator.lower(), image_pin=image_pin)
     try:
         result = build_bundle(options, log=lambda s: click.echo(s, err=True))
         click.echo(f"bundle {result.manifest['bundle_id']} for {result.manifest['target_image']}:")
+        run = result.manifest["run"]
+        click.echo(f"  run on {run['accelerator']} ({run['machine_shape'] or 'no accelerator'}), image pin "
+                   f"{run['image_pin'] or 'not set'}, runner options "
+                   f"{' '.join(f'{k}={v}' for k, v in run['options'].items()) or 'the defaults'}")
         click.echo(f"  dataset folder  {result.dataset_dir}")
         click.echo(f"  notebook folder {result.kernel_dir}")
         for line in result.size_report():

@@ -6,9 +6,11 @@ Outputs: the two dicts (written as JSON), and validators returning a list of pre
 
 Rules mirror kaggle 2.2.x's own checks (dataset slug 6-50 chars, title 6-50, exactly one licence,
 subtitle 20-80; kernel slug >= 5 chars, title >= 5 and slugifying to the slug; language and kernel
-type from fixed lists) plus Kaggle's slug syntax. Two fields are written explicitly because the
-client's defaults are wrong for a competition: `enable_internet` defaults to true when absent, and
-an unknown `machine_shape` is silently replaced by a generic GPU.
+type from fixed lists; `docker_image_pinning_type` original or latest) plus Kaggle's slug syntax.
+Two fields are written explicitly because the client's defaults are wrong for a competition:
+`enable_internet` defaults to true when absent, and an unknown `machine_shape` is silently
+replaced by a generic GPU. The machine comes from `ACCELERATORS`, the shapes Kaggle offers this
+competition's notebooks (`trm bundle --accelerator`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_COMPETITION = "arc-prize-2026-arc-agi-2"
@@ -37,13 +40,50 @@ MACHINE_SHAPES = ("NvidiaTeslaT4", "NvidiaTeslaT4Highmem", "NvidiaTeslaA100", "N
                   "NvidiaH100", "NvidiaRtxPro6000", "TpuV5E8", "TpuV6E8")
 LANGUAGES = ("python", "r", "rmarkdown")
 KERNEL_TYPES = ("script", "notebook")
-
-_SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-_OWNER_RE = re.compile(r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$")
+PINNING_TYPES = ("original", "latest")  # docker_image_pinning_type: the notebook's first image, or the newest
 
 
 class MetadataError(ValueError):
     """Metadata Kaggle would refuse; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """One machine a competition notebook can run on, as `trm bundle --accelerator` names it."""
+
+    name: str  # the --accelerator value
+    machine_shape: str | None  # kernel-metadata.json's machine_shape; None: no accelerator (CPU only)
+    gpus: int  # GPUs the notebook should see there (the setup cell compares)
+    description: str
+    refused: str = ""  # why a bundle is never built for it ("" : it is offered)
+
+
+# The shapes Kaggle offers this competition's notebooks (KAGGLE.md: L4x4 for notebooks attached to it,
+# T4x2 for any; P100 was retired: kaggle 2.2.5 warns and the session runs on T4s).
+ACCELERATORS: dict[str, Accelerator] = {a.name: a for a in (
+    Accelerator("l4x4", DEFAULT_MACHINE_SHAPE, 4, "4x NVIDIA L4, 96 GB (the competition's L4x4; 2x GPU quota)"),
+    Accelerator("t4x2", "NvidiaTeslaT4", 2, "2x NVIDIA T4, 32 GB (Kaggle's default GPU)"),
+    Accelerator("p100", None, 1, "1x NVIDIA P100",
+                refused="Kaggle retired the P100 (NvidiaTeslaP100 sessions run on T4s instead, kaggle 2.2.5) and "
+                        "the kaggle-2026 image's cu128 torch has no P100 (sm_60) kernels: choose t4x2"),
+    Accelerator("none", None, 0, "no accelerator: the runner post-trains and predicts on the CPU"),
+)}
+DEFAULT_ACCELERATOR = "l4x4"
+
+
+def get_accelerator(name: str) -> Accelerator:
+    """The offered accelerator called `name`; MetadataError naming the choices otherwise."""
+    acc = ACCELERATORS.get(name)
+    if acc is None:
+        offered = ", ".join(a.name for a in ACCELERATORS.values() if not a.refused)
+        raise MetadataError(f"--accelerator {name!r}: one of {offered}")
+    if acc.refused:
+        raise MetadataError(f"--accelerator {name}: {acc.refused}")
+    return acc
+
+
+_SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+_OWNER_RE = re.compile(r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$")
 
 
 def slugify(title: str) -> str:
@@ -106,23 +146,30 @@ def validate_dataset_metadata(meta: dict[str, Any]) -> list[str]:
 
 def kernel_metadata(owner: str, kernel_slug: str, code_file: str, dataset_ref: str,
                     competition: str = DEFAULT_COMPETITION, title: str | None = None,
-                    machine_shape: str = DEFAULT_MACHINE_SHAPE) -> dict[str, Any]:
-    return {
+                    accelerator: str = DEFAULT_ACCELERATOR, image_pin: str | None = None) -> dict[str, Any]:
+    """kernel-metadata.json for the notebook on `accelerator` (an ACCELERATORS name); image_pin, when
+    given, is written as docker_image_pinning_type (absent: Kaggle's default)."""
+    acc = get_accelerator(accelerator)
+    meta: dict[str, Any] = {
         "id": f"{owner}/{kernel_slug}",
         "title": title or kernel_slug,
         "code_file": code_file,
         "language": "python",
         "kernel_type": "notebook",
         "is_private": True,
-        "enable_gpu": True,
+        "enable_gpu": acc.machine_shape is not None,
         "enable_tpu": False,
         "enable_internet": False,  # written explicitly: the client's default is True
-        "machine_shape": machine_shape,
         "dataset_sources": [dataset_ref],
         "competition_sources": [competition],
         "kernel_sources": [],
         "model_sources": [],
     }
+    if acc.machine_shape is not None:
+        meta["machine_shape"] = acc.machine_shape
+    if image_pin is not None:
+        meta["docker_image_pinning_type"] = image_pin
+    return meta
 
 
 def validate_kernel_metadata(meta: dict[str, Any], folder: Path | None = None) -> list[str]:
@@ -148,12 +195,20 @@ def validate_kernel_metadata(meta: dict[str, Any], folder: Path | None = None) -
                         "written explicitly (kaggle's default when absent is true)")
     if meta.get("is_private") not in (True, False):
         problems.append(f"is_private {meta.get('is_private')!r}: true or false")
-    if meta.get("enable_gpu") is not True:
-        problems.append("enable_gpu must be true: the runner post-trains on GPUs")
     shape = meta.get("machine_shape")
-    if shape not in MACHINE_SHAPES:
+    if meta.get("enable_gpu") is False:
+        if shape is not None:  # a GPU shape with the GPU off: which one the session gets is Kaggle's guess
+            problems.append(f"machine_shape {shape!r} with enable_gpu false: drop machine_shape for a CPU "
+                            "notebook, or set enable_gpu true")
+    elif meta.get("enable_gpu") is not True:
+        problems.append(f"enable_gpu {meta.get('enable_gpu')!r}: true (a GPU machine_shape) or false (CPU only)")
+    elif shape not in MACHINE_SHAPES:
         problems.append(f"machine_shape {shape!r}: one of {', '.join(MACHINE_SHAPES)} (an unknown name is "
                         "silently replaced by a generic GPU); the 4xL4 machine is 'NvidiaL4'")
+    pin = meta.get("docker_image_pinning_type")
+    if pin is not None and pin not in PINNING_TYPES:
+        problems.append(f"docker_image_pinning_type {pin!r}: one of {', '.join(PINNING_TYPES)} (kaggle refuses "
+                        "the push otherwise)")
     datasets = meta.get("dataset_sources", [])
     if not isinstance(datasets, list) or not datasets:
         problems.append("dataset_sources must list the bundle dataset 'owner/slug'")

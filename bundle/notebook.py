@@ -1,16 +1,20 @@
 """Generate the submission notebook (.ipynb) from the readable cell templates beside this file.
 
 Inputs: the bundle's id and trm-kit version, runner timing settings, the competition's slug (the
-run and final cells answer the challenges in that competition's folder).
+run and final cells answer the challenges in that competition's folder), the run configuration
+chosen at `trm bundle` (bundle/run_config.py: runner options, accelerator, image pin).
 Outputs: an nbformat 4.5 notebook dict (python3 kernelspec, language_info, a string id per cell):
-a markdown cell saying what the notebook does, then three code cells, each the text of one
-template with its settings block filled in:
-  cell_setup.py     start time, find the bundle under /kaggle/input, offline pip install
-  cell_run.py       `python -m submission.run` as a subprocess with the deadline
+a markdown cell saying what the notebook does and how its run is configured, then three code
+cells, each the text of one template with its settings block filled in:
+  cell_setup.py     start time, find the bundle under /kaggle/input, offline pip install;
+                    ACCELERATOR, EXPECTED_GPUS and RUN_CONFIG say what the run was built for
+  cell_run.py       `python -m submission.run` as a subprocess with the deadline, the chosen
+                    runner options in EXTRA_ARGS
   cell_finalize.py  validate and repair submission.json (standard library only, never raises),
                     its `# <safe_io>` block replaced by the text of trm_core/safe_io.py
 Each template runs its `main()` under `if __name__ == "__main__":`, which holds in a notebook
-kernel, so importing a template does nothing while the cell runs it.
+kernel, so importing a template does nothing while the cell runs it. Nothing time-varying is
+written: the same settings give the same bytes (a rebuild keeps its bundle id and notebook).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 from bundle.manifest import MARKER_NAME
 from bundle.metadata import DEFAULT_COMPETITION
+from bundle.run_config import RunConfig
 from trm_core import safe_io
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
@@ -47,6 +52,7 @@ class NotebookSettings:
     # the competition whose folder (<input>/competitions/<slug>/ or <input>/<slug>/) holds the
     # challenges the run and final cells answer; "" searches the inputs and refuses several files
     competition: str = DEFAULT_COMPETITION
+    run: RunConfig = RunConfig()  # runner options, accelerator and image pin chosen at `trm bundle`
 
     def __post_init__(self) -> None:
         for name in ("time_limit_s", "runner_margin_s", "kill_grace_s"):
@@ -112,6 +118,7 @@ def _intro(s: NotebookSettings) -> str:
         f"Generated for bundle `{s.bundle_id}` (trm-kit {s.trm_version}). Attach the bundle dataset and the "
         f"competition (`{s.competition or 'any slug'}`: its folder's challenges are answered), keep the internet "
         "off, and run all cells.\n\n"
+        f"{_run_lines(s.run)}\n"
         f"1. **Setup**: records the start time, finds `{MARKER_NAME}` under `/kaggle/input` (extracted or zipped), "
         "installs trm-kit from the bundle's wheels with `pip --no-index` (the image's torch is kept).\n"
         f"2. **Run**: `python -m {s.runner_module}` as a subprocess, deadline = start + "
@@ -124,16 +131,33 @@ def _intro(s: NotebookSettings) -> str:
     )
 
 
+def _run_lines(run: RunConfig) -> str:
+    """The run configuration, as the markdown cell states it."""
+    acc = run.accelerator
+    machine = f"`{acc.machine_shape}`, {acc.gpus} GPU{'s' if acc.gpus != 1 else ''}" if acc.machine_shape else "CPU only"
+    pin = f"`{run.image_pin}`" if run.image_pin else "not set (Kaggle's default)"
+    args = " ".join(f"`{a}`" for a in run.runner_args()) or "none (the runner's defaults)"
+    return ("**Run configuration** (chosen at `trm bundle`):\n\n"
+            f"- accelerator: `{acc.name}`, {acc.description} ({machine})\n"
+            f"- image pin (`docker_image_pinning_type`): {pin}\n"
+            f"- runner options: {args}\n")
+
+
 def build_notebook(settings: NotebookSettings) -> dict[str, Any]:
     """The notebook as a JSON-ready dict."""
+    run_config = settings.run
     setup = fill_template("cell_setup.py", {"BUNDLE_ID": settings.bundle_id,
                                             "PACKAGE_VERSION": settings.trm_version,
-                                            "MARKER_NAME": MARKER_NAME})
+                                            "MARKER_NAME": MARKER_NAME,
+                                            "ACCELERATOR": run_config.accelerator.name,
+                                            "EXPECTED_GPUS": run_config.accelerator.gpus,
+                                            "RUN_CONFIG": run_config.to_json()})
     run = fill_template("cell_run.py", {"RUNNER_MODULE": settings.runner_module,
                                         "TIME_LIMIT_S": settings.time_limit_s,
                                         "RUNNER_MARGIN_S": settings.runner_margin_s,
                                         "KILL_GRACE_S": settings.kill_grace_s,
-                                        "COMPETITION": settings.competition})
+                                        "COMPETITION": settings.competition,
+                                        "EXTRA_ARGS": run_config.runner_args()})
     final = inline_safe_io(fill_template("cell_finalize.py", {"COMPETITION": settings.competition}))
     cells = [
         {"cell_type": "markdown", "id": "trm-about", "metadata": {}, "source": _intro(settings).splitlines(keepends=True)},

@@ -11,18 +11,24 @@ its driver. A package the image has at a satisfying version is never replaced. V
 are binary only, for the image's Python tag and every acceptable manylinux tag; each vendored
 wheel's own requirements are checked against the image and the other vendored wheels: what the
 image lacks is fetched in a further round, and a need for another version of a package the image
-has is an error (the bundle never swaps an image package for a dependency's sake).
+has is an error (the bundle never swaps an image package for a dependency's sake). trm-kit's own
+wheel is rewritten as a deterministic archive (`normalize_wheel`: one fixed time, fixed
+permissions, a fixed member order), so a rebuild of unchanged code gives the same bytes and the
+bundle keeps its id.
 """
 
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass, replace
 from email.parser import Parser
@@ -266,9 +272,40 @@ def fetch_wheels(decisions: list[WheelDecision], target: TargetImage, dest: Path
     raise BundleError(f"dependency closure did not settle after {MAX_ROUNDS} rounds: {', '.join(map(str, todo))}")
 
 
+def normalize_wheel(path: Path, epoch: int) -> None:
+    """Rewrite the wheel at `path` as a deterministic archive with the same members and bytes: every
+    member dated `epoch` (a Unix time, 1980..2107), mode 644 (755 where executable), deflated at one
+    level, in sorted order with the .dist-info files last and RECORD at the very end (where pip
+    expects it). The contents are untouched, so RECORD's hashes stay valid."""
+    date_time = time.gmtime(epoch)[:6]
+    with zipfile.ZipFile(path) as zf:
+        members = [(info.filename, info.external_attr, zf.read(info)) for info in zf.infolist()]
+
+    def order(member: tuple[str, int, bytes]) -> tuple[bool, bool, str]:
+        name = member[0]
+        return ".dist-info/" in name, name.endswith(".dist-info/RECORD"), name
+
+    tmp = path.with_name(path.name + ".part")
+    with zipfile.ZipFile(tmp, "w") as out:
+        for name, attr, data in sorted(members, key=order):
+            info = zipfile.ZipInfo(name, date_time)
+            info.create_system = 3  # unix, so the mode bits below are read
+            if name.endswith("/"):
+                info.external_attr = (stat.S_IFDIR | 0o755) << 16
+            else:
+                info.external_attr = (stat.S_IFREG | (0o755 if (attr >> 16) & 0o111 else 0o644)) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            out.writestr(info, data, compresslevel=6)
+    os.replace(tmp, path)
+
+
 def build_own_wheel(repo_root: Path, dest: Path, run: Runner = subprocess.run,
-                    log: Callable[[str], None] = lambda s: None) -> Path:
-    """`pip wheel --no-deps --no-build-isolation` of the checkout; returns the trm_kit wheel path."""
+                    log: Callable[[str], None] = lambda s: None, epoch: int | None = None) -> Path:
+    """`pip wheel --no-deps --no-build-isolation` of the checkout, made deterministic by
+    normalize_wheel at `epoch` (default: bundle.manifest.build_epoch()); returns the wheel path."""
+    from bundle.manifest import build_epoch
+
+    epoch = build_epoch() if epoch is None else epoch
     if not (repo_root / "setup.cfg").is_file():
         raise BundleError(f"{repo_root} is not a trm-kit source checkout (no setup.cfg): pass --own-wheel FILE")
     dest.mkdir(parents=True, exist_ok=True)
@@ -282,14 +319,15 @@ def build_own_wheel(repo_root: Path, dest: Path, run: Runner = subprocess.run,
         cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                "-w", str(out_dir), str(src)]
         log("running: " + shlex.join(cmd))
-        proc = run(cmd, capture_output=True, text=True)
+        proc = run(cmd, capture_output=True, text=True, env=dict(os.environ, SOURCE_DATE_EPOCH=str(epoch)))
         built = sorted(out_dir.glob("trm_kit-*.whl"))
         if proc.returncode != 0 or not built:
             tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-8:])
             raise BundleError(f"building the trm-kit wheel failed (needs setuptools>=61 and wheel "
                               f"installed, since build isolation is off):\n{tail}")
+        normalize_wheel(built[-1], epoch)
         out = dest / built[-1].name
-        shutil.copy2(built[-1], out)
+        shutil.copyfile(built[-1], out)
     return out
 
 

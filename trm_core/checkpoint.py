@@ -577,6 +577,15 @@ def slim(ckpt: Checkpoint) -> Checkpoint:
     return Checkpoint(ckpt.config.with_(num_puzzle_identifiers=1), state, manifest)
 
 
+def _conversion_time() -> str:
+    """Now, or SOURCE_DATE_EPOCH when set to a Unix time (reproducible builds: a bundle rebuilt from
+    the same checkpoint ships the same bytes)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    when = _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch.isdigit() and len(epoch) <= 11 \
+        else _dt.datetime.now(_dt.timezone.utc)
+    return when.isoformat(timespec="seconds")
+
+
 def convert(src: str | os.PathLike, config: TRMConfig | str | os.PathLike | None, out_dir: str | os.PathLike,
             slim_table: bool = True, ema: bool | None = None, source_name: str | None = None,
             log: Callable[[str], None] | None = None) -> Path:
@@ -589,7 +598,7 @@ def convert(src: str | os.PathLike, config: TRMConfig | str | os.PathLike | None
         log(f"{src}: its weights carry no saved config; H_cycles, L_cycles, num_heads, puzzle_emb_len, "
             "halt_max_steps and the other fields no tensor shows are taken from its manifest.json as written")
     prov = dict(ckpt.manifest.get("provenance", {}))
-    prov.update({"converted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    prov.update({"converted_at": _conversion_time(),
                  "converted_by": f"trm-kit {__version__}"})
     if source_name:
         prov["source_name"] = source_name
