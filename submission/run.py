@@ -302,6 +302,15 @@ class Runner:
         if want == "cuda" and not hw.gpu_count:
             self.problem("--device cuda but no GPU is visible: using the CPU")
             want = "cpu"
+        elif want == "cuda":
+            usable, why = env_mod.cuda_usable()
+            if not usable:  # every job sent to those GPUs would crash in turn, and nothing be answered
+                self.problem(f"{hw.gpu_count} GPU(s) listed by {hw.source} but torch cannot use CUDA ({why}): "
+                             "using the CPU")
+                want = "cpu"
+            elif usable < hw.gpu_count:
+                self.problem(f"{hw.gpu_count} GPU(s) listed by {hw.source} but torch can use {usable}: using {usable}")
+                hw = replace(hw, gpu_count=usable)
         self.device = self.dispatch.device = want
         self.world = min(self.opts.gpus or hw.gpu_count, hw.gpu_count) if want == "cuda" else self.opts.cpu_procs
         self.world = max(1, self.world)
