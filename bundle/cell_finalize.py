@@ -234,7 +234,10 @@ def read_record(path):
 
 
 def _number(value):
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """value when it is a finite number (a NaN count must not pass for an answer), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if value == value and abs(value) != float("inf") else None
 
 
 def _same_start(record, start):
@@ -265,7 +268,7 @@ def wasted_reasons(setup, run, start, runner_started=True):
         return reasons
     answers = run.get("answers") if isinstance(run.get("answers"), dict) else {}
     counts = answers.get("counts") if isinstance(answers.get("counts"), dict) else {}
-    by_model = sum(_number(counts.get(s)) or 0 for s in MODEL_SOURCES)
+    by_model = sum(max(0, _number(counts.get(s)) or 0) for s in MODEL_SOURCES)
     total = _number(answers.get("test_inputs"))
     if by_model <= 0:
         of = f" of {total:g}" if total is not None else ""

@@ -70,6 +70,9 @@ OUTCOMES = {
                  True, None),
     "garbage records": ({"ok": "yes", "start_time": START, "problems": 7, "checks": []}, {"start_time": START,
                         "answers": {"counts": {"adapted": "many"}}}, True, "setup: failed"),
+    "nan count": (setup_record(), {"start_time": START, "answers": {"counts": {"adapted": float("nan")}}}, True,
+                  "0 test inputs answered"),
+    "nan start": (setup_record(start=float("nan")), run_record(), True, "setup recorded no checks"),
 }
 
 
