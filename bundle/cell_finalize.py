@@ -17,6 +17,15 @@ submission.json rewritten atomically with every task id of the challenges file, 
 entries (else one [[0]] pair). When no file can be chosen (none, or several and no competition
 folder), or the only one found by search holds few of the submission's task ids (another
 competition's file), the submission keeps its own task ids and only its grids are repaired.
+
+Then the verdict (`wasted_reasons`, read from <working>/trm-run/setup.json and run.json): a setup
+check that failed (no bundle, another bundle id, refused wheels, a Python tag or pip failure, fewer
+GPUs than the accelerator the bundle was built for), a runner that used fewer GPUs than that, or no
+test input answered by a model (run.json's `answers`, or no run.json from this run) makes a run
+not worth submitting. The cell then prints one banner saying why and, in a commit, interactive or
+local run, raises `WastedRun` after submission.json is written, so the notebook shows as failed;
+in the competition rerun it never raises, since the fallback file must still be scored
+(`must_raise`). The deliberate raise is this cell's only one.
 """
 
 from __future__ import annotations
@@ -38,6 +47,9 @@ from trm_core.safe_io import fallback_grid, is_grid, write_json_atomic
 ATTEMPTS = ("attempt_1", "attempt_2")
 SEARCH_DEPTH = 5  # /kaggle/input/datasets/<owner>/<slug>/<folder>/<file>: the deepest layout searched
 MAX_INT_DIGITS = 100  # a grid cell has one digit; a longer integer only has to be refused, not read
+RUN_DIR = "trm-run"
+MODEL_SOURCES = ("adapted", "unadapted")  # run.json's answers sources that are a model's (bar "fallback")
+BANNER_WIDTH = 78
 
 
 def log(msg):
@@ -199,10 +211,144 @@ def union_of(paths):
     return union
 
 
+def run_kind(environ):
+    """"rerun", "commit", "interactive" or "local", as submission/env.py::run_kind decides (this
+    cell cannot import the package: it may not be installed)."""
+    flag = str(environ.get("KAGGLE_IS_COMPETITION_RERUN", "")).strip().lower()
+    if flag and flag not in ("0", "false"):
+        return "rerun"
+    kind = str(environ.get("KAGGLE_KERNEL_RUN_TYPE", "")).strip().lower()
+    if kind == "batch":
+        return "commit"
+    return "interactive" if kind else "local"
+
+
+def read_record(path):
+    """A JSON object from path, or None (missing, unreadable, not an object): never raises."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f, parse_int=parse_int)
+        return value if isinstance(value, dict) else None
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _number(value):
+    """value when it is a finite number (a NaN count must not pass for an answer), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def _same_start(record, start):
+    """True when record's start_time is this notebook run's start (the run cell passes it to the
+    runner with 3 decimals): a record left by an earlier run in the same folder is not this run's."""
+    if start is None:
+        return True
+    t = _number(record.get("start_time") if isinstance(record, dict) else None)
+    return t is not None and abs(t - start) < 0.01
+
+
+def wasted_reasons(setup, run, start, runner_started=True):
+    """Why this run is not worth submitting: [] when it is. setup, run: setup.json and run.json as
+    read (None: missing or unreadable); start: this notebook run's start time (None: not known, any
+    record counts); runner_started: False when the run cell said it did not start the runner."""
+    reasons = []
+    if not isinstance(setup, dict) or not _same_start(setup, start):
+        reasons.append("setup recorded no checks for this run (trm-run/setup.json): was cell 1 run?")
+        setup = {}
+    elif setup.get("ok") is not True:
+        problems = setup.get("problems") if isinstance(setup.get("problems"), list) else []
+        reasons += [f"setup: {p}" for p in problems if isinstance(p, str)] or ["setup: failed (see cell 1)"]
+    checks = setup.get("checks") if isinstance(setup.get("checks"), dict) else {}
+    gpus = checks.get("gpus") if isinstance(checks.get("gpus"), dict) else {}
+    expected = _number(gpus.get("expected")) if gpus.get("accelerator") else None
+    if not runner_started or not isinstance(run, dict) or not _same_start(run, start):
+        reasons.append("the runner wrote no trm-run/run.json in this run: no test input was answered by a model")
+        return reasons
+    answers = run.get("answers") if isinstance(run.get("answers"), dict) else {}
+    counts = answers.get("counts") if isinstance(answers.get("counts"), dict) else {}
+    by_model = sum(max(0, _number(counts.get(s)) or 0) for s in MODEL_SOURCES)
+    total = _number(answers.get("test_inputs"))
+    if by_model <= 0:
+        of = f" of {total:g}" if total is not None else ""
+        reasons.append(f"0{of} test inputs answered by a model: submission.json holds the fallback only "
+                       "(the runner's problems are in trm-run/run.json)")
+    if expected:
+        used = _number(run.get("world")) if run.get("device") == "cuda" else 0
+        if used is not None and used < expected:
+            reasons.append(f"the runner used {used:g} GPU(s) ({run.get('device')}), the bundle was built for "
+                           f"{gpus.get('accelerator')} with {expected:g}")
+    return reasons
+
+
+def must_raise(kind, reasons):
+    """Whether the last cell fails the notebook: only for a wasted run, and never in the
+    competition rerun, whose file (the fallback included) must be scored."""
+    return bool(reasons) and kind != "rerun"
+
+
+def banner(kind, reasons, path, written=True):
+    """The lines of the one block that says a run is not worth submitting, and why."""
+    bar = "#" * BANNER_WIDTH
+    title = "TRM-KIT: THIS RUN IS NOT WORTH SUBMITTING"
+    lines = [bar, "###  " + title + " " * max(1, BANNER_WIDTH - 8 - len(title)) + "###", bar]
+    lines += [f"  - {r}" for r in reasons]
+    lines.append(f"  {path} is valid (every task, two attempts each), but answers with the fallback where "
+                 "no model did." if written else f"  {path} could not be written (see above).")
+    if must_raise(kind, reasons):
+        lines.append(f"  {kind} run: this cell raises so that the notebook shows as failed. Fix the above "
+                     "before you submit.")
+    else:
+        lines.append(f"  {kind} run: not raising, the file above is scored as it is.")
+    return lines + [bar]
+
+
+class WastedRun(RuntimeError):
+    """Raised by the last cell, after submission.json is written, when the run is not worth submitting."""
+
+
+def verdict(working):
+    """(run kind, reasons): this run's outcome from its records, never raising. reasons is None
+    when cell 1 did not run in this kernel (no TRM_START_TIME): this cell then only repairs the file."""
+    kind = run_kind(os.environ)
+    try:
+        start = float(os.environ["TRM_START_TIME"])
+    except KeyError:
+        return kind, None
+    except ValueError:
+        start = None
+    try:
+        folder = os.path.join(working, RUN_DIR)
+        started = os.environ.get("TRM_RUNNER_RC") != ""  # "": the run cell ran and did not start it
+        return kind, wasted_reasons(read_record(os.path.join(folder, "setup.json")),
+                                    read_record(os.path.join(folder, "run.json")), start, started)
+    except Exception as e:  # noqa: BLE001 - a run that cannot be judged is not called fine
+        return kind, [f"the run's records could not be read: {type(e).__name__}: {e}"]
+
+
 def main():
+    working = os.environ.get("TRM_KAGGLE_WORKING", "/kaggle/working")
+    written = check(working)
+    kind, reasons = verdict(working)
+    if reasons is None:
+        log("cell 1 did not run in this kernel: the run is not judged, the file only repaired")
+        return
+    if reasons:
+        for line in banner(kind, reasons, os.path.join(working, SUBMISSION_NAME), written):
+            log(line)
+    if must_raise(kind, reasons):
+        raise WastedRun(f"{len(reasons)} reason(s) this run is not worth submitting (the block above): "
+                        + "; ".join(reasons)[:2000])
+    if not reasons:
+        log(f"run checked: set up, answered by a model ({kind} run)")
+
+
+def check(working):
+    """Repair (or build) submission.json in working; True when it was written."""
+    written = False
     try:
         input_root = os.environ.get("TRM_KAGGLE_INPUT", "/kaggle/input")
-        working = os.environ.get("TRM_KAGGLE_WORKING", "/kaggle/working")
         os.makedirs(working, exist_ok=True)
         path = os.path.join(working, SUBMISSION_NAME)
         submission = load_json(path)
@@ -236,18 +382,20 @@ def main():
                 fixed, replaced, notes = repair({}, union)
             elif submission is None:
                 log(f"ERROR: no {path} and no challenges to rebuild it from")
-                return
+                return written
             else:
                 fixed, replaced = repair_without_challenges(submission)
                 notes = []
         for note in notes[:20]:
             log(note)
         write_json_atomic(path, fixed)
+        written = True
         outputs = sum(len(v) for v in fixed.values())
         log(f"{path}: {len(fixed)} tasks, {outputs} test outputs, {replaced} attempts filled with the fallback "
             f"({time.strftime('%H:%M:%S')})")
     except Exception as e:  # the last cell must not fail the notebook
         log(f"ERROR: could not check the submission: {type(e).__name__}: {e}")
+    return written
 
 
 if __name__ == "__main__":

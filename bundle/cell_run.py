@@ -13,7 +13,11 @@ TRM_CHALLENGES_FILE, else the folder of the competition named in the settings, e
 file under the input; with none or several the runner is not started), `--working-dir` and
 `--bundle-dir`. If the runner is still alive
 KILL_GRACE_S after its deadline, its whole process group is killed so that cell 3 still runs
-inside the session limit. Output: TRM_RUNNER_RC in the environment.
+inside the session limit. Interrupting the cell stops the runner the same way (SIGTERM, SIGKILL
+INTERRUPT_WAIT_S later) before the interrupt goes on; the runner is given this kernel's pid as
+TRM_PARENT_PID and stops by itself when the kernel goes (restarted, shut down), and its workers
+follow it. A second runner started for the same working folder while one is alive refuses (exit
+status 3). Output: TRM_RUNNER_RC in the environment.
 """
 
 import os
@@ -33,6 +37,7 @@ COMPETITION = ""  # the competition's slug, whose folder holds the challenges to
 EXTRA_ARGS = []  # further runner arguments
 # </settings>
 
+INTERRUPT_WAIT_S = 10  # an interrupted cell gives the runner this long to write what it has, then kills it
 FINAL_CELL_RESERVE_S = 300  # never let the kill time eat the last minutes the final cell needs
 SEARCH_DEPTH = 5  # /kaggle/input/datasets/<owner>/<slug>/<folder>/<file>: the deepest layout searched
 
@@ -103,9 +108,9 @@ def stream(pipe):
         print(line, end="", flush=True)
 
 
-def stop(proc):
-    """SIGTERM the runner's process group, then SIGKILL after 30 s."""
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+def stop(proc, term_wait=30):
+    """SIGTERM the runner's process group, then SIGKILL after term_wait seconds."""
+    for sig, wait in ((signal.SIGTERM, term_wait), (signal.SIGKILL, 10)):
         try:
             os.killpg(proc.pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -146,19 +151,28 @@ def main():
                "--working-dir", working, "--bundle-dir", bundle_dir] + [str(a) for a in EXTRA_ARGS]
         log(f"deadline in {deadline - time.time():.0f}s, hard stop in {kill_at - time.time():.0f}s")
         log("running: " + " ".join(cmd))
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # the runner stops when this kernel goes (restarted, shut down): it watches TRM_PARENT_PID
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TRM_PARENT_PID=str(os.getpid()))
         # cwd = scratch: `-m submission.run` must import the installed package, not a stray folder
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                                 cwd=scratch, env=env, start_new_session=True)
-        reader = threading.Thread(target=stream, args=(proc.stdout,), daemon=True)
-        reader.start()
-        while proc.poll() is None:
-            if time.time() >= kill_at:
-                log("runner overran its deadline: stopping it")
-                stop(proc)
-                break
-            time.sleep(1.0)
-        reader.join(timeout=10)
+        try:
+            reader = threading.Thread(target=stream, args=(proc.stdout,), daemon=True)
+            reader.start()
+            while proc.poll() is None:
+                if time.time() >= kill_at:
+                    log("runner overran its deadline: stopping it")
+                    stop(proc)
+                    break
+                time.sleep(1.0)
+            reader.join(timeout=10)
+        except BaseException:
+            # an interrupted cell (KeyboardInterrupt) must not leave the runner holding the GPUs: it
+            # runs in a session of its own, which the interrupt does not reach
+            log("interrupted: stopping the runner")
+            stop(proc, INTERRUPT_WAIT_S)
+            log(f"runner stopped (exit code {proc.returncode})")
+            raise
         os.environ["TRM_RUNNER_RC"] = str(proc.returncode)
         log(f"runner exited with code {proc.returncode}")
     except Exception as e:  # a notebook must go on to its last cell

@@ -2,7 +2,8 @@
 
 Inputs: the process environment (KAGGLE_IS_COMPETITION_RERUN, KAGGLE_KERNEL_RUN_TYPE), the machine
 (nvidia-smi or torch.cuda for GPUs, os.cpu_count, /proc/meminfo) and an input folder tree.
-Outputs: the run kind ("rerun", "commit", "interactive" or "local"), a `Hardware` record, the path
+Outputs: the run kind ("rerun", "commit", "interactive" or "local"), a `Hardware` record, whether
+torch can use those GPUs (`cuda_usable`: the runner asks before it sends a job to them), the path
 of the test challenges file (in the folder of the competition the bundle was built for; searched
 for by name only when that folder is absent, and refused when several are found) and of the trm-kit
 bundle (searched for by its marker file, submission.bundle_check.MARKER_NAME).
@@ -124,6 +125,24 @@ def _gpus_from_torch() -> list[tuple[str, int]]:
         return []
     return [(torch.cuda.get_device_name(i), int(torch.cuda.get_device_properties(i).total_memory))
             for i in range(torch.cuda.device_count())]
+
+
+def cuda_usable() -> tuple[int, str]:
+    """(how many GPUs torch can use, why none when 0): nvidia-smi may list GPUs that this torch
+    cannot use (a CPU build, a driver older than its CUDA), and a job sent to them only crashes.
+    Imports torch; no CUDA context is made (device_count does not create one)."""
+    try:
+        import torch
+    except Exception as e:  # noqa: BLE001 - ImportError, or a broken install
+        return 0, f"torch does not import ({type(e).__name__}: {e})"
+    try:
+        if not torch.cuda.is_available():
+            built = getattr(torch.version, "cuda", None)
+            return 0, (f"torch {torch.__version__} is a CPU build" if not built else
+                       f"torch {torch.__version__} (CUDA {built}) sees no usable GPU (driver or device missing)")
+        return int(torch.cuda.device_count()), ""
+    except Exception as e:  # noqa: BLE001 - a driver error is an answer too
+        return 0, f"torch.cuda failed: {type(e).__name__}: {e}"
 
 
 def detect_hardware(environ: Mapping[str, str] | None = None) -> Hardware:

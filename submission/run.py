@@ -25,7 +25,11 @@ still writes a complete file. Nothing escapes `main`: every error is logged. Exi
 an option is refused (every option is checked before anything starts, and the fallback is still
 written from --input-dir to --working-dir); 128 + the signal's number when SIGTERM (the notebook's
 kill time) or SIGHUP stopped the run: its jobs are stopped, what they saved is voted over the
-fallback, and submission.json and run.json are written whole (submission/stopping.py).
+fallback, and submission.json and run.json are written whole (submission/stopping.py); 3 when
+another live runner holds the working folder's lock (nothing is written: the notebook's run cell
+was run again while its first runner works). With $TRM_PARENT_PID set (the run cell sets it to the
+kernel's pid) the runner stops as on SIGTERM when that process goes, and exits within
+PARENT_GRACE_S whatever it is doing (submission/lifeline.py).
 
 The deadline holds with a margin the runner measures: the final reserve (kept between the last
 job's kill time and the deadline) is at least twice the measured cost of what follows a kill (the
@@ -53,6 +57,7 @@ from typing import Any
 
 from submission import env as env_mod
 from submission import faults as faults_mod
+from submission import lifeline
 from submission.assemble import SOURCE_OF_TAG, Answers, dedupe, shard_files
 from submission.bundle_check import checkpoint_tampering, verify_bundle
 from submission.dispatch import Dispatcher, Outcome
@@ -76,6 +81,7 @@ RUN_DIR = "trm-run"
 STOP_S = 1.0  # from a job's kill time to its process gone: the 0.1 s poll, SIGTERM, the exit
 FINAL_SAFETY = 2.0  # the final reserve holds this many times the measured cost of the final steps
 BAD_OPTIONS_STATUS = 2
+ALREADY_RUNNING_STATUS = 3  # another runner holds the working folder (submission/lifeline.py)
 
 
 
@@ -296,6 +302,15 @@ class Runner:
         if want == "cuda" and not hw.gpu_count:
             self.problem("--device cuda but no GPU is visible: using the CPU")
             want = "cpu"
+        elif want == "cuda":
+            usable, why = env_mod.cuda_usable()
+            if not usable:  # every job sent to those GPUs would crash in turn, and nothing be answered
+                self.problem(f"{hw.gpu_count} GPU(s) listed by {hw.source} but torch cannot use CUDA ({why}): "
+                             "using the CPU")
+                want = "cpu"
+            elif usable < hw.gpu_count:
+                self.problem(f"{hw.gpu_count} GPU(s) listed by {hw.source} but torch can use {usable}: using {usable}")
+                hw = replace(hw, gpu_count=usable)
         self.device = self.dispatch.device = want
         self.world = min(self.opts.gpus or hw.gpu_count, hw.gpu_count) if want == "cuda" else self.opts.cpu_procs
         self.world = max(1, self.world)
@@ -567,7 +582,9 @@ class Runner:
 def main(argv: list[str] | None = None, **runner_kwargs: Any) -> int:
     """Parse and run; the exit status (see the module docstring). Nothing raises past here: refused
     options still get the fallback written (from the folders the command line names) and exit
-    BAD_OPTIONS_STATUS; a stop signal during the run ends it as `Runner.run` says."""
+    BAD_OPTIONS_STATUS; a stop signal during the run ends it as `Runner.run` says. The working
+    folder is locked first (ALREADY_RUNNING_STATUS, nothing written, while another runner holds it),
+    and with $TRM_PARENT_PID set the run stops when that process (the notebook's kernel) goes."""
     start = time.time()
     try:
         opts = options_from_args(argv)
@@ -580,12 +597,34 @@ def main(argv: list[str] | None = None, **runner_kwargs: Any) -> int:
         except (OptionsError, SystemExit) as f:
             print(printable(f"[trm runner] no fallback written either: {f}"), flush=True)
             return BAD_OPTIONS_STATUS
-        return Runner(folders, **runner_kwargs).fallback_only(str(e))
+        return _locked(folders.working_dir, lambda: Runner(folders, **runner_kwargs).fallback_only(str(e)))
     if opts.start_time is None and (opts.deadline is None or opts.deadline > start):
         opts = replace(opts, start_time=start)  # a deadline already past: the runner's clock starts it
-    runner = Runner(opts, **runner_kwargs)
-    with on_signals(runner.stop):
-        return runner.run()
+
+    def run() -> int:
+        runner = Runner(opts, **runner_kwargs)
+        with on_signals(runner.stop):
+            parent = lifeline.parent_from_env(os.environ)
+            if parent is not None:
+                lifeline.watch_parent(parent)
+            return runner.run()
+
+    return _locked(opts.working_dir, run)
+
+
+def _locked(working_dir: Path, body: Callable[[], int]) -> int:
+    """body() while holding the working folder's runner lock; ALREADY_RUNNING_STATUS, with nothing
+    written, while another live runner holds it."""
+    lock = lifeline.RunnerLock(working_dir)
+    try:
+        lock.acquire()
+    except lifeline.LockHeld as e:
+        print(printable(f"[trm runner] not starting: {e}"), flush=True)
+        return ALREADY_RUNNING_STATUS
+    try:
+        return body()
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ CHALLENGES = {
 }
 
 
+KERNEL_TAG = f"cp{sys.version_info[0]}{sys.version_info[1]}"  # the notebook runs on this interpreter
+
+
 def settings(**kw):
     return NotebookSettings(bundle_id="0123456789abcdef", trm_version="0.1.0", **kw)
 
@@ -200,6 +203,11 @@ a = p.parse_args()
 record = dict(vars(a), problems=verify_bundle(a.bundle_dir), cwd=os.getcwd())
 json.dump(record, open(os.path.join(a.working_dir, "runner-args.json"), "w"))
 json.dump({"aaa": [{"attempt_1": [[9]], "attempt_2": [[8]]}]}, open(os.path.join(a.working_dir, "submission.json"), "w"))
+# run.json as the runner leaves it: this run's start time, and who answered (here: the model, once)
+os.makedirs(os.path.join(a.working_dir, "trm-run"), exist_ok=True)
+json.dump({"start_time": float(a.start_time), "device": "cpu", "world": 1,
+           "answers": {"test_inputs": 4, "counts": {"adapted": 1, "unadapted": 0, "fallback": 3}}},
+          open(os.path.join(a.working_dir, "trm-run", "run.json"), "w"))
 print("fake runner done")
 '''
 
@@ -212,7 +220,7 @@ def kaggle_tree(tmp_path, zipped: bool, version: str):
     (bundle / "checkpoint" / "model.safetensors").write_bytes(b"\x00" * 64)
     (bundle / "checkpoint" / "manifest.json").write_text('{"slim": true}')
     (bundle / "wheels" / "README").write_text("no wheels needed: everything is installed")
-    manifest = write_manifest(bundle, trm_version=version, target="test", python_tag="cp00")
+    manifest = write_manifest(bundle, trm_version=version, target="test", python_tag=KERNEL_TAG)
     if zipped:
         shutil.make_archive(str(bundle / "wheels"), "zip", bundle / "wheels")
         shutil.rmtree(bundle / "wheels")
@@ -222,18 +230,27 @@ def kaggle_tree(tmp_path, zipped: bool, version: str):
     return manifest, comp
 
 
-def run_with_stand_in_runner(tmp_path: Path, bundle_id: str, version: str):
-    """Generate the notebook for `bundle_id` with FAKE_RUNNER as its runner and execute it on the
-    Kaggle-like tree under tmp_path/input; returns (the finished process, the working folder)."""
+def run_with_stand_in_runner(tmp_path: Path, bundle_id: str, version: str, notebook: Path | None = None,
+                             env: dict | None = None):
+    """Generate the notebook for `bundle_id` with FAKE_RUNNER as its runner (or take `notebook`, whose
+    run cell must name fake_runner) and execute it on the Kaggle-like tree under tmp_path/input, in a
+    local run unless `env` says otherwise; returns (the finished process, the working folder)."""
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     (scratch / "fake_runner.py").write_text(FAKE_RUNNER)  # cwd of the runner subprocess
     nb = write_notebook(NotebookSettings(bundle_id=bundle_id, trm_version=version,
                                          runner_module="fake_runner", time_limit_s=7200, runner_margin_s=600),
                         tmp_path / "trm-submit.ipynb")
+    if notebook is not None:
+        generated = json.loads(nb.read_text())
+        given = json.loads(notebook.read_text())
+        given["cells"][2] = generated["cells"][2]  # the run cell, with the stand-in runner
+        nb.write_text(json.dumps(given))
     work = tmp_path / "working"
     proc = execute_notebook(nb, env={"TRM_KAGGLE_INPUT": str(tmp_path / "input"), "TRM_KAGGLE_WORKING": str(work),
-                                     "TRM_SCRATCH": str(scratch), "PYTHONPATH": str(Path(__file__).parents[1])},
+                                     "TRM_SCRATCH": str(scratch), "PYTHONPATH": str(Path(__file__).parents[1]),
+                                     "KAGGLE_IS_COMPETITION_RERUN": "", "KAGGLE_KERNEL_RUN_TYPE": "",
+                                     **(env or {})},
                             timeout=300)
     return proc, work
 
@@ -263,16 +280,23 @@ def test_notebook_runs_end_to_end_with_a_stand_in_runner(tmp_path, zipped):
     assert sub["aaa"] == [{"attempt_1": [[9]], "attempt_2": [[8]]}]  # the runner's answer survives the repair
 
 
-def test_notebook_without_a_bundle_still_writes_a_valid_submission(tmp_path):
+@pytest.mark.parametrize("kaggle, fails", [({}, True), ({"KAGGLE_KERNEL_RUN_TYPE": "Batch"}, True),
+                                           ({"KAGGLE_IS_COMPETITION_RERUN": "1"}, False)])
+def test_notebook_without_a_bundle_still_writes_a_valid_submission(tmp_path, kaggle, fails):
+    """... and says loudly that it is the fallback only: the notebook fails (after the file is
+    written) in a local or commit run, never in the competition rerun, whose file must be scored."""
     comp = tmp_path / "input" / "competitions" / "arc"
     comp.mkdir(parents=True)
     (comp / "arc-agi_test_challenges.json").write_text(json.dumps(CHALLENGES))
     nb = write_notebook(settings(), tmp_path / "nb.ipynb")
-    proc = execute_notebook(nb, env={"TRM_KAGGLE_INPUT": str(tmp_path / "input"),
-                                     "TRM_KAGGLE_WORKING": str(tmp_path / "working"),
-                                     "TRM_SCRATCH": str(tmp_path / "scratch")}, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    env = {"TRM_KAGGLE_INPUT": str(tmp_path / "input"), "TRM_KAGGLE_WORKING": str(tmp_path / "working"),
+           "TRM_SCRATCH": str(tmp_path / "scratch"), "KAGGLE_IS_COMPETITION_RERUN": "",
+           "KAGGLE_KERNEL_RUN_TYPE": "", **kaggle}
+    proc = execute_notebook(nb, env=env, timeout=120)
+    assert proc.returncode == (1 if fails else 0), proc.stdout + proc.stderr
     assert "no trm-bundle.json" in proc.stdout and "not starting the runner" in proc.stdout
+    assert "THIS RUN IS NOT WORTH SUBMITTING" in proc.stdout and "attach the bundle dataset" in proc.stdout
+    assert ("WastedRun" in proc.stderr) == fails
     assert_valid(json.loads((tmp_path / "working" / "submission.json").read_text()))
 
 

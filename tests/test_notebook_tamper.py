@@ -30,7 +30,8 @@ def _notebook(tmp_path: Path, tamper) -> tuple[str, Path]:
     (comp / "arc-agi_test_challenges.json").write_text(json.dumps(CHALLENGES))
     tamper(bundle)
     proc, work = run_with_stand_in_runner(tmp_path, manifest["bundle_id"], version)
-    assert proc.returncode == 0
+    # refused wheels install nothing: the run is the fallback only, and the notebook fails loudly
+    assert proc.returncode == 1 and "THIS RUN IS NOT WORTH SUBMITTING" in proc.stdout, proc.stdout + proc.stderr
     return proc.stdout + proc.stderr, work
 
 
