@@ -30,9 +30,13 @@ import pytest
 from trm_core import __version__
 from trm_core.submission_file import validate
 
-nbformat = pytest.importorskip("nbformat")
-pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
+try:  # the test extra installs them: a missing one is a broken environment, not a reason to skip
+    import ipykernel  # noqa: F401
+    import nbclient  # noqa: F401
+    import nbformat
+except ImportError as e:
+    pytest.fail(f"{e.name} is missing: pip install -e '.[test]' (nbclient and ipykernel run the notebook "
+                "in a real kernel)", pytrace=False)
 
 REPO = Path(__file__).resolve().parent.parent
 PLACEHOLDER = REPO / "submission" / "placeholder" / "arc-agi_test_challenges.json"
