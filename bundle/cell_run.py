@@ -122,6 +122,23 @@ def stop(proc, term_wait=30):
             continue
 
 
+def time_limit(text):
+    """The session limit in seconds: TIME_LIMIT_S, or TRM_TIME_LIMIT_S (a rehearsal's) when set; None,
+    logged, when that is not a number of seconds that leaves the runner any time."""
+    if text is None:
+        return float(TIME_LIMIT_S)
+    try:
+        limit = float(text)
+    except ValueError:
+        limit = float("nan")
+    if not limit > RUNNER_MARGIN_S or limit == float("inf"):
+        log(f"ERROR: TRM_TIME_LIMIT_S={text[:40]!r} is not a number of seconds above the runner's margin "
+            f"({RUNNER_MARGIN_S} s), so the runner would have no time: not starting it; the next cell writes "
+            "a valid submission")
+        return None
+    return limit
+
+
 def main():
     os.environ["TRM_RUNNER_RC"] = ""
     try:
@@ -129,7 +146,9 @@ def main():
         if os.environ.get("TRM_SETUP_OK") != "1":
             log("setup did not finish (see cell 1): not starting the runner; the next cell writes a valid submission")
             return
-        limit = float(os.environ.get("TRM_TIME_LIMIT_S", TIME_LIMIT_S))
+        limit = time_limit(os.environ.get("TRM_TIME_LIMIT_S"))
+        if limit is None:
+            return
         deadline = start + limit - RUNNER_MARGIN_S
         kill_at = min(deadline + KILL_GRACE_S, start + limit - FINAL_CELL_RESERVE_S)
         input_root = os.environ.get("TRM_KAGGLE_INPUT", "/kaggle/input")

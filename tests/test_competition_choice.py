@@ -167,6 +167,25 @@ def test_the_run_cell_refuses_to_guess_and_does_not_start_the_runner(tmp_path, m
     assert f"competitions/arc-prize-2024/{NAME}" in out and f"competitions/{SLUG}/{NAME}" in out
 
 
+@pytest.mark.parametrize("limit", ["abc", "", "nan", "inf", "-5", "600", "1e300x"])
+def test_a_time_limit_that_leaves_the_runner_no_time_does_not_start_it(tmp_path, monkeypatch, capsys,
+                                                                        limit: str) -> None:
+    """A rehearsal's TRM_TIME_LIMIT_S that is not seconds, or not above the runner's margin (600 s
+    here): said once, by name, instead of a ValueError or a runner stopped the second it starts."""
+    tree(tmp_path / "input", "2026")
+    monkeypatch.setenv("TRM_TIME_LIMIT_S", limit)
+    argv = run_cell(tmp_path, monkeypatch, tmp_path / "input")
+    out = capsys.readouterr().out
+    assert argv is None and f"TRM_TIME_LIMIT_S={limit!r}" in out and "not starting it" in out
+
+
+def test_a_rehearsal_time_limit_above_the_margin_starts_the_runner(tmp_path, monkeypatch) -> None:
+    tree(tmp_path / "input", "2026")
+    monkeypatch.setenv("TRM_TIME_LIMIT_S", "900")
+    argv = run_cell(tmp_path, monkeypatch, tmp_path / "input")
+    assert argv is not None and float(argv[argv.index("--deadline") + 1]) > time.time()
+
+
 def test_the_run_cell_honours_trm_challenges_file(tmp_path, monkeypatch) -> None:
     tree(tmp_path / "input", "2026")
     chosen = tmp_path / "input" / LAYOUTS["2026"][1] / NAME
