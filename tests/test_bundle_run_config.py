@@ -79,10 +79,16 @@ def test_defaults_are_the_4xl4_machine_no_pin_and_the_runners_defaults(tmp_path)
     assert meta["machine_shape"] == "NvidiaL4" and "docker_image_pinning_type" not in meta
     cfg = run_config()
     assert cfg.runner_args() == [] and cfg.to_json()["expected_gpus"] == 4
-    nb = build_notebook(NotebookSettings("0123456789abcdef", "0.1.0"))
+    nb = build_notebook(NotebookSettings("0123456789abcdef", "0.1.0", run=cfg))
     setup, run, _ = code_cells(nb)
     assert settings_value(run, "EXTRA_ARGS") == [] and settings_value(setup, "ACCELERATOR") == "l4x4"
+    assert settings_value(setup, "EXPECTED_GPUS") == 4
     assert "none (the runner's defaults)" in "".join(nb["cells"][0]["source"])
+    # a notebook made outside `trm bundle` (the local dry run, tests) claims no machine: no GPU check
+    bare = build_notebook(NotebookSettings("0123456789abcdef", "0.1.0"))
+    setup, run, _ = code_cells(bare)
+    assert settings_value(setup, "ACCELERATOR") == "" and settings_value(setup, "EXPECTED_GPUS") == 0
+    assert settings_value(run, "EXTRA_ARGS") == [] and "no accelerator checked" in "".join(bare["cells"][0]["source"])
 
 
 def test_no_accelerator_is_a_cpu_notebook(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 from bundle.execute import execute_notebook
 from bundle.manifest import write_manifest
 from bundle.notebook import NotebookSettings, build_notebook, code_cells, write_notebook
+from bundle.run_config import ACCELERATORS, RunConfig
 from submission.env import run_kind
 from test_bundle_notebook import CHALLENGES, KERNEL_TAG, assert_valid, kaggle_tree, run_with_stand_in_runner
 
@@ -209,10 +210,8 @@ def test_a_run_short_of_gpus_fails_the_commit_not_the_rerun(tmp_path, kind) -> N
     except metadata.PackageNotFoundError:
         pytest.skip("trm-kit is not installed in this environment (pip install -e .)")
     manifest, _ = kaggle_tree(tmp_path, False, version)
-    nb = build_notebook(NotebookSettings(bundle_id=manifest["bundle_id"], trm_version=version))
-    setup = nb["cells"][1]["source"]
-    nb["cells"][1]["source"] = [line.replace('ACCELERATOR = ""', 'ACCELERATOR = "NvidiaL4X4"')
-                                .replace("EXPECTED_GPUS = 0", "EXPECTED_GPUS = 4") for line in setup]
+    nb = build_notebook(NotebookSettings(bundle_id=manifest["bundle_id"], trm_version=version,
+                                         run=RunConfig(accelerator=ACCELERATORS["l4x4"])))  # 4 GPUs expected
     path = tmp_path / "nb.ipynb"
     path.write_text(json.dumps(nb))
     proc, work = run_with_stand_in_runner(tmp_path, manifest["bundle_id"], version, notebook=path,
