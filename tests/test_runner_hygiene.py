@@ -183,10 +183,14 @@ def test_workers_die_with_their_runner(tmp_path: Path, micro_checkpoint: Path) -
         assert workers(), "no worker started"
         runner.send_signal(signal.SIGKILL)
         runner.wait()
-        end = time.time() + 10
+        # a worker polls every 0.5 s once its interpreter runs, but a worker still loading torch holds
+        # the GIL for seconds (tens on a loaded 2-core machine); a hung worker without the watch would
+        # never go, so a generous bound still tells the two apart
+        end = time.time() + 60
         while workers() and time.time() < end:
             time.sleep(0.2)
-        assert workers() == []
+        left = workers()
+        assert left == [], [(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:300]) for pid in left]
     finally:
         runner.kill()
         for pid in workers():
