@@ -8,8 +8,10 @@ working folder, and the bundle folder (its checkpoint in `checkpoint/`). `--chec
 the bundle's checkpoint; the other options tune the budget (see `--help`).
 Outputs, in the working folder: `submission.json` (valid from the first seconds, improved as
 results arrive, validated and repaired at the end) and `trm-run/run.json` (plan vs actual per
-phase, device, versions, seeds, problems) with `trm-run/plan.json`; scratch files (checkpoints,
-per-shard predictions, job files) go to --scratch-dir.
+phase, device, versions, seeds, problems) with `trm-run/plan.json`, and once the file is final, in
+the time left, what `trm report` draws from a downloaded output (tasks, training log, votes, package
+list, timing report: submission/keep.py); scratch files (checkpoints, per-shard predictions, job
+files) go to --scratch-dir.
 
 Order: write the fallback (the test input as both attempts, built from the raw JSON so every task id
 is present even when a task does not parse) -> detect the run kind and hardware -> verify the bundle
