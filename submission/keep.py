@@ -58,10 +58,7 @@ def keep(run_dir: Path, src: Sources, until: float, clock: Callable[[], float],
     """Write what fits before `until` into run_dir; returns {name: bytes or "skipped: why"}."""
     kept: dict[str, Any] = {}
     for name in KEPT:
-        try:
-            (run_dir / name).unlink(missing_ok=True)
-        except OSError:
-            pass
+        _remove(run_dir / name)
 
     def fits(name: str, estimate_s: float) -> bool:
         left = until - clock()
@@ -76,7 +73,7 @@ def keep(run_dir: Path, src: Sources, until: float, clock: Callable[[], float],
             kept[name] = (run_dir / name).stat().st_size
         except Exception as e:  # noqa: BLE001 - the record names it; the run is over and valid
             kept[name] = f"skipped: {type(e).__name__}: {e}"
-            (run_dir / name).unlink(missing_ok=True)
+            _remove(run_dir / name)
 
     for name, path in ((METRICS, src.metrics), (CHALLENGES, src.challenges)):
         size = _size(path)
@@ -112,7 +109,7 @@ def write_timing(run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
         return {n: (run_dir / n).stat().st_size for n in (TIMING_JSON, TIMING_TEXT)}
     except Exception as e:  # noqa: BLE001 - `trm report` derives it from run.json instead
         for n in (TIMING_JSON, TIMING_TEXT):
-            (run_dir / n).unlink(missing_ok=True)
+            _remove(run_dir / n)
         return {TIMING_JSON: f"skipped: {type(e).__name__}: {e}"}
 
 
@@ -135,6 +132,14 @@ def packages(until: float, clock: Callable[[], float]) -> str:
             continue
     head = [f"# python {sys.version.split()[0]}"] + (["# cut short: out of time"] if cut else [])
     return "\n".join(head + sorted(found, key=str.lower)) + "\n"
+
+
+def _remove(path: Path) -> None:
+    """`path` gone if it can be (a folder of that name, or a read-only one, stays: the write names it)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _size(path: Path | None) -> int | None:

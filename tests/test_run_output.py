@@ -166,6 +166,24 @@ def test_keeping_skips_what_does_not_fit_and_removes_an_earlier_runs_files(tmp_p
     assert kept["challenges.json"] == big.stat().st_size
 
 
+def test_a_file_that_cannot_be_kept_is_named_and_the_others_kept(tmp_path: Path) -> None:
+    run_dir = tmp_path / "trm-run"
+    (run_dir / "challenges.json").mkdir(parents=True)  # a folder where the copy must go
+    (run_dir / "challenges.json" / "x").write_text("x")
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1}\n')
+    kept = keep_mod.keep(run_dir, keep_mod.Sources(challenges=PLACEHOLDER / "arc-agi_test_challenges.json",
+                                                   metrics=metrics, predictions=[str(tmp_path / "gone.npz")]),
+                         until=time.time() + 60, clock=time.time, log=lambda line: None)
+    assert kept["challenges.json"].startswith("skipped: ") and "Error" in kept["challenges.json"]
+    assert kept["metrics.jsonl"] == metrics.stat().st_size and kept["predictions.npz"] == "skipped: the run has none"
+    torn = tmp_path / "adapted-a0-r0of1.npz"
+    torn.write_bytes(b"PK\x03\x04 torn")
+    kept = keep_mod.keep(run_dir, keep_mod.Sources(predictions=[str(torn)]), until=time.time() + 60, clock=time.time,
+                         log=lambda line: None)
+    assert kept["predictions.npz"] == "skipped: ValueError: no shard could be read"
+
+
 def test_the_package_list_stops_at_its_time(tmp_path: Path) -> None:
     ticks = iter(range(1000))
     text = keep_mod.packages(until=3, clock=lambda: next(ticks))
