@@ -257,7 +257,7 @@ def test_the_runner_prints_prediction_progress(tmp_path: Path, micro_checkpoint:
 # ---- the training log's time rule ------------------------------------------------------------------------------
 
 
-def _train(clock, log_every: int, steps: int = 6) -> tuple[list[str], list[dict]]:
+def _train(clock, log_every: int, steps: int = 6, rank: int = 0, world: int = 1) -> tuple[list[str], list[dict]]:
     from trm_core.batches import TrainSampler
     from trm_core.model import TRM, TRMConfig
     from trm_core.tasks import Task
@@ -281,7 +281,8 @@ def _train(clock, log_every: int, steps: int = 6) -> tuple[list[str], list[dict]
         def close(self):
             pass
 
-    train(model, TrainSampler(variants, 4, seed=0, canvas=6), tc, log=lines.append, logger=Rows(), clock=clock)
+    train(model, TrainSampler(variants, 4, seed=0, canvas=6, rank=rank, world_size=world), tc, log=lines.append,
+          logger=Rows(), clock=clock)
     return lines, logger_rows
 
 
@@ -321,6 +322,46 @@ def test_training_log_is_unchanged_when_log_every_comes_first() -> None:
     for a, b in zip(rows, rows2):  # the same figures, bar those that are rates over the clock
         keep = {k for k in a if k not in ("samples_per_s", "mfu", "eta_s")}
         assert {k: a[k] for k in keep} == {k: b[k] for k in keep}
+
+
+def _ddp_log_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+
+    from trm_core import train as train_mod
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        t = [0.0]
+
+        def late() -> float:  # only rank 1 sees 30 s pass at every step
+            t[0] += 31.0
+            return t[0]
+
+        original = train_mod.train
+
+        def train_with(*a, **kw):
+            return original(*a, **{**kw, "clock": late if rank == 1 else (lambda: 0.0)})
+
+        train_mod.train = train_with
+        try:
+            _, rows = _train(None, log_every=1000, steps=4, rank=rank, world=world)
+        finally:
+            train_mod.train = original
+        if rank == 0:
+            Path(out_file).write_text(json.dumps([r["step"] for r in rows]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_time_rule_holds_every_rank_to_the_same_lines(tmp_path: Path) -> None:
+    """Two gloo processes whose clocks disagree: the one that sees 30 s pass makes every rank end
+    the interval (each line is a collective), so the run neither hangs nor loses a line."""
+    import torch.multiprocessing as mp
+
+    init_file, out_file = str(tmp_path / "init"), tmp_path / "steps.json"
+    mp.spawn(_ddp_log_worker, args=(2, init_file, str(out_file)), nprocs=2, join=True)
+    assert json.loads(out_file.read_text()) == [1, 2, 3, 4]
 
 
 # ---- dry-run --calibration ---------------------------------------------------------------------------------------
