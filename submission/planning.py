@@ -4,14 +4,17 @@ the tasks that fit when not all do, and the post-training config a plan implies.
 Input: the runner's options, the run mode (full | smoke), the device and process count, the
 measured write time, the tasks and calibration jobs' measurements. Output: a `Calibration`,
 scheduler `Plan`s and TrainConfig fields (a dict: the worker builds the TrainConfig, so torch is
-not imported here).
+not imported here). `read_calibration` takes a previous run's measured calibration back from its
+output (run.json or plan.json), for `trm dry-run --calibration`.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
+from pathlib import Path
 from typing import Any
 
 from submission.dispatch import LINGER_S, Dispatcher
@@ -127,3 +130,61 @@ class Planner:
                 "freeze_fraction": 0.25 * p.steps / max(ceiling, 1),
                 "checkpoint_every": max(1, math.ceil(max(steps, 1) / 4)),
                 "log_every": max(1, p.steps // 20), "seed": self.opts.seed}
+
+
+# where a run's calibration is recorded, in the order looked for: the runner's own (run.json's
+# "calibration", as measured) before the plan's (plan.json's, adjusted for a process group)
+CALIBRATION_FILES = ("run.json", "trm-run/run.json", "plan.json", "trm-run/plan.json")
+_CAL_INTS = ("train_batch", "predict_batch", "steps_timed", "batches_timed", "train_micro_batch")
+_CAL_TIMES = ("train_step_s", "train_warmup_s", "predict_batch_s", "predict_warmup_s", "launch_s", "save_s")
+
+
+def read_calibration(path: str | os.PathLike) -> tuple[Calibration, Path]:
+    """(the calibration a previous run measured, the file it came from). `path`: that run's
+    run.json or plan.json, or a folder holding one (a downloaded Kaggle output, its trm-run/, a
+    dry run's folder). Read by the rules of trm_core.jsonio; every field is checked (unit times
+    finite and > 0, FLOPs > 0, batches whole numbers >= 1) and the record must be a measurement,
+    so a ValueError names the file and the field to fix."""
+    from trm_core import jsonio
+
+    given = Path(path)
+    if given.is_dir():
+        found = next((given / f for f in CALIBRATION_FILES if (given / f).is_file()), None)
+        if found is None:
+            raise ValueError(f"{given}: no run.json or plan.json here or in trm-run/ (pass a run's output folder "
+                             "or the file itself)")
+        given = found
+    record = jsonio.load(given)  # a JSONInputError (a ValueError) names the file
+    cal = record.get("calibration") if isinstance(record, dict) else None
+    if not isinstance(cal, dict):
+        raise ValueError(f"{given}: no calibration object (expected the runner's run.json or plan.json, whose "
+                         "\"calibration\" holds the measured unit times; a run that failed to calibrate has none)")
+    known = {f.name for f in fields(Calibration)}
+    for name in ("device", *_CAL_INTS[:2], *_CAL_TIMES, "train_flops_per_step", "predict_flops_per_batch"):
+        if name not in cal:
+            raise ValueError(f"{given}: calibration.{name} is missing")
+    for name, value in cal.items():
+        if name not in known:
+            continue
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if name in _CAL_INTS and not (isinstance(value, int) and not isinstance(value, bool)
+                                      and (value >= 1 or name not in ("train_batch", "predict_batch"))
+                                      and 0 <= value < 10**9):
+            raise ValueError(f"{given}: calibration.{name} must be a whole number (batches >= 1), got {shown}")
+        if (name in _CAL_TIMES or name.endswith(("flops_per_step", "flops_per_batch"))) and not (
+                number and math.isfinite(value) and 0 <= value < 1e30):
+            raise ValueError(f"{given}: calibration.{name} must be a finite number >= 0, got {shown}")
+        if name in ("device", "source") and not (isinstance(value, str) and 0 < len(value) <= 200):
+            raise ValueError(f"{given}: calibration.{name} must be a short string, got {shown}")
+    for name in ("train_step_s", "predict_batch_s", "train_flops_per_step", "predict_flops_per_batch"):
+        if not cal[name] > 0:
+            raise ValueError(f"{given}: calibration.{name} is 0: nothing was timed, no unit time to plan with")
+    if cal.get("source", "measured") != "measured":
+        raise ValueError(f"{given}: the calibration is {cal['source']!r}, not measured: only a run's measurement "
+                         "replaces the projection")
+    try:
+        return Calibration.from_json({k: cal[k] for k in ("device", *_CAL_INTS, *_CAL_TIMES, "train_flops_per_step",
+                                                          "predict_flops_per_batch", "source") if k in cal}), given
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{given}: calibration unusable ({e})") from None

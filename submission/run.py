@@ -8,8 +8,10 @@ working folder, and the bundle folder (its checkpoint in `checkpoint/`). `--chec
 the bundle's checkpoint; the other options tune the budget (see `--help`).
 Outputs, in the working folder: `submission.json` (valid from the first seconds, improved as
 results arrive, validated and repaired at the end) and `trm-run/run.json` (plan vs actual per
-phase, device, versions, seeds, problems) with `trm-run/plan.json`; scratch files (checkpoints,
-per-shard predictions, job files) go to --scratch-dir.
+phase, device, versions, seeds, problems) with `trm-run/plan.json`, and once the file is final, in
+the time left, what `trm report` draws from a downloaded output (tasks, training log, votes, package
+list, timing report: submission/keep.py); scratch files (checkpoints, per-shard predictions, job
+files) go to --scratch-dir.
 
 Order: write the fallback (the test input as both attempts, built from the raw JSON so every task id
 is present even when a task does not parse) -> detect the run kind and hardware -> verify the bundle
@@ -57,6 +59,7 @@ from typing import Any
 
 from submission import env as env_mod
 from submission import faults as faults_mod
+from submission import keep as keep_mod
 from submission import lifeline
 from submission.assemble import SOURCE_OF_TAG, Answers, dedupe, shard_files
 from submission.bundle_check import checkpoint_tampering, verify_bundle
@@ -82,7 +85,7 @@ STOP_S = 1.0  # from a job's kill time to its process gone: the 0.1 s poll, SIGT
 FINAL_SAFETY = 2.0  # the final reserve holds this many times the measured cost of the final steps
 BAD_OPTIONS_STATUS = 2
 ALREADY_RUNNING_STATUS = 3  # another runner holds the working folder (submission/lifeline.py)
-
+STOPPED_KEEP_S = 12.0  # after a stop signal, the files kept for `trm report` are written within this
 
 
 def manifest_canvas(manifest: Any, where: str | os.PathLike) -> int:
@@ -518,7 +521,7 @@ class Runner:
         t0 = self.clock()
         prediction = Prediction(self.dispatch, self.retry, self.answers, self.log, self.problem,
                                 self.scratch / "predictions", self.world, self.opts.save_every_s,
-                                self.opts.provisional_every_s)
+                                self.opts.provisional_every_s, self.test_inputs())
         files, status, attempts = prediction.run(
             ckpt, tag, phase or ("baseline" if tag == "baseline" else "predict"), views, batch, deadline,
             kill_at=min(deadline + self.grace, self.run_deadline - self.final_reserve),
@@ -554,12 +557,49 @@ class Runner:
                 self.record["submission"] = {"path": str(self.sub_path), "writes": self.answers.writes}
         except Exception as e:  # noqa: BLE001
             self.problem(f"final check failed: {type(e).__name__}: {e}")
+        # what the run leaves for `trm report`, once the file is final; the two saves that follow
+        # (run.json, then the timing report of it) cost the slowest save so far each
+        until = self.keep_until()
+        self.keep_output(until - FINAL_SAFETY * 2 * self.rec.save_s)
+        timing = self.clock() + FINAL_SAFETY * 2 * self.rec.save_s <= until
         # the last save is part of the run: its cost is the slowest save measured so far
-        end = self.clock() + self.rec.save_s
+        end = self.clock() + self.rec.save_s * (2 if timing else 1)
         self.record["finished_before_deadline"] = end <= self.deadline
         self._phase("finalize", None, t0, "ok")
+        if timing:  # of run.json as saved just now: every phase, the final one included
+            kept = keep_mod.write_timing(self.run_dir, self.rec.data)
+            if any(isinstance(v, str) for v in kept.values()):
+                self.log(f"timing report not kept: {kept}")
+        else:
+            self.log(f"timing report not kept: {until - self.clock():.1f} s left ({keep_mod.TIMING_JSON} "
+                     "is drawn from run.json by `trm report`)")
         self.log(f"done in {end - self.start:.1f} s, {self.deadline - end:.1f} s before the deadline; "
                  f"{len(self.problems)} problem(s)")
+
+    def keep_until(self) -> float:
+        """When keeping files must be over: the deadline; after a stop signal, STOPPED_KEEP_S past
+        the signal at most (the notebook's SIGKILL follows its SIGTERM by 30 s, whatever the deadline)."""
+        if not self.stop.signal:
+            return self.deadline
+        at = self.stop.at if self.stop.at is not None else self.clock()
+        return at + STOPPED_KEEP_S if at >= self.deadline else min(self.deadline, at + STOPPED_KEEP_S)
+
+    def keep_output(self, until: float) -> None:
+        """The files `trm report` needs, into trm-run/ (submission/keep.py), what fits before `until`."""
+        try:
+            tag = "adapted" if self._saved("adapted") else "raw"
+            base = "baseline" if self._saved("baseline") else "unadapted"
+            ckpt = (self.record.get("train") or {}).get("checkpoint")
+            metrics = Path(ckpt).parent / keep_mod.METRICS if ckpt else None
+            if metrics is None or not metrics.is_file():  # a failed training leaves its log too
+                logs = sorted(self.scratch.glob(f"train-*/{keep_mod.METRICS}"), key=lambda p: p.stat().st_mtime)
+                metrics = logs[-1] if logs else None
+            src = keep_mod.Sources(challenges=self.challenges_path, metrics=metrics, predictions=self._saved(tag),
+                                   baseline=self._saved(base) if tag == "adapted" else [],
+                                   vote_s=self.answers.assemble_s)
+            self.record["kept"] = keep_mod.keep(self.run_dir, src, until, self.clock, self.log)
+        except Exception as e:  # noqa: BLE001 - the run is over and its file valid: only the extras are lost
+            self.problem(f"keeping the run's files failed: {type(e).__name__}: {e}")
 
     def _stopped(self) -> None:
         """A stop signal came: end every job still running, then vote what the prediction under way

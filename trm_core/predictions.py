@@ -294,11 +294,12 @@ class Predictions:
         self._data = np.array(state["data"], np.uint64)
         self._words = len(self._data)
 
-    def save(self, path: str | Path) -> None:
-        """Write the records to an .npz file (no pickles)."""
+    def save(self, path: str | Path, compressed: bool = False) -> None:
+        """Write the records to an .npz file (no pickles); `compressed` deflates it (a file kept for
+        download: the views of one test input repeat each other, so it shrinks several-fold)."""
         state = self.__getstate__()
         state["task_ids"] = np.array(state["task_ids"], dtype=np.str_)
-        np.savez(path, **state)
+        (np.savez_compressed if compressed else np.savez)(path, **state)
 
     @classmethod
     def load(cls, path: str | Path) -> "Predictions":

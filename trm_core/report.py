@@ -11,6 +11,10 @@ Inputs: a run folder, from which it reads whichever of these files exist:
   study.json                              a study's curves per arm (`study_section` gives the layout)
   run.json                                the runner's record: who answered each test input (its
                                           "answers" counts), shown in the summary
+A Kaggle notebook's output keeps submission.json at its top and the rest in a trm-run/ sub-folder
+(submission/keep.py): each file is looked for in the folder, then in its trm-run/ (and a trm-run
+folder given itself finds submission.json beside it). `challenges` and `solutions` name the task
+files when the folder holds none (a downloaded output whose run could not keep them).
 Callers add their own sections after the summary (`trm report` and the dry run add the timing
 report's, from submission/report.py, when the folder holds timing-report.json).
 Output: report.html (`write_report`), or its sections (`run_sections`) for a page of trm_core/page.py.
@@ -53,6 +57,7 @@ class RunData:
     metrics: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl rows
     study: dict[str, Any] | None = None
     answers: dict[str, int] | None = None  # test inputs per source (adapted, unadapted, fallback), from run.json
+    record: dict[str, Any] | None = None  # run.json as read (the runner's record), for its timing section
     title: str = "trm-kit report"
     notes: list[str] = field(default_factory=list)  # files that could not be read, and why
     unreadable: list[str] = field(default_factory=list)  # "<path>: why" for each file that could not be used
@@ -354,11 +359,33 @@ def run_sections(run: RunData, extra: Sequence[Section] = (), top: int = TOP_CAN
 # ---------------------------------------------------------------------------------------------
 
 
+RUN_SUBDIR = "trm-run"  # where the notebook's runner keeps its record and what `trm report` draws
+
+
+def run_folders(run_dir: Path) -> list[Path]:
+    """The folders a run's files are looked for in, in order: run_dir, its trm-run/, and for a
+    trm-run folder given itself the folder above it (where the notebook writes submission.json)."""
+    folders = [run_dir]
+    if (run_dir / RUN_SUBDIR).is_dir():
+        folders.append(run_dir / RUN_SUBDIR)
+    if run_dir.resolve().name == RUN_SUBDIR:
+        folders.append(run_dir.resolve().parent)
+    return folders
+
+
+def run_file(run_dir: str | os.PathLike, name: str) -> Path | None:
+    """The first file called `name` in `run_folders(run_dir)`, or None."""
+    return next((f / name for f in run_folders(Path(run_dir)) if (f / name).is_file()), None)
+
+
 def _find(run_dir: Path, exact: str, pattern: str) -> Path | None:
-    if (run_dir / exact).is_file():
-        return run_dir / exact
-    found = sorted(run_dir.glob(pattern))
-    return found[0] if found else None
+    for folder in run_folders(run_dir):
+        if (folder / exact).is_file():
+            return folder / exact
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found[0]
+    return None
 
 
 def _read_json(path: Path, notes: list[str]) -> Any:
@@ -402,8 +429,10 @@ def read_metrics(path: Path, notes: list[str] | None = None) -> list[dict[str, A
     return rows
 
 
-def load_run(run_dir: str | os.PathLike, rule: str = "reference") -> RunData:
-    """Everything a report can show from the files in run_dir (see the module docstring)."""
+def load_run(run_dir: str | os.PathLike, rule: str = "reference", *, challenges: str | os.PathLike | None = None,
+             solutions: str | os.PathLike | None = None) -> RunData:
+    """Everything a report can show from the files in run_dir (see the module docstring);
+    `challenges` / `solutions`: task files to use instead of the folder's."""
     from trm_core.tasks import load_tasks
     from trm_core.predictions import Predictions
     from trm_core.vote import vote
@@ -411,10 +440,13 @@ def load_run(run_dir: str | os.PathLike, rule: str = "reference") -> RunData:
     d = Path(run_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: not a folder")
+    for given in (challenges, solutions):
+        if given is not None and not Path(given).is_file():
+            raise FileNotFoundError(f"{given}: not a file")
     run = RunData(title=f"trm-kit report: {d.resolve().name}", folder=d)
-    challenges = _find(d, "challenges.json", "*challenges*.json")
+    challenges = Path(challenges) if challenges is not None else _find(d, "challenges.json", "*challenges*.json")
     if challenges is not None:
-        solutions = _find(d, "solutions.json", "*solutions*.json")
+        solutions = Path(solutions) if solutions is not None else _find(d, "solutions.json", "*solutions*.json")
         try:
             loaded = load_tasks(challenges, solutions=solutions, strict=False)
             run.tasks = list(loaded)
@@ -426,27 +458,33 @@ def load_run(run_dir: str | os.PathLike, rule: str = "reference") -> RunData:
             run.notes.append(f"{challenges.name}: {e}")
             run.unreadable.append(f"{challenges}: {e}")
     seen = len(run.notes)
-    if (d / "submission.json").is_file():
-        sub = _read_json(d / "submission.json", run.notes)
+    if (path := run_file(d, "submission.json")) is not None:
+        sub = _read_json(path, run.notes)
         run.submission = sub if isinstance(sub, dict) else None
         if sub is not None and not is_submission(sub):
             run.notes.append("submission.json: not a submission {task_id: [{attempt_1, attempt_2}, ...]}")
     for name, attr in ((PREDICTIONS_FILE, "vote"), (BASELINE_FILE, "baseline")):
-        if (d / name).is_file():
+        if (path := run_file(d, name)) is not None:
             try:
-                setattr(run, attr, vote(Predictions.load(d / name), rule))
+                setattr(run, attr, vote(Predictions.load(path), rule))
             except (OSError, ValueError) as e:
-                run.notes.append(f"{name}: {str(e).removeprefix(f'{d / name}: ')}")
-    if (d / "metrics.jsonl").is_file():
-        run.metrics = read_metrics(d / "metrics.jsonl", run.notes)
-    if (d / "study.json").is_file():
-        study = _read_json(d / "study.json", run.notes)
+                run.notes.append(f"{name}: {str(e).removeprefix(f'{path}: ')}")
+    if (path := run_file(d, "metrics.jsonl")) is not None:
+        run.metrics = read_metrics(path, run.notes)
+    if (path := run_file(d, "study.json")) is not None:
+        study = _read_json(path, run.notes)
         run.study = study if isinstance(study, dict) else None
         if study is not None and run.study is None:
             run.notes.append(f"study.json: not a JSON object (got {type(study).__name__})")
-    if (d / "run.json").is_file():
-        run.answers = _answer_counts(_read_json(d / "run.json", run.notes))
-    run.unreadable += [f"{d / note}" for note in run.notes[seen:]]  # each note starts with its file's name
+    if (path := run_file(d, "run.json")) is not None:
+        record = _read_json(path, run.notes)
+        run.answers = _answer_counts(record)
+        run.record = record if isinstance(record, dict) else None
+        if record is not None and run.record is None:
+            run.notes.append(f"run.json: not a JSON object (got {type(record).__name__})")
+    # each note starts with its file's name
+    run.unreadable += [f"{run_file(d, note.split(':', 1)[0]) or d / note.split(':', 1)[0]}:{note.split(':', 1)[1]}"
+                       for note in run.notes[seen:]]
     return run
 
 

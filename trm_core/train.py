@@ -43,6 +43,9 @@ from trm_core.warmup import WarmupOverLimit, warmup_limit
 
 MODES = ("pretrain", "full", "embeddings", "embeddings-then-full", "lora")
 STATE_FILE, METRICS_FILE, CHECKPOINT_DIR = "train_state.pt", "metrics.jsonl", "checkpoint"
+# An interval also ends when this many seconds have passed since the last line, whatever log_every:
+# a run whose log_every steps take an hour (a big batch on a slow GPU) still shows it is alive.
+LOG_AT_LEAST_S = 30.0
 _STATE_KEYS = ("step", "train_config", "world_size", "model", "adam", "sign", "ema", "sampler", "generators")
 _START_FRESH = "delete it (or pick a new output folder) to start fresh; the run's last checkpoint/ is kept"
 
@@ -115,7 +118,7 @@ class TrainConfig:
     ema: bool = True  # keep an EMA of the trained weights; checkpoints then hold the EMA weights
     ema_rate: float = 0.999
     seed: int = 0  # exploration randomness (data order is the sampler's own seed)
-    log_every: int = 50  # steps between log lines (and the only host synchronisations)
+    log_every: int = 50  # steps between log lines (and the only host syncs); also one every LOG_AT_LEAST_S
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = only at the end or on stop
     # rows per forward/backward on each process (gradients accumulate); 0 = the whole local batch;
     # -1 = the most rows that fit this GPU's memory, from a peak-memory fit at two small batches (CPU: whole batch)
@@ -243,6 +246,8 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
 
 class _Trainer:
     """The state one training run carries; `run()` is the loop."""
+
+    clock: Callable[[], float] = staticmethod(time.perf_counter)  # interval timing (a fake one in tests)
 
     def __init__(self, model: TRM, batches: Iterable[dict[str, torch.Tensor]], cfg: TrainConfig,
                  device: torch.device, out_dir: Path | None, manifest: dict[str, Any],
@@ -395,12 +400,14 @@ class _Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
 
-    def _agree_to_stop(self, want: bool) -> bool:
+    def _agree(self, stop: bool, log: bool) -> tuple[bool, bool]:
+        """(stop now, end the log interval after this step): true on every rank when true on any,
+        in the one collective a step already had, so every rank takes part in the same _log."""
         if self.world == 1:
-            return want
-        flag = torch.tensor([int(want)], dtype=torch.int32)
+            return stop, log
+        flag = torch.tensor([int(stop), int(log)], dtype=torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.cpu_group)
-        return bool(flag.item())
+        return bool(flag[0].item()), bool(flag[1].item())
 
     def _all_reduce_grads(self) -> None:
         grads = [p.grad for p in self.trunk if p.grad is not None]
@@ -418,7 +425,7 @@ class _Trainer:
         model.train()
         batches = iter(self.batches)
         sums: dict[str, torch.Tensor] = {}
-        t_start = time.perf_counter()
+        t_start = self.clock()
         t_log, steps_at_log, first_step = t_start, self.step, self.step
         timed_from: tuple[float, int] | None = None  # (time, step) after warm-up/compile, for the ETA
         last: dict[str, float] = {}
@@ -429,7 +436,9 @@ class _Trainer:
         first_step_of_call = True
 
         while self.step < cfg.steps:
-            if self._agree_to_stop(bool(stop and stop(self.step))):
+            # an interval also ends on time (LOG_AT_LEAST_S), decided before the step so the ranks agree
+            halt, log_due = self._agree(bool(stop and stop(self.step)), self.clock() - t_log >= LOG_AT_LEAST_S)
+            if halt:
                 stopped = True
                 break
             self.step += 1
@@ -454,10 +463,10 @@ class _Trainer:
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + v.detach().double()
 
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps or log_due:
                 last = self._log(sums, t_log, steps_at_log, flops, timed_from, scale)
                 first = first or last
-                t_log, steps_at_log, sums = time.perf_counter(), self.step, {}
+                t_log, steps_at_log, sums = self.clock(), self.step, {}
                 if timed_from is None:  # the first interval includes warm-up and compilation
                     timed_from = (t_log, self.step)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
@@ -470,7 +479,7 @@ class _Trainer:
             if tail["halted_rows"] > 0 or not last:
                 last = tail
             first = first or last
-        seconds = time.perf_counter() - t_start
+        seconds = self.clock() - t_start
         path = self.save()
         done = self.step - first_step
         return TrainResult(self.step, stopped, seconds, done * cfg.global_batch_size / max(seconds, 1e-9), last, path,
@@ -574,7 +583,7 @@ class _Trainer:
             dist.all_reduce(vec, group=self.cpu_group)
         s = dict(zip(keys, vec.tolist()))
         n_steps = self.step - step0
-        dt = max(time.perf_counter() - t0, 1e-9)
+        dt = max(self.clock() - t0, 1e-9)
         count = max(s.get("count", 0.0), 1.0)
         rows = n_steps * cfg.global_batch_size
         m = {
@@ -591,7 +600,7 @@ class _Trainer:
         eta = ""
         if timed_from is not None:
             t_ref, step_ref = timed_from
-            per_step = (time.perf_counter() - t_ref) / max(self.step - step_ref, 1)
+            per_step = (self.clock() - t_ref) / max(self.step - step_ref, 1)
             m["eta_s"] = per_step * (cfg.steps - self.step)
             eta = f" | ETA {_fmt_time(m['eta_s'])}"
         if self.rank == 0:
@@ -611,7 +620,8 @@ def train(model: TRM, batches: Iterable[dict[str, torch.Tensor]], cfg: TrainConf
           device: torch.device | str = "cpu", out_dir: str | os.PathLike | None = None,
           stop: Callable[[int], bool] | None = None, deadline: float | None = None,
           manifest: dict[str, Any] | None = None, resume: bool = True,
-          log: Callable[[str], None] = _log_stderr, logger: MetricsLogger | None = None) -> TrainResult:
+          log: Callable[[str], None] = _log_stderr, logger: MetricsLogger | None = None,
+          clock: Callable[[], float] | None = None) -> TrainResult:
     """Train `model` in place for `cfg.steps` optimiser steps (or until stopped).
 
     `stop(step)` and `deadline` (a time.time() value) end the run cleanly between steps; all ranks
@@ -619,10 +629,14 @@ def train(model: TRM, batches: Iterable[dict[str, torch.Tensor]], cfg: TrainConf
     `cfg.checkpoint_every` steps and at the end, and an existing one is resumed when `resume`.
     `manifest` (provenance, identifiers of the embedding rows, ...) goes into the kit checkpoint.
     `logger` (trm_core.loggers) receives each logged interval's metrics on rank 0; the caller closes it.
+    A line is logged every `cfg.log_every` steps, and after any step that began LOG_AT_LEAST_S after
+    the last line; `clock` (default time.perf_counter) times the intervals.
     """
     device = torch.device(device)
     out = Path(out_dir) if out_dir is not None else None
     trainer = _Trainer(model, batches, cfg, device, out, dict(manifest or {}), log, logger or NullLogger())
+    if clock is not None:
+        trainer.clock = clock
     if out is not None and resume and (out / STATE_FILE).is_file():
         trainer.restore(out / STATE_FILE)
         log(f"resumed from {out / STATE_FILE} at step {trainer.step}")
