@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bundle import BundleError
-from bundle.checkpoint_source import check_shippable, copy_checkpoint, resolve_checkpoint
+from bundle.checkpoint_source import check_shippable, copy_checkpoint, resolve_checkpoint, shipped_recipe
 from bundle.image import DEFAULT_TARGET, TargetImage, get_target
 from bundle.manifest import write_manifest
 from bundle.metadata import (DATASET_METADATA_FILE, DEFAULT_COMPETITION, DEFAULT_LICENCE, KERNEL_METADATA_FILE,
@@ -198,6 +198,7 @@ def _build_into(options: BundleOptions, target: TargetImage, dmeta: dict[str, An
                               python_tag=target.python_tag,
                               extra={"checkpoint": "checkpoint", "wheels": "wheels",
                                      "checkpoint_source": ckpt.source,
+                                     "recipe": shipped_recipe(dataset_dir / "checkpoint"),
                                      "vendored": [d.requirement.key for d in decisions if d.action == "vendor"],
                                      "competition": options.competition})
     write_metadata(dataset_dir / DATASET_METADATA_FILE, dmeta, [])
