@@ -88,6 +88,7 @@ def resolve_checkpoint(spec: str, cache_dir: Path, config: Any = None,
     """A slim kit checkpoint directory for `spec` (see the module docstring); converted into cache_dir.
     A registry name brings its arch config (unless `config` is given) and its recipe, written into
     the converted checkpoint's manifest."""
+    registry_given = registry is not None
     registry = read_registry() if registry is None else registry
     try:
         found = hub.locate(spec, registry)
@@ -97,9 +98,13 @@ def resolve_checkpoint(spec: str, cache_dir: Path, config: Any = None,
     recipe = None
     if found.entry is not None:
         reg_config = found.entry.get("config")
+        if reg_config is not None and not isinstance(reg_config, (str, dict)):
+            raise BundleError(f"registry checkpoint {spec!r}: its config must be a preset name, a config file or an "
+                              f"object such as {{\"preset\": \"paper\"}}, got {type(reg_config).__name__}")
         config = config if config is not None else reg_config
         try:
-            recipe = of_registry(found.name, found.entry)
+            recipe = of_registry(found.name, found.entry,
+                                 registry="the registry" if registry_given else str(hub.registry_path()))
         except RecipeError as e:
             raise BundleError(str(e)) from None
     try:
@@ -107,8 +112,8 @@ def resolve_checkpoint(spec: str, cache_dir: Path, config: Any = None,
     except BundleError as e:
         if found.entry is None:
             raise
-        raise BundleError(f"registry checkpoint {spec!r}: {e} --config "
-                          f"{config if isinstance(config, str) else spec}") from None
+        raise BundleError(f"registry checkpoint {spec!r}: {e}" +
+                          (f" --config {config}" if isinstance(config, str) else "")) from None
     if found.link_root is not None and resolved.path == found.path:  # the hub cache's files link to its blobs/
         return ResolvedCheckpoint(resolved.path, found.source, resolved.source_bytes, found.link_root, recipe)
     return ResolvedCheckpoint(resolved.path, resolved.source, resolved.source_bytes, None, recipe)
@@ -167,10 +172,15 @@ def _record_recipe(manifest_path: Path, recipe: Recipe | None) -> None:
     except (jsonio.JSONInputError, OSError) as e:
         raise BundleError(f"{manifest_path} is not valid JSON: {e}") from None
     try:
-        if not isinstance(manifest, dict) or of_manifest(manifest, str(manifest_path)) is not None:
-            return  # the checkpoint's own word (check_shippable refuses a manifest that is not an object)
+        own = of_manifest(manifest, str(manifest_path)) if isinstance(manifest, dict) else None
     except RecipeError as e:
         raise BundleError(f"the checkpoint to ship has a bad recipe: {e}") from None
+    if own is not None and own.optimizer != recipe.optimizer:
+        raise BundleError(f"{manifest_path}: the checkpoint says it was trained with {own.optimizer} ({own.source}) "
+                          f"but {recipe.source} says {recipe.optimizer}: correct the registry entry, or bundle the "
+                          "checkpoint folder itself")
+    if own is not None or not isinstance(manifest, dict):
+        return  # the checkpoint's own word (check_shippable refuses a manifest that is not an object)
     config = manifest.get("config")
     length = config.get("puzzle_emb_len") if isinstance(config, dict) else None
     if recipe.puzzle_emb_len is not None and isinstance(length, int) and length != recipe.puzzle_emb_len:

@@ -407,3 +407,34 @@ def test_study_takes_a_registry_name_and_its_variant(offline_hub) -> None:
     assert f"optimizer lucidrains (the checkpoint's recipe, registry:{NAME})" in res.output
     study = json.loads((offline_hub / "study" / "study.json").read_text())
     assert study["config"]["optimizer"] == "lucidrains"
+
+
+def test_trm_bundle_from_a_registry_name_records_the_recipe(offline_hub) -> None:
+    """The whole build from the offline hub: the shipped checkpoint's manifest and trm-bundle.json
+    both carry lucidrains, and the bundle still verifies."""
+    from bundle.build import BundleOptions, build_bundle
+    from bundle.manifest import MARKER_NAME, verify_bundle
+    import zipfile
+
+    image = offline_hub / "image.txt"
+    image.write_text("# python-version: 3.11\ntorch==2.6.0+cu124\nnumpy==2.0.2\nnumba==0.60.0\nsafetensors==0.5.3\n"
+                     "click==8.1.7\n")
+    own = offline_hub / "trm_kit-0.1.0-py3-none-any.whl"  # the code wheel is not what is tested here
+    with zipfile.ZipFile(own, "w") as zf:
+        zf.writestr("trm_kit-0.1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: trm_kit\nVersion: 0.1.0\n")
+    (offline_hub / "wheels-src").mkdir()
+    result = build_bundle(BundleOptions(checkpoint=NAME, out=offline_hub / "out", target=str(image),
+                                        wheels_dir=offline_hub / "wheels-src", own_wheel=own, owner="alice",
+                                        slug="trm-recipe-bundle"))
+    ds = result.dataset_dir
+    assert verify_bundle(ds) == []
+    shipped = _manifest(ds / "checkpoint")["recipe"]
+    assert json.loads((ds / MARKER_NAME).read_text())["recipe"] == shipped
+    assert (shipped["optimizer"], shipped["ema"], shipped["puzzle_emb_len"]) == ("lucidrains", True, 2)
+
+
+def test_the_dry_run_refuses_an_unknown_name_listing_the_known_ones(offline_hub) -> None:
+    from bundle.dry_run import DryRunError, DryRunOptions, dry_run
+
+    with pytest.raises(DryRunError, match=f"--checkpoint: .*known: {NAME}, unknown-variant"):
+        dry_run(DryRunOptions(checkpoint=Path("trelis-lik"), out=offline_hub / "dry"), echo=lambda line: None)

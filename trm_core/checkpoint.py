@@ -604,7 +604,11 @@ def convert(src: str | os.PathLike, config: TRMConfig | str | os.PathLike | None
     registry entry's) is recorded in the manifest when the source records none, its
     puzzle_emb_len the converted config's."""
     ckpt = load(src, config, trust_manifest=True)
-    if recipe is not None and "recipe" not in ckpt.manifest:
+    own = manifest_recipe(ckpt.manifest, str(src))
+    if recipe is not None and own is not None and own.optimizer != recipe.optimizer:
+        raise CheckpointError(f"{src}: the checkpoint says it was trained with {own.optimizer} ({own.source}) but "
+                              f"{recipe.source} says {recipe.optimizer}: correct the registry entry")
+    if recipe is not None and own is None:
         if recipe.puzzle_emb_len not in (None, ckpt.config.puzzle_emb_len):
             raise CheckpointError(f"{src}: the recipe ({recipe.source}) says puzzle_emb_len {recipe.puzzle_emb_len} "
                                   f"but the config gives {ckpt.config.puzzle_emb_len}: pass the config it was "

@@ -79,13 +79,14 @@ def _check(value: dict[str, Any], where: str) -> None:
             raise RecipeError(f"{where}: {name} must be {want}, got {shown}")
 
 
-def of_registry(name: str, entry: dict[str, Any], puzzle_emb_len: int | None = None) -> Recipe | None:
+def of_registry(name: str, entry: dict[str, Any], puzzle_emb_len: int | None = None,
+                registry: str = "pretrained/registry.json") -> Recipe | None:
     """The recipe a registry entry records (optimizer; ema, false when absent, as
     trm_core.registry reads it); puzzle_emb_len from its config when written there, else the
     caller's (the converted config's). None when the entry names no optimizer: unknown."""
     if "optimizer" not in entry:
         return None
-    where = f"pretrained/registry.json: entry {name!r}"
+    where = f"{registry}: entry {name!r}"
     config = entry.get("config")
     if isinstance(config, dict) and "puzzle_emb_len" in config:
         puzzle_emb_len = config["puzzle_emb_len"]

@@ -105,7 +105,7 @@ def locate_checkpoint(spec: str, config: str | None):
     hf:owner/repo/file id or a registry name (fetched through the hub cache, as `trm bundle`
     does). A registry name brings its arch config (unless --config is given) and its recipe."""
     from trm_core.checkpoint_recipe import RecipeError, of_registry
-    from trm_core.hub import SourceError, locate
+    from trm_core.hub import SourceError, locate, registry_path
     from trm_core.registry import entry_config
 
     try:
@@ -116,7 +116,7 @@ def locate_checkpoint(spec: str, config: str | None):
             config = found.entry["config"] if isinstance(found.entry.get("config"), str) else \
                 entry_config(found.name, found.entry)
         length = getattr(config, "puzzle_emb_len", None)  # a TRMConfig's; a file's is read on loading
-        return found.path, config, of_registry(found.name, found.entry, length)
+        return found.path, config, of_registry(found.name, found.entry, length, str(registry_path()))
     except (SourceError, RecipeError, ValueError, TypeError) as e:  # ValueError, TypeError: a bad entry's config
         raise click.ClickException(str(e)) from None
 

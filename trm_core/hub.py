@@ -53,7 +53,10 @@ def read_registry(path: Path | None = None) -> dict[str, dict[str, Any]]:
         data = jsonio.load(path)
     except jsonio.JSONInputError as e:
         raise SourceError(f"{path} is not a valid registry: {e}") from None
-    entries = data.get("checkpoints", {}) if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        raise SourceError(f"{path} is not a valid registry: expected an object with 'checkpoints', "
+                          f"got {type(data).__name__}")
+    entries = data.get("checkpoints", {})
     if not isinstance(entries, dict):
         raise SourceError(f"{path}: 'checkpoints' must be an object of named entries")
     return {k: v for k, v in entries.items() if isinstance(v, dict)}
@@ -101,10 +104,16 @@ def registry_spec(name: str, entry: dict[str, Any], where: Path | None = None) -
 def locate(spec: str, registry: dict[str, dict[str, Any]] | None = None) -> Located:
     """The local file or folder `spec` names (see the module docstring); hub files are fetched
     into the hub cache. `registry`: entries to use instead of pretrained/registry.json."""
+    path = Path(spec).expanduser()
+    if not spec.startswith("hf:") and path.exists():  # a path on disk wins: no registry is read
+        return Located(path.resolve(), str(path))
     registry = read_registry() if registry is None else registry
-    if spec in registry and not Path(spec).exists():
+    if spec in registry:
         try:
-            found = locate(registry_spec(spec, registry[spec]), {})
+            target = registry_spec(spec, registry[spec])
+            if not target.startswith("hf:") and not Path(target).exists():
+                raise SourceError(f"its path {target} does not exist")
+            found = locate(target, {})
         except SourceError as e:
             raise SourceError(f"registry checkpoint {spec!r}: {e}") from None
         return Located(found.path, found.source, spec, registry[spec], found.link_root)
@@ -119,12 +128,9 @@ def locate(spec: str, registry: dict[str, dict[str, Any]] | None = None) -> Loca
             local = local.parent
         return Located(local, f"{repo_id}/{filename}" + (f"@{revision}" if revision else ""),
                        link_root=_hub_repo_root(local))
-    path = Path(spec).expanduser()
-    if not path.exists():
-        names = ", ".join(sorted(registry)) or f"none ({registry_path()} is missing)"
-        raise SourceError(f"checkpoint {spec!r} is not a file, a kit directory, an hf:owner/repo/file id, "
-                          f"or a registry name (known: {names})")
-    return Located(path.resolve(), str(path))
+    names = ", ".join(sorted(registry)) or f"none ({registry_path()} is missing)"
+    raise SourceError(f"checkpoint {spec!r} is not a file, a kit directory, an hf:owner/repo/file id, "
+                      f"or a registry name (known: {names})")
 
 
 def _hub_repo_root(path: Path) -> Path:
