@@ -112,12 +112,16 @@ def locate_checkpoint(spec: str, config: str | None):
         found = locate(spec)
         if found.entry is None:
             return found.path, config, None
-        if config is None:
-            config = found.entry["config"] if isinstance(found.entry.get("config"), str) else \
-                entry_config(found.name, found.entry)
-        length = getattr(config, "puzzle_emb_len", None)  # a TRMConfig's; a file's is read on loading
-        return found.path, config, of_registry(found.name, found.entry, length, str(registry_path()))
-    except (SourceError, RecipeError, ValueError, TypeError) as e:  # ValueError, TypeError: a bad entry's config
+        recipe = of_registry(found.name, found.entry, None, str(registry_path()))
+        if config is None and isinstance(found.entry.get("config"), str):
+            config = found.entry["config"]  # a preset name or a config file
+        elif config is None:
+            try:
+                config = entry_config(found.name, found.entry)
+            except (ValueError, TypeError) as e:  # an unknown preset or field, a config that is no object
+                raise click.ClickException(f"{registry_path()}: {e}") from None
+        return found.path, config, recipe
+    except (SourceError, RecipeError) as e:
         raise click.ClickException(str(e)) from None
 
 
