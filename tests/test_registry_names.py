@@ -97,3 +97,11 @@ def test_a_checkpoint_contradicting_its_registry_entry_is_refused(registry, tmp_
     got = resolve_checkpoint("wrong", tmp_path / "cache")
     with pytest.raises(BundleError, match="correct the registry entry"):
         copy_checkpoint(got, tmp_path / "ship")
+
+
+def test_a_name_too_long_for_the_system_is_refused_cleanly(registry, tmp_path) -> None:
+    registry.write_text(json.dumps({"checkpoints": {}}))
+    with pytest.raises(hub.SourceError, match=r"\(5000 characters\) is not a file"):
+        hub.locate("a" * 5000)  # Path.exists raises OSError (name too long) on it
+    res = CliRunner().invoke(main, ["convert", "b" * 5000, "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "Traceback" not in res.output and len(res.output) < 600

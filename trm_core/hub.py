@@ -105,13 +105,13 @@ def locate(spec: str, registry: dict[str, dict[str, Any]] | None = None) -> Loca
     """The local file or folder `spec` names (see the module docstring); hub files are fetched
     into the hub cache. `registry`: entries to use instead of pretrained/registry.json."""
     path = Path(spec).expanduser()
-    if not spec.startswith("hf:") and path.exists():  # a path on disk wins: no registry is read
+    if not spec.startswith("hf:") and _exists(path):  # a path on disk wins: no registry is read
         return Located(path.resolve(), str(path))
     registry = read_registry() if registry is None else registry
     if spec in registry:
         try:
             target = registry_spec(spec, registry[spec])
-            if not target.startswith("hf:") and not Path(target).exists():
+            if not target.startswith("hf:") and not _exists(Path(target)):
                 raise SourceError(f"its path {target} does not exist")
             found = locate(target, {})
         except SourceError as e:
@@ -129,8 +129,17 @@ def locate(spec: str, registry: dict[str, dict[str, Any]] | None = None) -> Loca
         return Located(local, f"{repo_id}/{filename}" + (f"@{revision}" if revision else ""),
                        link_root=_hub_repo_root(local))
     names = ", ".join(sorted(registry)) or f"none ({registry_path()} is missing)"
-    raise SourceError(f"checkpoint {spec!r} is not a file, a kit directory, an hf:owner/repo/file id, "
+    shown = repr(spec) if len(spec) <= 200 else repr(spec[:200]) + f"... ({len(spec)} characters)"
+    raise SourceError(f"checkpoint {shown} is not a file, a kit directory, an hf:owner/repo/file id, "
                       f"or a registry name (known: {names})")
+
+
+def _exists(path: Path) -> bool:
+    """path.exists(), False for a name the system refuses (too long, a NUL character)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _hub_repo_root(path: Path) -> Path:
