@@ -326,8 +326,7 @@ def test_the_runner_says_when_the_variant_is_unknown(micro_checkpoint, tmp_path)
     runner.load()
     assert runner.record["post_training"]["recipe"] == "unknown"
     assert "unknown" in runner.record["post_training"]["warning"]
-    assert any(line.lstrip().split("] ")[-1].startswith("WARNING: the checkpoint records no recipe") or
-               "WARNING: the checkpoint records no recipe" in line for line in lines)
+    assert any("WARNING: the checkpoint records no recipe" in line for line in lines)
     assert runner.planner.post.optimizer == "original"
 
 
