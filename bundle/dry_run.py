@@ -146,8 +146,24 @@ def check_solutions(challenges: Path, solutions: Path) -> None:
                           "pass the solutions of these challenges (or a folder holding only the challenges)")
 
 
-def layout(root: Path, challenges: Path, checkpoint: Path) -> dict[str, Path]:
-    """The Kaggle-like tree; returns its folders (input, competition, bundle, working, scratch)."""
+def _checkpoint(spec: Path | None, cache: Path):
+    """A --checkpoint that is not a kit folder (a registry name, an hf: id, a reference file)
+    resolved and slimmed as `trm bundle` does; None for a kit folder or the demo."""
+    from bundle import BundleError
+    from bundle.checkpoint_source import is_kit_dir, resolve_checkpoint
+
+    if spec is None or is_kit_dir(Path(spec)):
+        return None
+    try:
+        return resolve_checkpoint(str(spec), cache)
+    except BundleError as e:
+        raise DryRunError(f"--checkpoint: {e}") from None
+
+
+def layout(root: Path, challenges: Path, checkpoint: Path, resolved: Any = None) -> dict[str, Path]:
+    """The Kaggle-like tree; returns its folders (input, competition, bundle, working, scratch).
+    `resolved` (a registry or hub checkpoint) is copied as `trm bundle` copies it, its recipe in."""
+    from bundle.checkpoint_source import copy_checkpoint, shipped_recipe
     from bundle.manifest import write_manifest
     from trm_core import __version__
 
@@ -156,11 +172,15 @@ def layout(root: Path, challenges: Path, checkpoint: Path) -> dict[str, Path]:
     comp.mkdir(parents=True)
     (bundle / "checkpoint").mkdir(parents=True)
     shutil.copy2(challenges, comp / "arc-agi_test_challenges.json")
-    for name in ("manifest.json", "model.safetensors"):
-        shutil.copy2(checkpoint / name, bundle / "checkpoint" / name)
+    if resolved is not None:
+        copy_checkpoint(resolved, bundle / "checkpoint")
+    else:
+        for name in ("manifest.json", "model.safetensors"):
+            shutil.copy2(checkpoint / name, bundle / "checkpoint" / name)
     tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
     write_manifest(bundle, trm_version=__version__, target="local dry run", python_tag=tag,
-                   extra={"checkpoint": "checkpoint", "competition": SLUG})
+                   extra={"checkpoint": "checkpoint", "competition": SLUG,
+                          "recipe": shipped_recipe(bundle / "checkpoint")})
     dirs = {"input": root / "input", "competition": comp, "bundle": bundle, "working": root / "working",
             "scratch": root / "scratch"}
     dirs["working"].mkdir()
@@ -244,18 +264,20 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
     t0 = time.time()
     ckpt = Path(opts.checkpoint) if opts.checkpoint else DEFAULT_CHECKPOINT
-    if not (ckpt / "manifest.json").is_file() or not (ckpt / "model.safetensors").is_file():
-        hint = " (the demo checkpoint is made by `trm pretrain ... --out runs/demo`, see pretrained/)" \
-            if opts.checkpoint is None else ""
-        raise DryRunError(f"{ckpt}: not a kit checkpoint (needs manifest.json and model.safetensors){hint}; "
-                          "pass --checkpoint DIR")
-    try:
-        cfg = ckpt_io.manifest_config(ckpt_io.read_manifest(ckpt / "manifest.json"), str(ckpt / "manifest.json"))
-    except ckpt_io.CheckpointError as e:
-        raise DryRunError(str(e)) from None
     measured = measured_calibration(opts.calibration) if opts.calibration is not None else None
     root = Path(tempfile.mkdtemp(prefix="trm-dry-run-"))
     try:
+        resolved = _checkpoint(opts.checkpoint, root / "checkpoint-cache")
+        ckpt = resolved.path if resolved else ckpt
+        if not (ckpt / "manifest.json").is_file() or not (ckpt / "model.safetensors").is_file():
+            hint = " (the demo checkpoint is made by `trm pretrain ... --out runs/demo`, see pretrained/)" \
+                if opts.checkpoint is None else ""
+            raise DryRunError(f"{ckpt}: not a kit checkpoint (needs manifest.json and model.safetensors){hint}; "
+                              "pass --checkpoint DIR")
+        try:
+            cfg = ckpt_io.manifest_config(ckpt_io.read_manifest(ckpt / "manifest.json"), str(ckpt / "manifest.json"))
+        except ckpt_io.CheckpointError as e:
+            raise DryRunError(str(e)) from None
         challenges, solutions, label = resolve_data(opts.data, root / "data")
         try:
             raw = jsonio.load(challenges, duplicates=[])  # the runner copes with repeated keys; so do we
@@ -267,7 +289,7 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
             counts = {t: len(x) for t, x in challenge_inputs(raw, where=str(challenges)).items()}
         except ValueError:
             counts = {}
-        dirs = layout(root, challenges, ckpt)
+        dirs = layout(root, challenges, ckpt, resolved)
         args = _runner_args(opts, dirs["scratch"] / "run")
         echo(f"dry run: {label}, checkpoint {ckpt}, budget {opts.budget_s:g} s, tree {root}")
         rc = run_cell(dirs, opts.budget_s, args, echo)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from submission.scheduler import Budget
+from trm_core.checkpoint_recipe import OPTIMIZERS
 
 POSTTRAIN_MODES = ("full", "embeddings", "embeddings-then-full", "lora")  # trm_core.train.MODES bar pretrain
 BIG = 1 << 20  # the most rows per batch, views per test input or smoke tasks anyone could mean
@@ -68,6 +69,11 @@ class RunnerOptions:
     gpus: int | None = _opt(None, "GPUs to use (default: all seen)", low=1, high=1024)
     cpu_procs: int = _opt(1, "processes on CPU (2 = a gloo DDP group and two prediction shards)", low=1, high=64)
     train_mode: str = _opt("embeddings-then-full", "post-training mode", choices=POSTTRAIN_MODES)
+    optimizer: str | None = _opt(None, "AdamATan2 variant of post-training (default: the checkpoint's recipe, "
+                                       "the one it was trained with; original when it records none)",
+                                 choices=OPTIMIZERS)
+    ema: str | None = _opt(None, "EMA of the post-trained weights (default: the checkpoint's recipe; on when it "
+                                 "records none)", choices=("on", "off"))
     lr: float | None = _opt(None, "trunk learning rate (default: TrainConfig's)", low=0.0, above=True)
     puzzle_emb_lr: float | None = _opt(None, "puzzle-embedding learning rate (default: TrainConfig's)",
                                        low=0.0, above=True)

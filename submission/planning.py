@@ -2,7 +2,7 @@
 the tasks that fit when not all do, and the post-training config a plan implies.
 
 Input: the runner's options, the run mode (full | smoke), the device and process count, the
-measured write time, the tasks and calibration jobs' measurements. Output: a `Calibration`,
+measured write time, the checkpoint's recipe, the tasks and calibration jobs' measurements. Output: a `Calibration`,
 scheduler `Plan`s and TrainConfig fields (a dict: the worker builds the TrainConfig, so torch is
 not imported here). `read_calibration` takes a previous run's measured calibration back from its
 output (run.json or plan.json), for `trm dry-run --calibration`.
@@ -22,6 +22,9 @@ from submission.jobs import CalibrateJob
 from submission.options import RunnerOptions
 from submission.retry import RetryPolicy, Try
 from submission.scheduler import Budget, Calibration, Plan, Workload, plan as make_plan, tasks_that_fit
+from trm_core.checkpoint_recipe import Chosen, Recipe, choose
+
+EMA_OPTION = {None: None, "on": True, "off": False}  # the runner's --ema
 
 
 # calibration beats at every step and batch, but one unit may hold a cold start or a compilation:
@@ -35,6 +38,14 @@ class Planner:
         self.opts, self.mode, self.device, self.world = opts, mode, device, world
         self.write_s, self.clock, self.deadline = write_s, clock, deadline
         self.budget: Budget | None = None
+        # the optimiser variant and EMA of post-training: the checkpoint's recipe unless an option
+        # says otherwise; set when the checkpoint is read (Runner.load)
+        self.post: Chosen = choose(None, opts.optimizer, EMA_OPTION[opts.ema])
+
+    def read_recipe(self, recipe: Recipe | None) -> Chosen:
+        """Post-train as the checkpoint's recipe says (the runner's --optimizer / --ema win)."""
+        self.post = choose(recipe, self.opts.optimizer, EMA_OPTION[self.opts.ema])
+        return self.post
 
     def batches(self) -> tuple[int, int]:
         """Global (train, predict) batches, split evenly over the processes."""
@@ -121,6 +132,8 @@ class Planner:
         rates = {k: v for k, v in (("lr", self.opts.lr), ("puzzle_emb_lr", self.opts.puzzle_emb_lr)) if v is not None}
         return {"steps": ceiling, "global_batch_size": p.train_batch, "mode": self.opts.train_mode,
                 "micro_batch_size": micro, **rates,
+                # the variant and EMA the checkpoint was trained with (see read_recipe)
+                "optimizer": self.post.optimizer, "ema": self.post.ema,
                 "warmup_steps": min(2000, max(1, round(0.1 * p.steps))),
                 # a constant rate after warm-up: stopping early never leaves the schedule half-way
                 "lr_min_ratio": 1.0,

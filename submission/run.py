@@ -75,6 +75,7 @@ from submission.training import Training, group_timeout as _group_timeout
 from submission.scheduler import Calibration, Plan
 from submission.stopping import Stopped, StopSwitch, TrackedLauncher, on_signals
 from trm_core import jsonio
+from trm_core.checkpoint_recipe import RecipeError, of_manifest
 from trm_core.safe_io import MAX_SIDE
 
 __all__ = ["CALIBRATION_UNIT_S", "Outcome", "Runner", "RunnerOptions", "_group_timeout", "dedupe",
@@ -386,6 +387,16 @@ class Runner:
         except (OSError, ValueError) as e:
             self.problem(f"{ckpt}/manifest.json unusable ({e}): the fallback stays")
             return None, None
+        try:
+            recipe = of_manifest(manifest, str(ckpt / "manifest.json"))
+        except RecipeError as e:  # the workers' checkpoint.load refuses it the same way
+            self.problem(f"{e}: the fallback stays")
+            return None, None
+        post = self.planner.read_recipe(recipe)
+        self.record["post_training"] = post.to_json()
+        self.log(f"post-training: {post.why}")
+        if post.warning:
+            self.log(post.warning)
         tampered = checkpoint_tampering(ckpt, manifest,
                                         [] if self.opts.checkpoint else self.record.get("bundle_problems", []))
         if tampered:
@@ -434,7 +445,8 @@ class Runner:
                 self.problem(f"only {n} of {of} tasks fit before the deadline: predicting those "
                              "(fewest test inputs first); the others keep the fallback")
                 self.plan = self.planner.plan(self.tasks, cal)
-        save_json(self.run_dir / "plan.json", self.plan.to_json())
+        # with the optimiser variant and EMA the training job gets, and why (a warning if unknown)
+        save_json(self.run_dir / "plan.json", {**self.plan.to_json(), "post_training": self.planner.post.to_json()})
         self.record["plan"] = self.plan.to_json()
         self.record["planned_total_s"] = self.plan.end - self.start
         self.log(self.plan.render())

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 
 from trm_core import __version__, jsonio
+from trm_core.checkpoint_recipe import Recipe, RecipeError, of_manifest
 from trm_core.model import TRM, TRMConfig
 from trm_core.safe_io import atomic_path, sha256_file, write_atomic
 
@@ -391,7 +392,24 @@ def read_manifest(manifest_path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{manifest_path} is not a valid manifest: expected a JSON object, "
                               f"got {type(manifest).__name__}")
+    manifest_recipe(manifest, str(manifest_path))  # a recipe, when recorded, is complete or refused
     return manifest
+
+
+def manifest_recipe(manifest: dict[str, Any], where: str) -> Recipe | None:
+    """The recipe the manifest records (see trm_core.checkpoint_recipe), None when unknown; a
+    recorded one with an unknown field or a wrong value is refused by name."""
+    try:
+        recipe = of_manifest(manifest, where)
+    except RecipeError as e:
+        raise CheckpointError(str(e)) from None
+    config = manifest.get("config")
+    said = config.get("puzzle_emb_len") if isinstance(config, dict) else None
+    if recipe is not None and recipe.puzzle_emb_len is not None and isinstance(said, int) \
+            and recipe.puzzle_emb_len != said:
+        raise CheckpointError(f"{where}: recipe.puzzle_emb_len is {recipe.puzzle_emb_len} but config.puzzle_emb_len "
+                              f"is {said}; correct the one that is wrong")
+    return recipe
 
 
 def manifest_config(manifest: dict[str, Any], where: str) -> TRMConfig:
@@ -588,11 +606,25 @@ def _conversion_time() -> str:
 
 def convert(src: str | os.PathLike, config: TRMConfig | str | os.PathLike | None, out_dir: str | os.PathLike,
             slim_table: bool = True, ema: bool | None = None, source_name: str | None = None,
-            log: Callable[[str], None] | None = None) -> Path:
+            log: Callable[[str], None] | None = None, recipe: Recipe | None = None) -> Path:
     """Reference or kit checkpoint -> kit directory (slim by default), the config saved in the
     weights' metadata. Returns out_dir. A kit checkpoint written before that metadata existed is
-    taken at its manifest's word for the fields no tensor shows; `log` is told so."""
+    taken at its manifest's word for the fields no tensor shows; `log` is told so. `recipe` (a
+    registry entry's) is recorded in the manifest when the source records none, its
+    puzzle_emb_len the converted config's."""
     ckpt = load(src, config, trust_manifest=True)
+    own = manifest_recipe(ckpt.manifest, str(src))
+    if recipe is not None and own is not None and own.optimizer != recipe.optimizer:
+        raise CheckpointError(f"{src}: the checkpoint says it was trained with {own.optimizer} ({own.source}) but "
+                              f"{recipe.source} says {recipe.optimizer}: correct the registry entry")
+    if recipe is not None and own is None:
+        if recipe.puzzle_emb_len not in (None, ckpt.config.puzzle_emb_len):
+            raise CheckpointError(f"{src}: the recipe ({recipe.source}) says puzzle_emb_len {recipe.puzzle_emb_len} "
+                                  f"but the config gives {ckpt.config.puzzle_emb_len}: pass the config it was "
+                                  "trained with")
+        ckpt.manifest["recipe"] = {**recipe.to_json(), "puzzle_emb_len": ckpt.config.puzzle_emb_len}
+        if ema is None:
+            ema = recipe.ema
     trusted = Path(src).is_dir() and CONFIG_META_KEY not in _metadata(Path(src) / WEIGHTS_FILE)  # read by load
     if trusted and log is not None:
         log(f"{src}: its weights carry no saved config; H_cycles, L_cycles, num_heads, puzzle_emb_len, "

@@ -146,7 +146,7 @@ def repair_cmd(submission: str, challenges_path: str, output: str | None) -> Non
 
 
 @click.command("convert")
-@click.argument("src", type=click.Path(exists=True))
+@click.argument("src")
 @click.option("--config", "config", help="Arch config: a JSON/YAML file, a preset (paper, trelis-emb1, tiny, hrm, "
               "hrm-tiny) or a registry name. Needed for reference files unless the run's all_config.yaml "
               "lies beside them; kit directories carry their own.")
@@ -155,17 +155,24 @@ def repair_cmd(submission: str, challenges_path: str, output: str | None) -> Non
               help="Drop the per-variant embedding table, keeping its mean and std rows.")
 @click.option("--ema/--raw", "ema", default=None, help="Record whether the trunk weights are the EMA shadow.")
 def convert(src: str, config: str | None, out_dir: str, slim_table: bool, ema: bool | None) -> None:
-    """Convert a reference TRM or HRM checkpoint (or a kit directory) into the kit format."""
+    """Convert a reference TRM or HRM checkpoint (or a kit directory) into the kit format. SRC is a
+    path, hf:owner/repo/path/file or a registry name (its arch config and recipe come with it)."""
     from pathlib import Path
 
     from trm_core import checkpoint
+    from trm_core.cli_common import locate_checkpoint
 
+    path, config, recipe = locate_checkpoint(src, config)
     try:
-        out = checkpoint.convert(src, config, out_dir, slim_table=slim_table, ema=ema,
-                                 log=lambda line: click.echo(line, err=True))
+        out = checkpoint.convert(path, config, out_dir, slim_table=slim_table, ema=ema,
+                                 log=lambda line: click.echo(line, err=True), recipe=recipe,
+                                 source_name=f"registry:{src}" if recipe else None)
     except checkpoint.CheckpointError as e:
         raise click.ClickException(str(e)) from None
-    src_path = Path(src)
+    recorded = checkpoint.manifest_recipe(checkpoint.read_manifest(out / checkpoint.MANIFEST_FILE), str(out))
+    click.echo(f"recipe: {recorded.describe() if recorded else 'unknown (none recorded: post-training will warn)'}",
+               err=True)
+    src_path = Path(path)
     before = src_path.stat().st_size if src_path.is_file() else sum(
         f.stat().st_size for f in src_path.iterdir() if f.is_file())
     after = sum(f.stat().st_size for f in out.iterdir() if f.is_file())

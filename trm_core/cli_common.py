@@ -100,13 +100,61 @@ def report_skipped(tasks, show: int = 10, raising: bool = True) -> None:
         raise click.ClickException(f"no usable task in the data{why}")
 
 
-def load_checkpoint(path: str, config: str | None):
-    from trm_core import checkpoint
+def locate_checkpoint(spec: str, config: str | None):
+    """(local path, arch config, registry recipe or None) for a --checkpoint SPEC: a path, an
+    hf:owner/repo/file id or a registry name (fetched through the hub cache, as `trm bundle`
+    does). A registry name brings its arch config (unless --config is given) and its recipe."""
+    from trm_core.checkpoint_recipe import RecipeError, of_registry
+    from trm_core.hub import SourceError, locate, registry_path
+    from trm_core.registry import entry_config
 
     try:
-        return checkpoint.load(path, config)
+        found = locate(spec)
+        if found.entry is None:
+            return found.path, config, None
+        recipe = of_registry(found.name, found.entry, None, str(registry_path()))
+        if config is None and isinstance(found.entry.get("config"), str):
+            config = found.entry["config"]  # a preset name or a config file
+        elif config is None:
+            try:
+                config = entry_config(found.name, found.entry)
+            except (ValueError, TypeError) as e:  # an unknown preset or field, a config that is no object
+                raise click.ClickException(f"{registry_path()}: {e}") from None
+        return found.path, config, recipe
+    except (SourceError, RecipeError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+def load_checkpoint(spec: str, config: str | None):
+    """The checkpoint --checkpoint SPEC names (see locate_checkpoint), or a clean error. A registry
+    entry's recipe is written into the loaded manifest when the checkpoint records none."""
+    from trm_core import checkpoint
+
+    path, config, recipe = locate_checkpoint(spec, config)
+    try:
+        ckpt = checkpoint.load(path, config)
     except checkpoint.CheckpointError as e:
         raise click.ClickException(str(e)) from None
+    if recipe is not None and checkpoint.manifest_recipe(ckpt.manifest, spec) is None:
+        ckpt.manifest["recipe"] = {**recipe.to_json(), "puzzle_emb_len": ckpt.config.puzzle_emb_len}
+    return ckpt
+
+
+def recipe_settings(ckpt, optimizer: str | None, ema: bool | None, default_ema: bool = True):
+    """The optimiser variant and EMA a post-training run of `ckpt` uses (an explicit option wins,
+    else the checkpoint's recipe, else the default with a warning), echoed on stderr."""
+    from trm_core import checkpoint
+    from trm_core.checkpoint_recipe import choose
+
+    try:
+        chosen = choose(checkpoint.manifest_recipe(ckpt.manifest, "the checkpoint's manifest"), optimizer, ema,
+                        default_ema)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    echo_err(f"post-training: {chosen.why}")
+    if chosen.warning:
+        echo_err(chosen.warning)
+    return chosen
 
 
 def data_options(f):

@@ -14,7 +14,7 @@ import threading
 import click
 
 from trm_core.cli_common import (Default, apply, data_options, echo_err, load_checkpoint, load_task_set,
-                                 predict_config, raw_challenges_of, report_skipped, train_config)
+                                 predict_config, raw_challenges_of, recipe_settings, report_skipped, train_config)
 from trm_core.cli_train import adapt_options, checkpoint_options, mode_option, open_logger, train_options, \
     training_configs
 
@@ -41,8 +41,11 @@ def _view_options(batch_flag: str):
 
 def _predict_options(f):
     return apply([
-        click.option("--checkpoint", "ckpt_path", required=True, type=click.Path(exists=True)),
-        click.option("--config", default=None, help="Arch config of a reference checkpoint."),
+        click.option("--checkpoint", "ckpt_path", required=True,
+                     help="Kit checkpoint directory, a reference step_N file (with --config), "
+                          "hf:owner/repo/path/file, or a registry name (pretrained/registry.json)."),
+        click.option("--config", default=None, help="Arch config of a reference checkpoint (file, preset or "
+                     "registry name)."),
         _view_options("--batch-size"),
         click.option("--device", default=None),
         click.option("--seed", type=int, default=0, show_default=True),
@@ -230,6 +233,8 @@ def solve_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | No
     report_skipped(tasks)
     train_cfg, data_cfg = None, None
     if opts["steps"] != 0:
+        chosen = recipe_settings(ckpt, opts["optimizer"], opts["ema"])
+        opts.update(optimizer=chosen.optimizer, ema=chosen.ema)
         extra = {"freeze_fraction": freeze_fraction, "lora_rank": lora_rank, "lora_alpha": lora_alpha}
         train_cfg, data_cfg = training_configs(tasks, mode, opts, ckpt.config.canvas, train_extra=extra)
     predict_cfg = _predict_config(opts["views"], opts["predict_batch"], opts["halt_steps"])

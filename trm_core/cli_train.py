@@ -12,7 +12,8 @@ import os
 import click
 
 from trm_core.cli_common import (Default, apply, data_config, data_options, echo_err, load_checkpoint,
-                                 load_task_set, log_options, logger_spec, report_skipped, study_config, train_config)
+                                 load_task_set, locate_checkpoint, log_options, logger_spec, recipe_settings,
+                                 report_skipped, study_config, train_config)
 
 
 def adapt_options(config):
@@ -43,9 +44,12 @@ def train_options(f):
                      help="Warm-up steps."),
         click.option("--lr-min-ratio", type=float, default=Default(train_config, "lr_min_ratio"), show_default=True,
                      help="1 = constant after warm-up."),
-        click.option("--optimizer", type=click.Choice(["original", "lucidrains"]),
-                     default=Default(train_config, "optimizer"), show_default=True, help="AdamATan2 variant."),
-        click.option("--ema/--no-ema", default=Default(train_config, "ema"), show_default=True),
+        click.option("--optimizer", type=click.Choice(["original", "lucidrains"]), default=None,
+                     help="AdamATan2 variant [default: the checkpoint's recipe (the one it was trained with); "
+                          "'original' when it records none, or for pretrain]."),
+        click.option("--ema/--no-ema", default=None,
+                     help="Keep an EMA of the trained weights [default: the checkpoint's recipe; on when it "
+                          "records none, or for pretrain]."),
         click.option("--ema-rate", type=float, default=Default(train_config, "ema_rate"), show_default=True),
         click.option("--variants", "num_variants", type=int, default=Default(data_config, "num_variants"),
                      show_default=True, help="Augmented variants per task (one embedding row each)."),
@@ -83,6 +87,9 @@ def training_configs(tasks, mode: str, opts: dict, canvas: int, include_test_pai
     from trm_core.train import TrainConfig
     from trm_core.variants import Variants
 
+    # pretrain has no recipe to follow: an option not given takes TrainConfig's default
+    optimizer = TrainConfig.optimizer if opts["optimizer"] is None else opts["optimizer"]
+    ema = TrainConfig.ema if opts["ema"] is None else opts["ema"]
     data = DataConfig(num_variants=opts["num_variants"], variant_seed=opts["seed"], sampler_seed=opts["seed"],
                       translate=opts["translate"], include_test_pairs=include_test_pairs)
     steps, epochs = opts["steps"], opts["epochs"]
@@ -95,8 +102,8 @@ def training_configs(tasks, mode: str, opts: dict, canvas: int, include_test_pai
     try:
         cfg = TrainConfig(steps=steps, global_batch_size=opts["batch_size"], mode=mode, lr=opts["lr"],
                           puzzle_emb_lr=opts["puzzle_emb_lr"], weight_decay=opts["weight_decay"],
-                          warmup_steps=opts["warmup"], lr_min_ratio=opts["lr_min_ratio"], optimizer=opts["optimizer"],
-                          ema=opts["ema"], ema_rate=opts["ema_rate"], seed=opts["seed"], log_every=opts["log_every"],
+                          warmup_steps=opts["warmup"], lr_min_ratio=opts["lr_min_ratio"], optimizer=optimizer,
+                          ema=ema, ema_rate=opts["ema_rate"], seed=opts["seed"], log_every=opts["log_every"],
                           checkpoint_every=opts["checkpoint_every"], compile=opts["compile_"],
                           compile_limit_s=opts["compile_limit_s"],
                           micro_batch_size=-1 if opts["micro_batch"] is None else opts["micro_batch"],
@@ -212,8 +219,9 @@ def _solutions_beside(path: str) -> str | None:
 
 def checkpoint_options(f):
     return apply([
-        click.option("--checkpoint", "ckpt_path", required=True, type=click.Path(exists=True),
-                     help="Kit checkpoint directory, or a reference step_N file with --config."),
+        click.option("--checkpoint", "ckpt_path", required=True,
+                     help="Kit checkpoint directory, a reference step_N file (with --config), "
+                          "hf:owner/repo/path/file, or a registry name (pretrained/registry.json)."),
         click.option("--config", default=None,
                      help="Arch config of a reference checkpoint (file, preset or registry name)."),
     ], f)
@@ -239,6 +247,8 @@ def posttrain_cmd(ckpt_path: str, config: str | None, data: str, solutions: str 
     ckpt = load_checkpoint(ckpt_path, config)
     tasks = load_task_set(data, solutions, split, strict=False)
     report_skipped(tasks)
+    chosen = recipe_settings(ckpt, opts["optimizer"], opts["ema"])
+    opts.update(optimizer=chosen.optimizer, ema=chosen.ema)
     _run_training(posttrain, tasks, mode, opts, ckpt.config.canvas, ckpt=ckpt, source=data, init=init,
                   train_extra={"freeze_fraction": freeze_fraction, "lora_rank": lora_rank, "lora_alpha": lora_alpha})
 
@@ -267,6 +277,8 @@ def _study_options(f):
                      help="1 = constant after warm-up."),
         click.option("--ema/--no-ema", default=Default(study_config, "ema"), show_default=True,
                      help="Evaluate the EMA of the trained weights."),
+        click.option("--optimizer", type=click.Choice(["original", "lucidrains"]), default=None,
+                     help="AdamATan2 variant [default: the checkpoint's recipe; 'original' when it records none]."),
         click.option("--ema-rate", type=float, default=Default(study_config, "ema_rate"), show_default=True),
         adapt_options(study_config),
         click.option("--translate/--no-translate", default=Default(study_config, "translate"), show_default=True),
@@ -294,10 +306,14 @@ def study_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | No
     from trm_core.distributed import default_device
     from trm_core.study import StudyConfig, render_table, run_study
 
+    path, config, _ = locate_checkpoint(ckpt_path, config)
     ckpt = load_checkpoint(ckpt_path, config)  # fail early on a bad checkpoint
     tasks = load_task_set(data, solutions, split, strict=False, max_side=ckpt.config.canvas - 1)
     report_skipped(tasks)
     settings["warmup_steps"] = settings.pop("warmup")
+    # the study's EMA is its own choice (whether to evaluate the averaged weights), so only the variant follows
+    settings["optimizer"] = recipe_settings(ckpt, settings["optimizer"], settings["ema"]).optimizer
+    ckpt_path = str(path)
     try:
         cfg = StudyConfig(arms=tuple(a.strip() for a in arms.split(",") if a.strip()), **settings)
         metrics_to = logger_spec(log_to, wandb_project, wandb_mode)

@@ -38,16 +38,26 @@ def load_registry(path: str | Path | None = None) -> dict[str, RegistryEntry]:
         raise ValueError(f"{path} is not a valid registry: {e}") from None
     entries = {}
     for name, e in raw.items():
-        cfg = dict(e.get("config", {}))
-        preset = cfg.pop("preset", "paper")
         local = Path(e["path"]) if e.get("path") else None
         entries[name] = RegistryEntry(
             name=name, hub_repo=e.get("hub_repo"), filename=e.get("filename"),
             path=(local if local.is_absolute() else path.parent / local) if local else None,
-            config=TRMConfig.from_name(preset, **cfg), optimizer=e.get("optimizer", "original"),
+            config=entry_config(name, e), optimizer=e.get("optimizer", "original"),
             ema=bool(e.get("ema", False)),
             info={k: v for k, v in e.items() if k not in ("hub_repo", "filename", "path", "config", "optimizer", "ema")})
     return entries
+
+
+def entry_config(name: str, entry: dict[str, Any]) -> TRMConfig:
+    """The arch config a registry entry records: a preset plus overrides, {"preset": "paper",
+    "puzzle_emb_len": 16}; puzzle_emb_len cannot be read from the weights, so it is written there."""
+    cfg = entry.get("config", {})
+    if not isinstance(cfg, dict):
+        raise ValueError(f"registry entry {name!r}: config must be an object such as {{\"preset\": \"paper\"}}, "
+                         f"got {type(cfg).__name__}")
+    cfg = dict(cfg)
+    preset = cfg.pop("preset", "paper")
+    return TRMConfig.from_name(preset, **cfg)
 
 
 def lookup(name: str, path: str | Path | None = None) -> RegistryEntry:
