@@ -335,3 +335,38 @@ def test_cli_predict_takes_the_switches_and_says_what_it_spent(tmp_path: Path) -
     assert result.exit_code == 0, result.output
     assert "ACT steps" in result.output and "views" in result.output
     assert json.loads(out.read_text())
+
+
+# ---- the runner: options -> prediction job -> PredictConfig; the plan's expected views ---------
+
+
+def test_runner_options_carry_the_switches_into_prediction_jobs(tmp_path: Path) -> None:
+    from submission.jobs import PredictJob, job_from_json
+    from submission.options import OptionsError, RunnerOptions
+
+    base = {"input_dir": tmp_path, "working_dir": tmp_path / "w"}
+    assert RunnerOptions(**base).settle() == {}  # every switch off: the job asks for today's prediction
+    opts = RunnerOptions(**base, exit_rule="q-halt", round_views=16, settle_margin=8)
+    assert opts.settle() == {"exit_rule": "q-halt", "stable_steps": 2, "round_views": 16, "settle_margin": 8}
+    job = PredictJob(name="p", phase="predict", job_dir=str(tmp_path), challenges="c.json", task_ids=["t"], canvas=12,
+                     checkpoint="c", device="cpu", shards=[[0, 1]], views=64, predict_batch=8, deadline=1.0,
+                     prefix="x", settle=opts.settle())
+    again = job_from_json(json.loads(json.dumps(job.to_json())))
+    assert again.settle == opts.settle()
+    assert PredictConfig(num_views=64, **again.settle).round_views == 16
+    with pytest.raises(OptionsError, match="--exit"):
+        RunnerOptions(**base, exit_rule="sometimes")
+
+
+def test_the_plan_counts_the_expected_views_when_adaptive() -> None:
+    from submission.scheduler import Budget, Calibration, Workload, phase_costs
+
+    cal = Calibration(device="test", train_batch=32, train_step_s=1.0, train_warmup_s=3.0, predict_batch=64,
+                      predict_batch_s=2.0, predict_warmup_s=3.0, launch_s=5.0, save_s=1.0)
+    work = Workload(tasks=8, test_inputs=64, train_pairs=31, world=1)
+    common = dict(views_min=8, views_target=32, views_max=64, train_batch=32, predict_batch=64, write_s=0.5)
+    full = phase_costs(Budget(**common), work, cal, 10, 64)
+    half = phase_costs(Budget(**common, views_spent=0.5), work, cal, 10, 64)
+    assert full["predict"] == 64 * 2.0 and half["predict"] == 32 * 2.0
+    with pytest.raises(ValueError, match="views_spent"):
+        Budget(**common, views_spent=0.0)
