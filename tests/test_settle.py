@@ -371,9 +371,3 @@ def test_the_plan_counts_the_expected_views_when_adaptive() -> None:
     with pytest.raises(ValueError, match="views_spent"):
         Budget(**common, views_spent=0.0)
 
-
-def test_the_html_report_shows_the_views_each_input_got() -> None:
-    from trm_core.report import _views_spent
-
-    assert _views_spent([16, 16, 16]) == 16  # a fixed count reads as before
-    assert _views_spent([4, 16, 8, 4]) == "4-16 (mean 8.0)"

@@ -113,7 +113,7 @@ def _scores(run: RunData) -> list[tuple[str, dict[str, Any]]]:
         rep = coverage(vote, solved, skip_empty=True)
         out.append((f"{name} (vote)", {"pass@1": rep.pass_at(1), "pass@2": rep.pass_at(2), "oracle": rep.oracle(),
                                         "passed": sum(p.passed(2) for p in rep.pairs), "total": len(rep.pairs),
-                                        "views": _views_spent([p.views for p in rep.pairs])}))
+                                        "views": max((p.views for p in rep.pairs), default=0)}))
     if run.submission is not None:
         first = two = total = 0
         for t in run.tasks:
@@ -127,14 +127,6 @@ def _scores(run: RunData) -> list[tuple[str, dict[str, Any]]]:
         out.append(("submission.json", {"pass@1": first / total, "pass@2": two / total, "oracle": None,
                                          "passed": two, "total": total, "views": None}))
     return out
-
-
-def _views_spent(views: list[int]) -> int | str:
-    """Views per test input: the count, or with an adaptive view count (inputs got different
-    counts) the range and the mean."""
-    if not views or min(views) == max(views):
-        return max(views, default=0)
-    return f"{min(views)}-{max(views)} (mean {sum(views) / len(views):.1f})"
 
 
 # ---------------------------------------------------------------------------------------------
