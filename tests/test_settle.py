@@ -323,11 +323,9 @@ def test_config_names_bad_switches() -> None:
 
 
 def test_cli_predict_takes_the_switches_and_says_what_it_spent(tmp_path: Path) -> None:
-    variants = Variants(_tasks(), 0, seed=0)
     model = TRM(TRMConfig.from_name("tiny", canvas=CANVAS, num_puzzle_identifiers=5),
                 generator=torch.Generator().manual_seed(0))
     checkpoint.save(checkpoint.slim(checkpoint.from_model(model, {"weights": "raw"})), tmp_path / "kit")
-    del variants
     out = tmp_path / "s.json"
     result = CliRunner().invoke(main, ["predict", "--checkpoint", str(tmp_path / "kit"), "--data", str(CHALLENGES),
                                        "--views", "4", "--batch-size", "8", "--exit", "stable", "--stable-steps", "1",
