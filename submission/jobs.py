@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -91,6 +91,8 @@ class PredictJob(Job):
     deadline: float
     prefix: str  # predictions go to <prefix>-r<rank>of<world>.npz
     save_every_s: float = 60.0
+    settle: dict[str, Any] = field(default_factory=dict)  # PredictConfig's exit_rule, stable_steps, round_views,
+    # settle_margin, rule ({}: the reference: every view, every ACT step)
 
     def __post_init__(self) -> None:
         super().__post_init__()

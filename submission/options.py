@@ -106,7 +106,24 @@ class RunnerOptions:
     smoke_views: int = _opt(8, "views per test input in a smoke run", low=1, high=BIG)
     smoke_time_s: float = _opt(1200.0, "a smoke run's time (s)", flag="--smoke-time", low=0.0, above=True,
                                high=SECONDS_MAX)
+    exit_rule: str = _opt("fixed", "when a view is read: every ACT step (fixed), first q_halt > 0 (q-halt) or a grid "
+                                   "unchanged for --stable-steps steps (stable)", flag="--exit",
+                          choices=("fixed", "q-halt", "stable"))
+    stable_steps: int = _opt(2, "unchanged ACT steps before --exit stable reads a view", low=1, high=1000)
+    round_views: int = _opt(0, "adaptive view count: views per round; settled test inputs get no more "
+                               "(0: every input gets K)", low=0, high=BIG)
+    settle_margin: int = _opt(0, "with --round-views: also settle when the 2nd attempt leads the 3rd by this "
+                                 "many votes (0: exact only)", low=0, high=BIG)
+    views_spent: float = _opt(1.0, "with --round-views: share of the K views the plan expects to spend "
+                                   "(measured: tools/bench_settle.py)", low=0.0, above=True, high=1.0)
     max_attempts: int = _opt(3, "per job (calibration, training, each prediction shard group)", low=1, high=100)
+
+    def settle(self) -> dict[str, Any]:
+        """The PredictConfig fields of a prediction job ({} with every switch off: today's prediction)."""
+        if self.exit_rule == "fixed" and not self.round_views:
+            return {}
+        return {"exit_rule": self.exit_rule, "stable_steps": self.stable_steps, "round_views": self.round_views,
+                "settle_margin": self.settle_margin}
 
     def __post_init__(self) -> None:
         for f in fields(self):

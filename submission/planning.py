@@ -93,7 +93,8 @@ class Planner:
         # write_s: the final build + validate + write, from the fallback's (measured, x2, + 0.1 s)
         common = dict(time_limit_s=o.time_limit_s, margin_s=min(o.margin_s, o.time_limit_s / 2),
                       train_batch=train_batch, predict_batch=predict_batch, reserve_min_s=o.reserve_min_s,
-                      baseline=o.baseline, write_s=self.write_s)
+                      baseline=o.baseline, write_s=self.write_s,
+                      views_spent=o.views_spent if o.round_views else 1.0)
         if self.mode == "smoke":
             k = max(1, o.smoke_views)
             return Budget(views_min=k, views_target=k, views_max=k, max_steps=o.smoke_steps, **common)

@@ -95,6 +95,7 @@ class Prediction:
     save_every_s: float = 60.0  # a shard saves what it has this often
     provisional_every_s: float = 60.0  # submission.json is rewritten from the shards this often
     test_inputs: int = 0  # of the tasks predicted: views x test_inputs views are planned
+    settle: dict[str, Any] = field(default_factory=dict)  # early exit / adaptive views (RunnerOptions.settle)
 
     def run(self, ckpt: Path, tag: str, phase: str, views: int, batch: int, deadline: float, kill_at: float,
             batch_s: float | None, provisional: bool) -> tuple[list[str], str, list[dict[str, Any]]]:
@@ -127,6 +128,7 @@ class Prediction:
             jobs = [self.dispatch.job(PredictJob, name, phase, checkpoint=str(ckpt), shards=[list(s) for s in t.shards],
                                       views=views, predict_batch=batch, deadline=deadline,
                                       prefix=f"{self.folder / tag}-a{a}", save_every_s=self.save_every_s, attempt=a,
+                                      settle=self.settle,
                                       heartbeat=self.dispatch.heartbeat(name))
                     for name, t in zip(names, pending)]
             unit = batch_s * max(len(t.shards) for t in pending) if batch_s is not None else None

@@ -533,7 +533,7 @@ class Runner:
         t0 = self.clock()
         prediction = Prediction(self.dispatch, self.retry, self.answers, self.log, self.problem,
                                 self.scratch / "predictions", self.world, self.opts.save_every_s,
-                                self.opts.provisional_every_s, self.test_inputs())
+                                self.opts.provisional_every_s, self.test_inputs(), self.opts.settle())
         files, status, attempts = prediction.run(
             ckpt, tag, phase or ("baseline" if tag == "baseline" else "predict"), views, batch, deadline,
             kill_at=min(deadline + self.grace, self.run_deadline - self.final_reserve),

@@ -63,6 +63,7 @@ class Budget:
     write_s: float = 5.0  # build, validate and atomically write submission.json
     baseline: bool = False  # also predict with the un-adapted checkpoint (same K), for a comparison
     replan_tolerance: float = 0.10  # re-plan when measured step time drifts from the plan by more than this
+    views_spent: float = 1.0  # share of the K views prediction is expected to spend (adaptive view count; 1 = all)
 
     def __post_init__(self) -> None:
         if not 1 <= self.views_min <= self.views_target <= self.views_max:
@@ -72,8 +73,8 @@ class Budget:
             raise ValueError(f"Budget: margin_s ({self.margin_s}) must be in [0, time_limit_s={self.time_limit_s})")
         if self.train_batch < 1 or self.predict_batch < 1:
             raise ValueError("Budget: train_batch and predict_batch must be >= 1")
-        if not 0 < self.ddp_efficiency <= 1 or not 0 < self.predict_share <= 1:
-            raise ValueError("Budget: ddp_efficiency and predict_share must be in (0, 1]")
+        if not 0 < self.ddp_efficiency <= 1 or not 0 < self.predict_share <= 1 or not 0 < self.views_spent <= 1:
+            raise ValueError("Budget: ddp_efficiency, predict_share and views_spent must be in (0, 1]")
         if self.max_steps is not None and self.max_steps < 0:
             raise ValueError("Budget: max_steps must be >= 0")
         if self.min_train_steps < 1 or self.step_headroom < 0 or self.reserve_fraction < 0 or self.reserve_min_s < 0:
@@ -286,7 +287,8 @@ class _Costs:
         self.training_started, self.passes = training_started, passes
 
     def predict_one(self, views: int) -> float:
-        batches = math.ceil(views * self.w.test_inputs / self.predict_batch)
+        # the expected, not the most, views: an adaptive run stops giving views to settled inputs
+        batches = math.ceil(views * self.b.views_spent * self.w.test_inputs / self.predict_batch)
         return batches * self.batch_s
 
     def phases(self, new_steps: int, views: int) -> dict[str, float]:
@@ -303,7 +305,8 @@ class _Costs:
         if self.passes > 1:
             p["baseline_launch"] = p["predict_launch"]
             p["baseline"] = p["predict"]
-        p["vote_write"] = self.b.vote_s_per_view * views * self.w.test_inputs * self.passes + self.b.write_s
+        p["vote_write"] = self.b.vote_s_per_view * views * self.b.views_spent * self.w.test_inputs * self.passes \
+            + self.b.write_s
         return p
 
     def total(self, new_steps: int, views: int) -> float:

@@ -220,7 +220,7 @@ class _Job:
             try:
                 with _terminate_raises(not self.in_process):
                     preds = predict(model, variants, PredictConfig(num_views=views, batch_size=batch,
-                                                                   order="variant"),
+                                                                   order="variant", **job.settle),
                                     device=device, stop=stop, deadline=deadline, on_batch=on_batch,
                                     shard=(rank, world), status=status)
             except BaseException:
@@ -229,11 +229,12 @@ class _Job:
                 self._keep(state, path)
                 raise
             self.result["compile"] = status.get("compile", "off")
+            spent = {k: status[k] for k in ("views", "views_full", "act_steps", "act_steps_full") if k in status}
             _save_predictions(preds, path)
             self.result["shards"].append({"rank": rank, "world": world, "path": str(path), "records": len(preds),
                                           "batches_done": state["done"], "batches_total": state["total"],
                                           "complete": state["done"] == state["total"] and state["total"] > 0,
-                                          "seconds": time.time() - t0})
+                                          "seconds": time.time() - t0, **spent})
 
     def _keep(self, state: dict[str, Any], path: Path) -> None:
         """Save a failing shard's predictions made since its last save (never raises: the failure

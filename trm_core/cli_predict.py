@@ -30,7 +30,19 @@ def _view_options(batch_flag: str):
                          help="Views per test input (K), the original included."),
             click.option(batch_flag, "predict_batch", type=int, default=Default(predict_config, "batch_size"),
                          show_default=True, help="Rows per prediction forward."),
-            click.option("--halt-steps", type=int, default=None, help="ACT steps per view (default: the model's)."),
+            click.option("--halt-steps", type=int, default=None,
+                         help="ACT steps per view (default and most: the model's halt_max_steps)."),
+            click.option("--exit", "exit_rule", type=click.Choice(["fixed", "q-halt", "stable"]), default="fixed",
+                         show_default=True, help="When a view is read: after every step (fixed), at its first "
+                         "q_halt > 0 (q-halt), or once its grid is unchanged for --stable-steps steps (stable)."),
+            click.option("--stable-steps", type=int, default=Default(predict_config, "stable_steps"),
+                         show_default=True, help="Unchanged steps before --exit stable reads a view."),
+            click.option("--round-views", type=int, default=Default(predict_config, "round_views"), show_default=True,
+                         help="Adaptive view count: views per round; a test input whose two attempts are settled "
+                              "gets no more (0: every input gets --views)."),
+            click.option("--settle-margin", type=int, default=Default(predict_config, "settle_margin"),
+                         show_default=True, help="With --round-views: also settle an input whose 2nd attempt leads "
+                              "the 3rd by this many votes (0: only when the views left cannot change them)."),
             click.option("--rule", type=click.Choice(RULES), default="reference", show_default=True,
                          help="Ranking rule of the vote."),
             click.option("--fill", type=click.Choice(["fallback", "duplicate"]), default="fallback",
@@ -52,11 +64,13 @@ def _predict_options(f):
     ], f)
 
 
-def _predict_config(views: int, predict_batch: int, halt_steps: int | None):
+def _predict_config(opts: dict):
     from trm_core.predict import PredictConfig
 
     try:
-        return PredictConfig(num_views=views, batch_size=predict_batch, halt_steps=halt_steps)
+        return PredictConfig(num_views=opts["views"], batch_size=opts["predict_batch"], halt_steps=opts["halt_steps"],
+                             exit_rule=opts["exit_rule"], stable_steps=opts["stable_steps"],
+                             round_views=opts["round_views"], settle_margin=opts["settle_margin"], rule=opts["rule"])
     except ValueError as e:
         raise click.ClickException(str(e)) from None
 
@@ -81,9 +95,16 @@ def _voted(opts: dict, saved: str | None = None, need_solutions: bool = False, t
         except ValueError as e:
             raise click.ClickException(str(e)) from None
     else:
-        cfg = _predict_config(opts["views"], opts["predict_batch"], opts["halt_steps"])
-        preds, _ = predict_views(load_checkpoint(opts["ckpt_path"], opts["config"]), tasks, cfg, seed=opts["seed"],
-                                 device=opts["device"] or default_device(), stop=stop, log=echo_err)
+        cfg = _predict_config(opts)
+        if cfg.exit_rule != "fixed" or cfg.round_views:
+            echo_err(f"settle: exit {cfg.exit_rule}" + (f" (stable {cfg.stable_steps} steps)" if cfg.exit_rule == "stable"
+                     else "") + (f", rounds of {cfg.round_views} views, margin {cfg.settle_margin}, rule {cfg.rule}"
+                                 if cfg.round_views else ", every input gets --views"))
+        try:
+            preds, _ = predict_views(load_checkpoint(opts["ckpt_path"], opts["config"]), tasks, cfg, seed=opts["seed"],
+                                     device=opts["device"] or default_device(), stop=stop, log=echo_err)
+        except ValueError as e:  # e.g. --halt-steps above the checkpoint's halt_max_steps
+            raise click.ClickException(str(e)) from None
     return tasks, preds, vote(preds, opts["rule"])
 
 
@@ -237,7 +258,7 @@ def solve_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | No
         opts.update(optimizer=chosen.optimizer, ema=chosen.ema)
         extra = {"freeze_fraction": freeze_fraction, "lora_rank": lora_rank, "lora_alpha": lora_alpha}
         train_cfg, data_cfg = training_configs(tasks, mode, opts, ckpt.config.canvas, train_extra=extra)
-    predict_cfg = _predict_config(opts["views"], opts["predict_batch"], opts["halt_steps"])
+    predict_cfg = _predict_config(opts)
     deadline = time.time() + 60 * opts["max_minutes"] if opts["max_minutes"] else None
     with process_group(opts["device"]) as (rank, world, device):
         if world > 1:

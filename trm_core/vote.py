@@ -357,6 +357,14 @@ class Vote:
             return self._order[:0]
         return self._order[self._offsets[p]:self._offsets[p + 1]]
 
+    def ranked_keys(self, task_id: str, test_index: int, skip_empty: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Vote counts int64 [n] and sums of sigmoid(q_halt) float64 [n] of the candidates, best first
+        (with skip_empty, the 0x0 candidates left out, as in the attempts): what `settled` compares."""
+        ids = self._ranked_ids(task_id, test_index)
+        if skip_empty:
+            ids = ids[[self._bytes(c)[0] > 0 for c in ids]] if len(ids) else ids
+        return self._count[ids], self._q_sum[ids]
+
     def candidates(self, task_id: str, test_index: int) -> list[Candidate]:
         """The distinct grids for a test input, best first ([] if it got no prediction)."""
         return [Candidate(uncompact_grid(self._bytes(c)), int(self._count[c]), float(self._q_sum[c]),
