@@ -91,6 +91,8 @@ class PredictJob(Job):
     deadline: float
     prefix: str  # predictions go to <prefix>-r<rank>of<world>.npz
     save_every_s: float = 60.0
+    queue: str | None = None  # a work-queue folder (submission/workqueue.py): predict the items taken from it
+    # until none is left, each to <prefix>-a<attempt>-q<item>-r<rank>of<world>.npz; shards is then unused
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -106,7 +106,11 @@ class RunnerOptions:
     smoke_views: int = _opt(8, "views per test input in a smoke run", low=1, high=BIG)
     smoke_time_s: float = _opt(1200.0, "a smoke run's time (s)", flag="--smoke-time", low=0.0, above=True,
                                high=SECONDS_MAX)
-    max_attempts: int = _opt(3, "per job (calibration, training, each prediction shard group)", low=1, high=100)
+    max_attempts: int = _opt(3, "per job (calibration, training, each prediction shard group or work item)",
+                             low=1, high=100)
+    predict_queue: str = _opt("dynamic", "static: a fixed shard of the views per GPU (CPU process); dynamic: work "
+                                         "items, largest first, taken by whichever GPU is free, retried one by one",
+                              choices=("static", "dynamic"))
 
     def __post_init__(self) -> None:
         for f in fields(self):
