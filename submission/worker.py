@@ -221,9 +221,8 @@ class _Job:
             item = queue.claim(job.name)
             if item is None:
                 break
-            # faults are drawn per item and attempt, so a retried item meets its fault elsewhere
+            # faults are drawn per item and attempt (at its batches), so a retried item meets its fault elsewhere
             point = self.hook(self.injector(item.id, item.attempt.index))
-            point("item", item.id)
             t0 = time.time()
             sub = only(variants, item.task_ids)
             shards = [self._predict_shard(model, sub, device, item.attempt.predict_batch, (rank, world),

@@ -10,9 +10,11 @@ batch. Output: work items, kept as files in a queue folder the workers pull from
     <queue>/done/<file>                          predicted (its result record inside)
 
 An item is a group of whole tasks in task order (a task's views are never split between items,
-so a test input's vote reads one item's file), about ITEMS_PER_WORKER items per worker; its size is
-its rows, views x test inputs. Items are ordered largest first, so the last items taken, the ones
-that decide when the phase ends, are the smallest. Each item carries the retry policy's `Try`
+so a test input's vote reads one item's file); its size is its rows, views x test inputs. Items
+hold at most 1/ITEMS_PER_WORKER of a worker's share and shrink as the rows left to cut do (guided
+self-scheduling, TAIL), never below one batch; they are ordered largest first, so the last items
+taken, the ones that decide when the phase ends, are the smallest: a worker 4x slower than the
+others that takes one at the end delays the phase by little. Each item carries the retry policy's `Try`
 (submission/retry.py): a worker that fails leaves its item in taken/; the runner gives that item
 the policy's next try (out of memory: the same rows in half-size shards) back to todo/, or counts
 it lost after max_attempts, and every other item is kept. Standard library only (the runner
@@ -31,6 +33,7 @@ from submission.retry import Try
 from trm_core.safe_io import write_atomic
 
 ITEMS_PER_WORKER = 8  # more items: a shorter tail on the slowest worker, more per-item overhead (a save, a small last batch)
+TAIL = 4  # items shrink towards the end: at most 1/TAIL of each worker's share of the rows still to cut
 
 
 @dataclass(frozen=True)
@@ -68,22 +71,28 @@ class Item:
 
 def cut(rows_by_task: dict[str, int], workers: int, batch: int, per_worker: int = ITEMS_PER_WORKER) -> list[Item]:
     """The tasks (in their order, with their rows) grouped into items of at most about
-    total / (workers x per_worker) rows, then ordered largest first (ties keep task order).
-    A task larger than that is an item of its own. batch: each item's rows per batch."""
+    total / (workers x per_worker) rows, smaller as fewer rows are left to group (see TAIL) but
+    not below `batch` (each item's rows per batch), then ordered largest first (ties keep task
+    order). A task larger than its group's size is an item of its own."""
     total = sum(rows_by_task.values())
-    target = max(1, -(-total // max(1, workers * per_worker)))
+    cap = max(1, -(-total // max(1, workers * per_worker)))
     groups: list[tuple[list[str], int]] = []
     current: list[str] = []
     rows = 0
+    left = total  # rows not yet in a closed group
+
+    def target() -> int:  # guided: a group is at most cap, and at most 1/TAIL of each worker's share of what is left
+        return max(1, batch, min(cap, -(-left // max(1, workers * TAIL))))
+
     for task_id, n in rows_by_task.items():
-        if current and rows + n > target:  # a task that would overfill the group starts the next one
+        if current and rows + n > target():  # a task that would overfill the group starts the next one
             groups.append((current, rows))
-            current, rows = [], 0
+            current, left, rows = [], left - rows, 0
         current.append(task_id)
         rows += n
-        if rows >= target:
+        if rows >= target():
             groups.append((current, rows))
-            current, rows = [], 0
+            current, left, rows = [], left - rows, 0
     if current:
         groups.append((current, rows))
     ranked = sorted(range(len(groups)), key=lambda i: -groups[i][1])

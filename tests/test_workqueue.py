@@ -30,13 +30,26 @@ CHALLENGES = json.loads((Path(__file__).resolve().parent.parent / "submission" /
 
 def test_items_are_whole_tasks_ordered_largest_first() -> None:
     rows = {"a": 8, "b": 40, "c": 8, "d": 4, "e": 16, "f": 4}
-    items = cut(rows, workers=2, batch=8, per_worker=2)  # about 80 / 4 = 20 rows an item
-    assert [it.task_ids for it in items] == [("b",), ("e", "f"), ("c", "d"), ("a",)]
-    assert [it.rows for it in items] == [40, 20, 12, 8] and [it.order for it in items] == [0, 1, 2, 3]
-    assert sorted(t for it in items for t in it.task_ids) == sorted(rows)  # every task once, never split
+    items = cut(rows, workers=2, batch=8, per_worker=2)  # at most 80 / 4 = 20 rows an item
+    assert [it.task_ids for it in items] == [("b",), ("e",), ("a",), ("c",), ("d",), ("f",)]
+    assert [it.rows for it in items] == [40, 16, 8, 8, 4, 4] and [it.order for it in items] == list(range(6))
     assert all(it.attempt == Try("predict", predict_batch=8, shards=((0, 1),)) for it in items)
-    shuffled = cut({"s": 2, "m": 10, "l": 30}, workers=1, batch=4, per_worker=3)
-    assert [it.task_ids for it in shuffled] == [("l",), ("s", "m")]  # a big task is its own item, first
+    assert [it.task_ids for it in cut({"s": 2, "m": 10, "l": 30}, 1, 4, 3)] == [("l",), ("m",), ("s",)]
+
+
+def test_items_shrink_towards_the_end_and_hold_every_task_once() -> None:
+    rng = np.random.default_rng(0)
+    rows = {f"t{i}": int(rng.choice([16, 16, 32, 48])) for i in range(400)}
+    items = cut(rows, workers=4, batch=16)
+    sizes = [it.rows for it in items]
+    cap = -(-sum(rows.values()) // (4 * 8))
+    assert sizes == sorted(sizes, reverse=True)  # largest first
+    assert all(it.rows <= cap or len(it.task_ids) == 1 for it in items)
+    assert sizes[-1] <= cap / 4  # the last items taken are small: a slow worker's last item costs little
+    assert sorted(t for it in items for t in it.task_ids) == sorted(rows)  # every task once, never split
+    for it in items:  # each item is a run of consecutive tasks
+        ids = [int(t[1:]) for t in it.task_ids]
+        assert ids == list(range(ids[0], ids[0] + len(ids)))
 
 
 def test_each_item_is_claimed_by_exactly_one_worker(tmp_path: Path) -> None:
