@@ -19,7 +19,7 @@ from submission.dispatch import Dispatcher
 from submission.jobs import read_job
 from submission.predicting import Prediction, saved_views
 from submission.retry import RetryPolicy, Try
-from submission.workqueue import Item, Queue, cut
+from submission.workqueue import Item, Queue, cut, even_batch
 from trm_core.submission_file import validate
 
 CHALLENGES = json.loads((Path(__file__).resolve().parent.parent / "submission" / "placeholder" /
@@ -33,8 +33,19 @@ def test_items_are_whole_tasks_ordered_largest_first() -> None:
     items = cut(rows, workers=2, batch=8, per_worker=2)  # at most 80 / 4 = 20 rows an item
     assert [it.task_ids for it in items] == [("b",), ("e",), ("a",), ("c",), ("d",), ("f",)]
     assert [it.rows for it in items] == [40, 16, 8, 8, 4, 4] and [it.order for it in items] == list(range(6))
-    assert all(it.attempt == Try("predict", predict_batch=8, shards=((0, 1),)) for it in items)
+    assert [it.attempt.predict_batch for it in items] == [8] * 6  # 40 rows: 5 batches of 8; 4 rows: one of 8
+    assert all(it.attempt == Try("predict", predict_batch=it.attempt.predict_batch, shards=((0, 1),)) for it in items)
     assert [it.task_ids for it in cut({"s": 2, "m": 10, "l": 30}, 1, 4, 3)] == [("l",), ("m",), ("s",)]
+
+
+def test_an_items_batches_are_even_not_a_full_one_and_padding() -> None:
+    assert even_batch(514, 256) == 176  # 3 batches of 176 (528 rows: 14 padding), not 256 + 256 + 2
+    assert even_batch(512, 256) == 256 and even_batch(257, 256) == 136 and even_batch(40, 256) == 40
+    assert even_batch(3, 256) == 8 and even_batch(6, 4) == 4  # a multiple of 8 when the batch allows it
+    for rows in range(1, 2000, 7):
+        b = even_batch(rows, 256)
+        assert b <= 256 and -(-rows // b) == -(-rows // 256)  # as many batches as full ones would take
+        assert -(-rows // b) * b - rows < 8 * -(-rows // 256)  # padding: under 8 rows a batch
 
 
 def test_items_shrink_towards_the_end_and_hold_every_task_once() -> None:
