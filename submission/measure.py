@@ -132,11 +132,12 @@ def time_vote(preds: Any, clock: Callable[[], float] = time.perf_counter,
     first = clock() - t0
     n = len(preds)
     copies = max(1, -(-VOTE_RECORDS // n))
+    stride = int(preds.variant.max()) + 1  # new view numbers stay small: repeats are found by them
     big = Predictions(capacity=n * copies)
     for c in range(copies):
         for i in range(n):
             task, test, variant, grid, q = preds.record(i)
-            big.append(task, test, variant + c * (1 << 16), grid, q)
+            big.append(task, test, variant + c * stride, grid, q)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         path = Path(tmp) / "shard.npz"
         big.save(path)
