@@ -222,7 +222,8 @@ class Prediction:
                     if nxt is None:
                         given_up.append(item.id)
                         self.problem(f"work item q{item.id} ({len(item.task_ids)} task(s)) given up after "
-                                     f"{item.attempt.index + 1} attempt(s): its tasks keep what it saved, or the fallback")
+                                     f"{item.attempt.index + 1} attempt(s): its tasks keep what it saved, "
+                                     "or the fallback")
                         continue
                     self.log(f"work item q{item.id}: {nxt.why}")
                     queue.put(retried(item, nxt))

@@ -34,7 +34,7 @@ from typing import Any
 from submission.retry import Try
 from trm_core.safe_io import write_atomic
 
-ITEMS_PER_WORKER = 8  # more items: a shorter tail on the slowest worker, more per-item overhead (a save, a small last batch)
+ITEMS_PER_WORKER = 8  # more items: a shorter tail on the slowest worker, more per-item overhead (a save each)
 TAIL = 4  # items shrink towards the end: at most 1/TAIL of each worker's share of the rows still to cut
 
 

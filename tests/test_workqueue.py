@@ -297,3 +297,14 @@ def _top2(preds) -> dict[tuple, list[bytes]]:
 
     v = vote(preds)
     return {pair: [c.grid.tobytes() + bytes(c.grid.shape) for c in v.candidates(*pair)[:2]] for pair in v.pairs}
+
+
+def test_progress_counts_each_items_file_apart(tmp_path: Path) -> None:
+    from trm_core.predictions import Predictions
+
+    for name, n in (("adapted-a0-q3-r0of1.npz", 3), ("adapted-a1-q3-r0of1.npz", 5), ("adapted-a0-q4-r1of2.npz", 2)):
+        p = Predictions()
+        for v in range(n):
+            p.append("t", 0, v, np.zeros((2, 2), np.uint8), 0.0)
+        p.save(tmp_path / name)
+    assert saved_views(tmp_path, "adapted") == {"q3-r0of1": 5, "q4-r1of2": 2}  # an item's latest try, not summed
