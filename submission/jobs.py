@@ -93,6 +93,8 @@ class PredictJob(Job):
     save_every_s: float = 60.0
     settle: dict[str, Any] = field(default_factory=dict)  # PredictConfig's exit_rule, stable_steps, round_views,
     # settle_margin, rule ({}: the reference: every view, every ACT step)
+    queue: str | None = None  # a work-queue folder (submission/workqueue.py): predict the items taken from it
+    # until none is left, each to <prefix>-a<attempt>-q<item>-r<rank>of<world>.npz; shards is then unused
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -2,8 +2,9 @@
 
 Runs in a calibration worker (submission/worker.py), on one device. Input: a kit checkpoint, the
 tasks, per-process batch sizes and the views per test input. Output: a scheduler `Calibration`
-(s per training step and per prediction batch, warm-up excess, checkpoint save time, FLOPs, and
-on CUDA the memory fit that sizes the micro-batch). Imports torch and trm_core lazily.
+(s per training step and per prediction batch, warm-up excess, checkpoint save time, FLOPs, the
+vote's first-call compile and steady cost per view, and on CUDA the memory fit that sizes the
+micro-batch). Imports torch and trm_core lazily.
 """
 
 from __future__ import annotations
@@ -85,9 +86,13 @@ def calibrate(ckpt: Any, tasks: Any, *, train_batch: int, predict_batch: int, vi
     train_part = _time_training(ckpt, tasks, train_batch, views, train_mode, warmup_steps + timed_steps + 1, seed,
                                 device, mem, clock, hook, quiet, scratch)
     step_s, train_warm = _steady(train_part["step_times"], warmup_steps)
-    batch_times, predict_batch, predict_fit, pstatus = _time_prediction(ckpt, tasks, predict_batch, timed_batches,
-                                                                        seed, device, mem, clock, hook, quiet)
+    batch_times, predict_batch, predict_fit, pstatus, preds = _time_prediction(ckpt, tasks, predict_batch,
+                                                                               timed_batches, seed, device, mem,
+                                                                               clock, hook, quiet)
     batch_s, predict_warm = _steady(batch_times, 1)
+    vote_compile_s, vote_s_per_view = time_vote(preds, clock, scratch)
+    quiet(f"vote: first call {vote_compile_s:.2f} s (compiling or loading the voter), "
+          f"{vote_s_per_view * 1e6:.2f} us per view after")
     train_fit = train_part["fit"]
     return Calibration(device=device_name(device), train_batch=train_batch, train_step_s=step_s,
                        train_warmup_s=train_warm, predict_batch=predict_batch, predict_batch_s=batch_s,
@@ -101,7 +106,45 @@ def calibrate(ckpt: Any, tasks: Any, *, train_batch: int, predict_batch: int, vi
                        memory_budget_bytes=int(mem.budget) if mem.on else None,
                        memory_headroom=memory.HEADROOM if mem.on else 0.0,
                        train_micro_batch=train_part["micro"], train_compile=train_part["compile"],
-                       predict_compile=pstatus.get("compile", "off"))
+                       predict_compile=pstatus.get("compile", "off"), vote_compile_s=vote_compile_s,
+                       vote_s_per_view=vote_s_per_view)
+
+
+VOTE_RECORDS = 20_000  # the vote is timed on this many records: its per-call overhead is then a small share
+
+
+def time_vote(preds: Any, clock: Callable[[], float] = time.perf_counter,
+              scratch: str | os.PathLike | None = None) -> tuple[float, float]:
+    """(seconds of the vote's first call in this process, steady seconds per record), timed on
+    `preds` (the calibration's predictions), tiled to VOTE_RECORDS records under new view numbers,
+    the way the final vote reads them: the shard file loaded, repeats and non-finite scores
+    dropped, voted. The first call compiles the voter's numba functions, or loads them from
+    numba's on-disk cache (cache=True): it is timed apart, and what the plan holds for the vote
+    is its steady cost."""
+    from submission.assemble import finite_only, merge_shards
+    from trm_core.predictions import Predictions
+    from trm_core.vote import vote
+
+    if not len(preds):
+        return 0.0, 0.0
+    t0 = clock()
+    vote(preds)
+    first = clock() - t0
+    n = len(preds)
+    copies = max(1, -(-VOTE_RECORDS // n))
+    stride = int(preds.variant.max()) + 1  # new view numbers stay small: repeats are found by them
+    big = Predictions(capacity=n * copies)
+    for c in range(copies):
+        for i in range(n):
+            task, test, variant, grid, q = preds.record(i)
+            big.append(task, test, variant + c * stride, grid, q)
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        path = Path(tmp) / "shard.npz"
+        big.save(path)
+        t0 = clock()
+        read, _ = finite_only(merge_shards([str(path)]))
+        vote(read)
+        return first, (clock() - t0) / len(big)
 
 
 def _time_training(ckpt: Any, tasks: Any, train_batch: int, views: int, train_mode: str, n_steps: int, seed: int,
@@ -147,8 +190,8 @@ def _time_training(ckpt: Any, tasks: Any, train_batch: int, views: int, train_mo
 
 def _time_prediction(ckpt: Any, tasks: Any, predict_batch: int, timed_batches: int, seed: int, device: Any,
                      mem: _Memory, clock: Callable[[], float], hook: Callable[[str, int], None] | None,
-                     quiet: Callable[[str], None]) -> tuple[list[float], int, Any, dict[str, str]]:
-    """(batch durations, the batch used, the memory fit, predict's status) of 1 + timed_batches
+                     quiet: Callable[[str], None]) -> tuple[list[float], int, Any, dict[str, str], Any]:
+    """(batch durations, the batch used, the memory fit, predict's status, the predictions) of 1 + timed_batches
     prediction batches, the batch first cut to what fits in memory when that is measured."""
     from trm_core.predict import PredictConfig, predict
     from trm_core.recipes import model_for_tasks
@@ -179,10 +222,10 @@ def _time_prediction(ckpt: Any, tasks: Any, predict_batch: int, timed_batches: i
         done_batches[0] = done
         marks.append(clock())
 
-    predict(model, variants, PredictConfig(num_views=max(1, min(need, 1000)), batch_size=predict_batch,
+    preds = predict(model, variants, PredictConfig(num_views=max(1, min(need, 1000)), batch_size=predict_batch,
                                            order="variant"),
             device=device, stop=before_batch, on_batch=after_batch, status=status)
     times = [b - a for a, b in zip(marks, marks[1:])]
     if not times:
         raise RuntimeError("calibration: prediction ran no batch")
-    return times, predict_batch, fit, status
+    return times, predict_batch, fit, status, preds

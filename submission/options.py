@@ -116,7 +116,11 @@ class RunnerOptions:
                                  "many votes (0: exact only)", low=0, high=BIG)
     views_spent: float = _opt(1.0, "with --round-views: share of the K views the plan expects to spend "
                                    "(measured: tools/bench_settle.py)", low=0.0, above=True, high=1.0)
-    max_attempts: int = _opt(3, "per job (calibration, training, each prediction shard group)", low=1, high=100)
+    max_attempts: int = _opt(3, "per job (calibration, training, each prediction shard group or work item)",
+                             low=1, high=100)
+    predict_queue: str = _opt("dynamic", "static: a fixed shard of the views per GPU (CPU process); dynamic: work "
+                                         "items, largest first, taken by whichever GPU is free, retried one by one",
+                              choices=("static", "dynamic"))
 
     def settle(self) -> dict[str, Any]:
         """The PredictConfig fields of a prediction job ({} with every switch off: today's prediction)."""

@@ -88,13 +88,16 @@ class Planner:
                 log(t.why)
         return None, attempts
 
-    def make_budget(self, train_batch: int, predict_batch: int) -> Budget:
+    def make_budget(self, train_batch: int, predict_batch: int, vote_s_per_view: float = 0.0) -> Budget:
         o = self.opts
-        # write_s: the final build + validate + write, from the fallback's (measured, x2, + 0.1 s)
+        # write_s: the final build + validate + write, from the fallback's (measured, x2, + 0.1 s);
+        # vote_s_per_view: the vote's steady cost measured in calibration (0: Budget's default)
         common = dict(time_limit_s=o.time_limit_s, margin_s=min(o.margin_s, o.time_limit_s / 2),
                       train_batch=train_batch, predict_batch=predict_batch, reserve_min_s=o.reserve_min_s,
                       baseline=o.baseline, write_s=self.write_s,
                       views_spent=o.views_spent if o.round_views else 1.0)
+        if vote_s_per_view > 0:
+            common["vote_s_per_view"] = vote_s_per_view
         if self.mode == "smoke":
             k = max(1, o.smoke_views)
             return Budget(views_min=k, views_target=k, views_max=k, max_steps=o.smoke_steps, **common)
@@ -110,7 +113,7 @@ class Planner:
                 cal = replace(cal, launch_s=cal.launch_s * world)
         train_b = train_batch or cal.train_batch * world
         pred_b = cal.predict_batch * world
-        self.budget = self.make_budget(train_b, pred_b)
+        self.budget = self.make_budget(train_b, pred_b, cal.vote_s_per_view)
         work = Workload(tasks=len(tasks), test_inputs=sum(len(t.test_inputs) for t in tasks),
                         train_pairs=sum(len(t.train) for t in tasks), world=world)
         return make_plan(self.budget, work, cal, self.clock(), self.deadline, train_batch=train_b,

@@ -17,6 +17,11 @@ dry run. Field names (JSON):
   projection[]       Projection.to_json() for each model projected, and the assumptions list
   answers            who answered the test inputs in submission.json: {"adapted", "unadapted",
                      "fallback": count} from run.json's "answers" (None when run.json has none)
+  vote               run.json's "vote": the voter's first call at load and in calibration (compile_s,
+                     calibration_compile_s; outside the plan), s_per_view measured, vote_write planned_s
+                     and actual_s
+  queue              per prediction phase run with --predict-queue dynamic: items, per_worker (items,
+                     rows, seconds per worker slot), retried, given_up, left, rounds, incomplete
 """
 
 from __future__ import annotations
@@ -84,6 +89,8 @@ def timing_report(run: dict[str, Any], *, accuracy: dict[str, Any] | None = None
         "assumptions": assumptions or [],
         "problems": run.get("problems", []),
         "answers": answer_counts(run),
+        "vote": run.get("vote"),
+        "queue": {p["name"]: p["queue"] for p in run.get("phases", []) if p.get("queue")},
         **(extra or {}),
     }
 
@@ -145,6 +152,17 @@ def render(report: dict[str, Any]) -> str:
         parts.append("achieved " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in g.items()))
     if parts:
         lines.append("throughput: " + "; ".join(parts))
+    v = r.get("vote") or {}
+    if v:
+        per = v.get("s_per_view")
+        lines.append(f"vote: first call {v.get('compile_s') or 0:.2f} s at load (compiling or loading the voter; "
+                     f"{v.get('calibration_compile_s') or 0:.2f} s in calibration), outside the plan; "
+                     + (f"{per * 1e6:.2f} us/view measured; " if per else "")
+                     + f"vote_write planned {_s(v.get('planned_s')).strip()} s, took {_s(v.get('actual_s')).strip()} s")
+    for tag, q in (r.get("queue") or {}).items():
+        per = ", ".join(f"{w} {d['items']} ({d['rows']} rows)" for w, d in q.get("per_worker", {}).items())
+        lines.append(f"work queue ({tag}): {q.get('items')} items, taken by {per}; retried {q.get('retried')}, "
+                     f"given up {q.get('given_up')}")
     tr = r["training"]
     lines.append(f"training: {tr.get('steps_done')} steps done of {tr.get('steps_planned')} planned, "
                  f"{tr.get('replans')} re-plan(s); stop: {tr.get('stop_reason')}; K = {tr.get('views')} views")

@@ -16,8 +16,9 @@ files) go to --scratch-dir.
 Order: write the fallback (the test input as both attempts, built from the raw JSON so every task id
 is present even when a task does not parse) -> detect the run kind and hardware -> verify the bundle
 -> load tasks leniently (a task that fails is named and keeps the fallback) -> calibrate -> plan ->
-post-train on all GPUs (torchrun, with the scheduler's Watchdog) -> predict, each GPU an
-independent shard process (a failing shard loses only its own views) with provisional
+post-train on all GPUs (torchrun, with the scheduler's Watchdog) -> predict, each GPU a worker
+taking work items, largest first, as it frees up (--predict-queue dynamic; static: a fixed shard
+per GPU), so a failing worker loses only its item and a slow one cannot hold the phase, with provisional
 submissions while it runs -> vote -> write. Every job is retried by one policy
 (submission/retry.py): out of memory -> smaller pieces of the same batch, a crash -> again
 (a torchrun group on fewer GPUs the second time), a hang -> killed at its heartbeat and retried,
@@ -359,7 +360,8 @@ class Runner:
         check_s = self.answers.rehearse(self.tasks, self.run_dir / "rehearsal.json")
         self.final_check_s = max(self.final_check_s, check_s)
         self.planner.write_s = self.final_steps_s
-        self._phase("load", None, t0, "ok", final_reserve_s=self.final_reserve)
+        self._phase("load", None, t0, "ok", final_reserve_s=self.final_reserve,
+                    vote_compile_s=self.answers.vote_compile_s)
 
     def _checkpoint(self) -> tuple[Path | None, Any]:
         """(the checked checkpoint folder, its manifest), or (None, None) with the problem said."""
@@ -446,7 +448,8 @@ class Runner:
                              "(fewest test inputs first); the others keep the fallback")
                 self.plan = self.planner.plan(self.tasks, cal)
         # with the optimiser variant and EMA the training job gets, and why (a warning if unknown)
-        save_json(self.run_dir / "plan.json", {**self.plan.to_json(), "post_training": self.planner.post.to_json()})
+        save_json(self.run_dir / "plan.json", {**self.plan.to_json(), "post_training": self.planner.post.to_json(),
+                                               "predict_queue": self.opts.predict_queue})
         self.record["plan"] = self.plan.to_json()
         self.record["planned_total_s"] = self.plan.end - self.start
         self.log(self.plan.render())
@@ -491,6 +494,11 @@ class Runner:
         self.on_stop = None
         vw = self.initial_plan.phases["vote_write"] if self.initial_plan else None
         self._phase("vote_write", vw, t0, "ok" if files else "skipped", **summary)
+        cal = self.calibration
+        self.record["vote"] = {"compile_s": self.answers.vote_compile_s,  # the runner's first call, at load
+                               "calibration_compile_s": cal.vote_compile_s if cal else None,
+                               "s_per_view": cal.vote_s_per_view if cal else None,
+                               "planned_s": vw, "actual_s": self.clock() - t0}
         self.record["predict"] = {"tag": tag, "views": views, "files": files, **summary}
         return {**summary, "files": files, "views": views, "batch": batch, "source": source}
 
@@ -533,13 +541,17 @@ class Runner:
         t0 = self.clock()
         prediction = Prediction(self.dispatch, self.retry, self.answers, self.log, self.problem,
                                 self.scratch / "predictions", self.world, self.opts.save_every_s,
-                                self.opts.provisional_every_s, self.test_inputs(), self.opts.settle())
+                                self.opts.provisional_every_s, self.test_inputs(), self.opts.settle(),
+                                self.opts.predict_queue,
+                                {t.id: len(t.test_inputs) for t in self.tasks} if self.tasks is not None else {})
         files, status, attempts = prediction.run(
             ckpt, tag, phase or ("baseline" if tag == "baseline" else "predict"), views, batch, deadline,
             kill_at=min(deadline + self.grace, self.run_deadline - self.final_reserve),
             batch_s=self.plan.predict_batch_s if self.plan else None, provisional=provisional)
         self.predictions[tag] = files
-        self._phase(tag, planned, t0, status, views=views, files=len(files), attempts=attempts)
+        queue = {"queue": prediction.record} if prediction.record else {}
+        self._phase(tag, planned, t0, status, views=views, files=len(files), attempts=attempts,
+                    predict_queue=self.opts.predict_queue, **queue)
         return files
 
     def _room_for_a_launch(self) -> bool:

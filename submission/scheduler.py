@@ -133,11 +133,16 @@ class Calibration:
     train_micro_batch: int = 0  # rows per forward/backward (0 = the whole local batch)
     train_compile: str = "off"  # how the timed steps ran: off | on | fallback: <why> (warm-up includes compiling)
     predict_compile: str = "off"
+    # The vote, timed on this calibration's predictions: its first call (numba compiling the voter, or
+    # loading it from the on-disk cache) and its steady cost per prediction record (0: not measured)
+    vote_compile_s: float = 0.0
+    vote_s_per_view: float = 0.0
 
     def __post_init__(self) -> None:
         if self.train_batch < 1 or self.predict_batch < 1:
             raise ValueError("Calibration: batches must be >= 1")
-        for name in ("train_step_s", "predict_batch_s", "train_warmup_s", "predict_warmup_s", "launch_s", "save_s"):
+        for name in ("train_step_s", "predict_batch_s", "train_warmup_s", "predict_warmup_s", "launch_s", "save_s",
+                     "vote_compile_s", "vote_s_per_view"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"Calibration.{name} must be a finite number >= 0, got {value}")

@@ -1,5 +1,5 @@
 """One job of the runner, in its own process: calibrate, post-train (under torchrun, one process per
-GPU) or predict shards of the views.
+GPU) or predict shards of the views (fixed shards, or the items of a work queue: submission/workqueue.py).
 
     python -m submission.worker --job JOB.json
     python -m torch.distributed.run --standalone --nproc-per-node G -m submission.worker --job JOB.json
@@ -105,10 +105,12 @@ class _Job:
             Path(path).touch()
             self.beat_at = now
 
-    def injector(self, rank: int) -> faults_mod.Injector:
+    def injector(self, rank: int, attempt: int | None = None) -> faults_mod.Injector:
+        """Faults for this job (attempt: the job's unless given, e.g. a work item's)."""
         spec = self.job.fault
         specs = faults_mod.parse_faults(spec if spec is not None else os.environ.get("TRM_FAULT"))
-        return faults_mod.Injector(specs, self.job.phase, self.job.attempt, rank, cancel=self.cancel, in_process=self.in_process, log=self.log)
+        return faults_mod.Injector(specs, self.job.phase, self.job.attempt if attempt is None else attempt, rank,
+                                   cancel=self.cancel, in_process=self.in_process, log=self.log)
 
     def hook(self, inj: faults_mod.Injector) -> Callable[[str, int], None]:
         def point(part: str, index: int) -> None:
@@ -186,7 +188,6 @@ class _Job:
                                watchdog=dog.to_json())
 
     def predict(self) -> None:
-        from trm_core.predict import PredictConfig, predict
         from trm_core.recipes import model_for_tasks
 
         job = self.job
@@ -198,43 +199,86 @@ class _Job:
         model, variants, adapted = model_for_tasks(ckpt, tasks, views, job.seed)
         self.result.update(adapted=adapted, views=views, shards=[])
         device = _device(job.device)
-        save_every, deadline = job.save_every_s, job.deadline
+        if job.queue is not None:
+            self._predict_items(model, variants, device)
+            return
         for rank, world in job.shards:
             path = Path(f"{job.prefix}-r{rank}of{world}.npz")
-            state: dict[str, Any] = {"done": 0, "total": 0, "saved": time.time(), "preds": None, "saved_n": 0}
+            self.result["shards"].append(self._predict_shard(model, variants, device, batch, (rank, world), path,
+                                                             point))
 
-            def stop() -> bool:
-                point("predict", state["done"])
-                self.beat()
-                return False
+    def _predict_items(self, model: Any, variants: Any, device: Any) -> None:
+        """Take items from the job's queue until none is left (or the deadline): each predicted
+        with its own try's batch and shards, its tasks' views only, then marked done. A failure
+        leaves the item taken, for the runner's retry policy; the items done before it are kept."""
+        from submission.workqueue import Queue, only
 
-            def on_batch(preds: Any, done: int, total: int) -> None:
-                state["done"], state["total"], state["preds"] = done, total, preds
-                if time.time() - state["saved"] >= save_every:
-                    _save_predictions(preds, path)
-                    state["saved"], state["saved_n"] = time.time(), len(preds)
-
-            self.part = "predict"
+        job = self.job
+        assert isinstance(job, PredictJob) and job.queue is not None
+        queue = Queue(Path(job.queue))
+        self.result["items"] = []
+        while time.time() < job.deadline:
+            item = queue.claim(job.name)
+            if item is None:
+                break
+            # faults are drawn per item and attempt (at its batches), so a retried item meets its fault elsewhere
+            point = self.hook(self.injector(item.id, item.attempt.index))
             t0 = time.time()
-            status: dict[str, str] = {}
-            try:
-                with _terminate_raises(not self.in_process):
-                    preds = predict(model, variants, PredictConfig(num_views=views, batch_size=batch,
-                                                                   order="variant", **job.settle),
-                                    device=device, stop=stop, deadline=deadline, on_batch=on_batch,
-                                    shard=(rank, world), status=status)
-            except BaseException:
-                # a crash, an out-of-memory, a cancel or a kill's SIGTERM: every batch predicted since
-                # the last periodic save is kept, so the runner's vote uses it
-                self._keep(state, path)
-                raise
-            self.result["compile"] = status.get("compile", "off")
-            spent = {k: status[k] for k in ("views", "views_full", "act_steps", "act_steps_full") if k in status}
-            _save_predictions(preds, path)
-            self.result["shards"].append({"rank": rank, "world": world, "path": str(path), "records": len(preds),
-                                          "batches_done": state["done"], "batches_total": state["total"],
-                                          "complete": state["done"] == state["total"] and state["total"] > 0,
-                                          "seconds": time.time() - t0, **spent})
+            sub = only(variants, item.task_ids)
+            shards = [self._predict_shard(model, sub, device, item.attempt.predict_batch, (rank, world),
+                                          Path(f"{job.prefix}-a{item.attempt.index}-q{item.id}-r{rank}of{world}.npz"),
+                                          point)
+                      for rank, world in item.attempt.shards]
+            done = {"records": sum(s["records"] for s in shards), "complete": all(s["complete"] for s in shards),
+                    "seconds": time.time() - t0}
+            queue.finish(job.name, item, done)
+            self.result["items"].append({"id": item.id, "attempt": item.attempt.index, **done})
+            self.result["shards"].extend(shards)
+
+    def _predict_shard(self, model: Any, variants: Any, device: Any, batch: int, shard: tuple[int, int], path: Path,
+                       point: Callable[[str, int], None]) -> dict[str, Any]:
+        """Predict one shard of `variants`' views to `path`, saved every save_every_s and on the way
+        out of any failure; its record for the result."""
+        from trm_core.predict import PredictConfig, predict
+
+        job = self.job
+        assert isinstance(job, PredictJob)
+        views, save_every, deadline = job.views, job.save_every_s, job.deadline
+        rank, world = shard
+        state: dict[str, Any] = {"done": 0, "total": 0, "saved": time.time(), "preds": None, "saved_n": 0}
+
+        def stop() -> bool:
+            point("predict", state["done"])
+            self.beat()
+            return False
+
+        def on_batch(preds: Any, done: int, total: int) -> None:
+            state["done"], state["total"], state["preds"] = done, total, preds
+            if time.time() - state["saved"] >= save_every:
+                _save_predictions(preds, path)
+                state["saved"], state["saved_n"] = time.time(), len(preds)
+
+        self.part = "predict"
+        t0 = time.time()
+        status: dict[str, str] = {}
+        try:
+            with _terminate_raises(not self.in_process):
+                preds = predict(model, variants, PredictConfig(num_views=views, batch_size=batch, order="variant",
+                                                               **job.settle),
+                                device=device, stop=stop, deadline=deadline, on_batch=on_batch,
+                                shard=(rank, world), status=status)
+        except BaseException:
+            # a crash, an out-of-memory, a cancel or a kill's SIGTERM: every batch predicted since
+            # the last periodic save is kept, so the runner's vote uses it
+            self._keep(state, path)
+            raise
+        self.result["compile"] = status.get("compile", "off")
+        spent = {k: status[k] for k in ("views", "views_full", "act_steps", "act_steps_full") if k in status}
+        _save_predictions(preds, path)
+        return {"rank": rank, "world": world, "path": str(path), "records": len(preds),
+                "batches_done": state["done"], "batches_total": state["total"],
+                "complete": state["done"] == state["total"] and state["total"] > 0, "seconds": time.time() - t0,
+                **spent}
 
     def _keep(self, state: dict[str, Any], path: Path) -> None:
         """Save a failing shard's predictions made since its last save (never raises: the failure

@@ -52,8 +52,13 @@ def test_the_multi_process_path_ran_on_two_gloo_processes(result) -> None:
     assert train["status"] == "ok" and train["attempts"][0]["world"] == 2
     assert run["train"]["steps_done"] >= 1
     assert any("torch.distributed" in line or "[train-a0" in line for line in lines)
-    shards = sorted(Path(f).name.split("-r")[-1] for f in run["predict"]["files"])
-    assert shards == ["0of2.npz", "1of2.npz"]  # one independent shard process per "device"
+    # --predict-queue dynamic (the default): one worker process per "device", taking work items
+    predicted = next(p for p in run["phases"] if p["name"] == run["predict"]["tag"])
+    assert predicted["predict_queue"] == "dynamic"
+    assert sorted(a["name"].rsplit("-", 1)[-1] for a in predicted["attempts"]) == ["w0", "w1"]
+    queue = predicted["queue"]
+    assert queue["left"] == 0 and sum(w["items"] for w in queue["per_worker"].values()) == queue["items"] > 2
+    assert all("-q" in Path(f).name for f in run["predict"]["files"])
 
 
 def test_timing_report_fields(result) -> None:

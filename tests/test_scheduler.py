@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from submission import env
 from submission.projection import EVAL_TASKS, EVAL_TEST_INPUTS, EVAL_TRAIN_PAIRS, hidden_workload, project
-from submission.measure import calibrate
+from submission.measure import VOTE_RECORDS, calibrate
 from submission.scheduler import Budget, Calibration, Plan, Watchdog, Workload, phase_costs, plan, replan
 
 PLACEHOLDER = Path(__file__).resolve().parent.parent / "submission" / "placeholder"
@@ -216,8 +217,9 @@ def test_calibrate_separates_warmup_from_steady_time(micro_checkpoint) -> None:
     from trm_core.tasks import load_tasks
 
     tasks = load_tasks(PLACEHOLDER / "arc-agi_test_challenges.json", strict=False, max_side=12)
-    # train marks: 6 calls (steps 1..5 = 9, 7, 1, 1, 1 s); save: 2 calls (0.5 s); predict marks: 4 (6, 2, 2 s)
-    clock = ScriptedClock([0.0, 9.0, 7.0, 1.0, 1.0, 1.0, 0.0, 0.5, 0.0, 6.0, 2.0, 2.0])
+    # train marks: 6 calls (steps 1..5 = 9, 7, 1, 1, 1 s); save: 2 calls (0.5 s); predict marks: 4 (6, 2, 2 s);
+    # the vote: its first call (3 s: compiling), then the tiled records (0.4 s)
+    clock = ScriptedClock([0.0, 9.0, 7.0, 1.0, 1.0, 1.0, 0.0, 0.5, 0.0, 6.0, 2.0, 2.0, 0.0, 3.0, 0.0, 0.4])
     seen = []
     cal = calibrate(micro_checkpoint, tasks, train_batch=4, predict_batch=8, views=4, clock=clock,
                     hook=lambda part, i: seen.append(part))
@@ -227,6 +229,40 @@ def test_calibrate_separates_warmup_from_steady_time(micro_checkpoint) -> None:
     assert cal.steps_timed == 3 and cal.batches_timed == 2 and cal.source == "measured"
     assert "train" in seen and "predict" in seen
     assert cal.train_flops_per_step > 0 and cal.predict_flops_per_batch > 0
+    assert cal.vote_compile_s == pytest.approx(3.0)  # the first call, kept out of the per-view cost
+    assert cal.vote_s_per_view == pytest.approx(0.4 / VOTE_RECORDS, rel=0.05)  # 24 records tiled past 20,000
+
+
+def test_the_vote_is_timed_on_predictions_in_steady_state() -> None:
+    import numpy as np
+
+    from submission.measure import time_vote
+    from trm_core.predictions import Predictions
+
+    preds = Predictions()
+    for v in range(8):
+        preds.append("t", 0, v, np.full((2, 2), v % 3, np.uint8), 0.5)
+    first, per_view = time_vote(preds, ScriptedClock([0.0, 5.0, 0.0, 0.02]))
+    assert first == pytest.approx(5.0) and per_view == pytest.approx(0.02 / 20_000)
+    assert time_vote(Predictions()) == (0.0, 0.0)  # nothing predicted: nothing measured, the default stays
+
+
+def test_the_plan_holds_the_vote_at_its_measured_cost() -> None:
+    from submission.options import RunnerOptions
+    from submission.planning import Planner
+    from trm_core.tasks import load_tasks
+
+    tasks = load_tasks(PLACEHOLDER / "arc-agi_test_challenges.json", strict=False, max_side=12)
+    opts = RunnerOptions(input_dir=PLACEHOLDER, working_dir=PLACEHOLDER, views_min=2, views_target=4, views_max=8,
+                         max_steps=10, time_limit_s=600.0, margin_s=10.0)
+    base = Calibration(device="cpu", train_batch=4, train_step_s=0.1, train_warmup_s=0.0, predict_batch=8,
+                       predict_batch_s=0.1, predict_warmup_s=0.0, launch_s=1.0, save_s=0.1)
+    tests = sum(len(t.test_inputs) for t in tasks)
+    for per_view in (0.0, 1e-3):
+        planner = Planner(opts, "full", "cpu", 1, 0.25, time.time, time.time() + 600)
+        plan = planner.plan(tasks, replace(base, vote_s_per_view=per_view, vote_compile_s=20.0))
+        expected = (per_view or Budget.vote_s_per_view) * plan.views * tests + 0.25
+        assert plan.phases["vote_write"] == pytest.approx(expected)  # the compile (20 s) is not in it
 
 
 # ---- environment -----------------------------------------------------------------------------------
@@ -304,3 +340,28 @@ def test_projection_constants_match_the_evaluation_split() -> None:
     assert len(tasks) == EVAL_TASKS
     assert sum(len(t.test_inputs) for t in tasks) == EVAL_TEST_INPUTS
     assert sum(len(t.train) for t in tasks) == EVAL_TRAIN_PAIRS
+
+
+def test_the_rehearsal_times_the_voters_first_call_apart(tmp_path: Path, monkeypatch) -> None:
+    """A cold numba cache makes the first vote of a process cost seconds: the rehearsal at load pays
+    it and records it (vote_compile_s); the final reserve and the plan see the vote once compiled."""
+    from submission.assemble import Answers
+    from trm_core import vote as vote_mod
+    from trm_core.tasks import load_tasks
+
+    real, calls = vote_mod.vote, []
+
+    def cold_then_warm(preds, *a, **kw):
+        calls.append(len(preds))
+        if len(calls) == 1:
+            time.sleep(0.6)  # compiling
+        return real(preds, *a, **kw)
+
+    monkeypatch.setattr(vote_mod, "vote", cold_then_warm)
+    raw = json.loads((PLACEHOLDER / "arc-agi_test_challenges.json").read_text())
+    tasks = load_tasks(PLACEHOLDER / "arc-agi_test_challenges.json", strict=False, max_side=30)
+    answers = Answers(tmp_path / "submission.json", log=lambda line: None, problem=lambda line: None)
+    answers.raw, answers.clean = raw, raw
+    answers.rehearse(list(tasks), tmp_path / "rehearsal.json")
+    assert len(calls) == 2 and answers.vote_compile_s >= 0.6
+    assert answers.assemble_s < 0.6  # the compile is not a cost of every vote
