@@ -26,7 +26,9 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from submission.cli import report_cmd
 from trm_core import __version__
 from trm_core.submission_file import validate
 
@@ -220,6 +222,15 @@ def test_notebook_answers_with_the_model_in_a_real_kernel(tmp_path, built):
     later = list(challenges)[SMOKE_TASKS:]
     assert all(p == {"attempt_1": t["input"], "attempt_2": t["input"]}
                for tid in later for p, t in zip(submission[tid], challenges[tid]["test"])), "fallback changed"
+    # the output folder, as a competitor downloads it, is one `trm report` draws: timings, the
+    # training curve and every task
+    page = tmp_path / "report.html"
+    result = CliRunner().invoke(report_cmd, [str(dirs["working"]), "-o", str(page)])
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    for section in ('id="summary"', 'id="timing"', 'id="training"', 'id="tasks"'):
+        assert section in html, section
+    assert all(f'data-task="{task_id}"' in html for task_id in challenges)
 
 
 def test_a_changed_wheel_installs_nothing_and_still_leaves_a_valid_file(tmp_path, built):
