@@ -33,6 +33,7 @@ from typing import Any
 
 from submission import faults as faults_mod
 from submission.jobs import CalibrateJob, Job, PredictJob, TrainJob, job_from_json, read_job
+from submission.lifeline import alive
 from submission.measure import calibrate
 from submission.scheduler import Plan, Watchdog
 from trm_core.safe_io import write_atomic
@@ -359,28 +360,11 @@ def run_job(job: Job | dict[str, Any], *, cancel: threading.Event | None = None,
 ORPHAN_STATUS = 14  # the runner that started this worker is gone
 
 
-def _alive(pid: int) -> bool:
-    """True while process pid runs (a zombie, dead but not yet reaped, counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):  # no /proc: ask the kernel
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-
-
 def exit_with_runner(runner_pid: int, every_s: float = 0.5) -> threading.Thread:
     """Watch the runner from a daemon thread and end this process when it dies: workers run in
     their own session (so a kill reaches a whole torchrun group), which a runner's death does not reach."""
     def watch() -> None:
-        while _alive(runner_pid):
+        while alive(runner_pid):
             time.sleep(every_s)
         print(f"[worker] runner {runner_pid} is gone: exiting", file=sys.stderr, flush=True)
         os._exit(ORPHAN_STATUS)

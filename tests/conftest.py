@@ -55,3 +55,15 @@ def micro_checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ckpt") / "micro"
     checkpoint.save(checkpoint.slim(checkpoint.from_model(TRM(cfg, generator=torch.Generator().manual_seed(0)))), out)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Workers run as threads of this process: one torch thread keeps them from fighting over 2 cores
+    (modules that run workers in-process use it with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

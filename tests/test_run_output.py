@@ -28,13 +28,7 @@ PLACEHOLDER = REPO / "submission" / "placeholder"
 CHALLENGES = json.loads((PLACEHOLDER / "arc-agi_test_challenges.json").read_text())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Workers run as threads of this process: one torch thread keeps them from fighting over 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _options(tmp: Path, ckpt: Path | None, budget: float, **kw) -> RunnerOptions:

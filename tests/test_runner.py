@@ -40,13 +40,7 @@ def small_input(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Workers run as threads of this process: one torch thread keeps them from fighting over 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _options(tmp: Path, inputs: Path, ckpt: Path | None, budget: float, **kw) -> RunnerOptions:

@@ -200,14 +200,7 @@ def test_out_of_memory_retries_the_item_in_half_size_shards(tmp_path: Path) -> N
 # ---- real workers, in-process: static is the engine's shards, dynamic the same views ----------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _runner_run(tmp: Path, ckpt: Path, queue: str, **kw) -> tuple[dict, dict, RunnerOptions]:  # noqa: F821
