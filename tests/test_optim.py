@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 import pytest
+from spawned import leave
 import torch
 from safetensors.torch import load_file
 from torch import nn
@@ -316,6 +317,7 @@ def _gloo_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     opt.step()
     torch.save({"weights": emb.weights, "ids": ids, "grads": grads, "init": weights}, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
+    leave()  # written and destroyed: no teardown (tests/spawned.py)
 
 
 def test_signsgd_gathers_across_ranks(tmp_path):

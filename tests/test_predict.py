@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from spawned import leave
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -97,6 +98,7 @@ def _shard_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             merged.save(f"{out_dir}/merged.npz")
     finally:
         dist.destroy_process_group()
+    leave()  # written and destroyed: no teardown (tests/spawned.py)
 
 
 def test_ranks_predict_disjoint_shards_that_gather_to_the_whole(tmp_path: Path) -> None:

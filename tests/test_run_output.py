@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from spawned import leave
 import torch
 from click.testing import CliRunner
 
@@ -346,6 +347,7 @@ def _ddp_log_worker(rank: int, world: int, init_file: str, out_file: str) -> Non
             Path(out_file).write_text(json.dumps([r["step"] for r in rows]))
     finally:
         dist.destroy_process_group()
+    leave()  # written and destroyed: no teardown (tests/spawned.py)
 
 
 def test_the_time_rule_holds_every_rank_to_the_same_lines(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from spawned import leave
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -171,6 +172,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
             torch.save(_snapshot(model), out_file)
     finally:
         dist.destroy_process_group()
+    leave()  # written and destroyed: no teardown (tests/spawned.py)
 
 
 def test_ddp_on_two_gloo_processes_matches_one_process(tmp_path: Path) -> None:
