@@ -20,7 +20,9 @@ from submission.worker import _terminate_raises, run_job
 from trm_core.predictions import Predictions
 from trm_core.submission_file import validate
 
-from tests.test_runner import _challenges, _options, _run, one_thread, small_input  # noqa: F401 - fixtures
+from tests.test_runner import _challenges, _options, _run, small_input  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TASK = {"train": [{"input": [[1, 2], [3, 4]], "output": [[4, 3], [2, 1]]}], "test": [{"input": [[5, 6], [7, 8]]}]}
 
