@@ -2,9 +2,9 @@
 
 Each field carries its help text (and, where it differs from the field's name, its flag) in its
 metadata, so `parser()` never re-declares an option. Defaults that belong to the scheduler's
-Budget are read from it; the post-training rates default to None, which leaves them out of the
-job so the worker's TrainConfig defaults apply (torch is not imported here: the runner writes its
-fallback before anything heavy loads).
+Budget are read from it; the post-training rates default to None, which leaves them to the
+post-training recipe (trm_core.checkpoint_recipe.post_settings; torch is not imported here: the
+runner writes its fallback before anything heavy loads).
 
 Every option is checked when RunnerOptions is made (`__post_init__`), before anything expensive
 starts: a value out of its range raises OptionsError naming the flag and the range allowed. The
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from submission.scheduler import Budget
-from trm_core.checkpoint_recipe import OPTIMIZERS
+from trm_core.checkpoint_recipe import OPTIMIZERS, POST_BATCH, POST_EMB_LR, POST_LR, POST_MODE
 
 POSTTRAIN_MODES = ("full", "embeddings", "embeddings-then-full", "lora")  # trm_core.train.MODES bar pretrain
 BIG = 1 << 20  # the most rows per batch, views per test input or smoke tasks anyone could mean
@@ -68,16 +68,18 @@ class RunnerOptions:
     device: str | None = _opt(None, "default: cuda when a GPU is seen", choices=("cpu", "cuda"))
     gpus: int | None = _opt(None, "GPUs to use (default: all seen)", low=1, high=1024)
     cpu_procs: int = _opt(1, "processes on CPU (2 = a gloo DDP group and two prediction shards)", low=1, high=64)
-    train_mode: str = _opt("embeddings-then-full", "post-training mode", choices=POSTTRAIN_MODES)
+    train_mode: str = _opt(POST_MODE, "post-training mode", choices=POSTTRAIN_MODES)
     optimizer: str | None = _opt(None, "AdamATan2 variant of post-training (default: the checkpoint's recipe, "
                                        "the one it was trained with; original when it records none)",
                                  choices=OPTIMIZERS)
     ema: str | None = _opt(None, "EMA of the post-trained weights (default: the checkpoint's recipe; on when it "
                                  "records none)", choices=("on", "off"))
-    lr: float | None = _opt(None, "trunk learning rate (default: TrainConfig's)", low=0.0, above=True)
-    puzzle_emb_lr: float | None = _opt(None, "puzzle-embedding learning rate (default: TrainConfig's)",
+    lr: float | None = _opt(None, "trunk learning rate (default: the post-training recipe's: the checkpoint's "
+                                  f"recorded rate, else {POST_LR:g})", low=0.0, above=True)
+    puzzle_emb_lr: float | None = _opt(None, "puzzle-embedding learning rate (default: the post-training recipe's: "
+                                             f"the checkpoint's recorded rate, else {POST_EMB_LR:g})",
                                        low=0.0, above=True)
-    train_batch: int | None = _opt(None, f"global (default: {Budget.train_batch} on GPUs, 32 on CPU)",
+    train_batch: int | None = _opt(None, f"global (default: {POST_BATCH['cuda']} on GPUs, {POST_BATCH['cpu']} on CPU)",
                                    low=1, high=BIG)
     predict_batch: int | None = _opt(None, f"global (default: {Budget.predict_batch} on GPUs, 64 on CPU)",
                                      low=1, high=BIG)

@@ -22,7 +22,7 @@ from submission.jobs import CalibrateJob
 from submission.options import RunnerOptions
 from submission.retry import RetryPolicy, Try
 from submission.scheduler import Budget, Calibration, Plan, Workload, plan as make_plan, tasks_that_fit
-from trm_core.checkpoint_recipe import Chosen, Recipe, choose
+from trm_core.checkpoint_recipe import POST_BATCH, Chosen, Recipe, choose, post_settings
 
 EMA_OPTION = {None: None, "on": True, "off": False}  # the runner's --ema
 
@@ -50,7 +50,7 @@ class Planner:
     def batches(self) -> tuple[int, int]:
         """Global (train, predict) batches, split evenly over the processes."""
         gpu = self.device == "cuda"
-        tb = self.opts.train_batch or (Budget.train_batch if gpu else 32)
+        tb = self.opts.train_batch or POST_BATCH["cuda" if gpu else "cpu"]
         pb = self.opts.predict_batch or (Budget.predict_batch if gpu else 64)
         return max(1, tb // self.world) * self.world, max(1, pb // self.world) * self.world
 
@@ -130,21 +130,13 @@ class Planner:
         return order[:max(0, n)]
 
     def train_config(self, p: Plan, micro: int = 0) -> dict[str, Any]:
-        """TrainConfig fields for post-training along plan `p` (the rates only when set: else the
-        TrainConfig defaults apply)."""
-        steps, ceiling = p.steps - p.steps_done, p.steps_ceiling
+        """TrainConfig fields for post-training along plan `p`: the post-training recipe
+        (checkpoint_recipe.post_settings) for the planned steps, up to the plan's ceiling, with the
+        rates the runner's options set."""
+        settings = post_settings(p.steps, p.train_batch, self.opts.train_mode, self.post, ceiling=p.steps_ceiling)
         rates = {k: v for k, v in (("lr", self.opts.lr), ("puzzle_emb_lr", self.opts.puzzle_emb_lr)) if v is not None}
-        return {"steps": ceiling, "global_batch_size": p.train_batch, "mode": self.opts.train_mode,
-                "micro_batch_size": micro, **rates,
-                # the variant and EMA the checkpoint was trained with (see read_recipe)
-                "optimizer": self.post.optimizer, "ema": self.post.ema,
-                "warmup_steps": min(2000, max(1, round(0.1 * p.steps))),
-                # a constant rate after warm-up: stopping early never leaves the schedule half-way
-                "lr_min_ratio": 1.0,
-                # the trunk's EMA horizon (1 / (1 - rate)) at most a tenth of the run
-                "ema_rate": min(0.999, max(0.5, 1 - 10 / max(p.steps, 1))),
-                # a quarter of the *planned* steps frozen, however far past them the run goes
-                "freeze_fraction": 0.25 * p.steps / max(ceiling, 1),
+        steps = p.steps - p.steps_done
+        return {**settings, **rates, "micro_batch_size": micro,
                 "checkpoint_every": max(1, math.ceil(max(steps, 1) / 4)),
                 "log_every": max(1, p.steps // 20), "seed": self.opts.seed}
 

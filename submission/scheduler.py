@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from trm_core.checkpoint_recipe import POST_BATCH
+
 HOUR = 3600.0
 
 
@@ -54,7 +56,7 @@ class Budget:
     max_steps: int | None = None  # explicit step cap (overrides max_epochs), e.g. for a smoke run
     min_train_steps: int = 1  # fewer steps than this do not pay for a training launch
     step_headroom: float = 0.25  # training may run this share past the planned steps if it goes faster
-    train_batch: int = 768  # global rows per optimiser step over all processes
+    train_batch: int = POST_BATCH["cuda"]  # global rows per optimiser step over all processes
     predict_batch: int = 1024  # global rows per prediction batch over all processes
     ddp_efficiency: float = 0.9  # step throughput of G processes = G x one process x this (assumed until measured)
     reserve_fraction: float = 0.03  # of the time left, kept unplanned against timing noise

@@ -21,6 +21,7 @@ from submission.jobs import TrainJob
 from submission.planning import Planner
 from submission.retry import RetryPolicy, Try
 from submission.scheduler import Calibration, Plan
+from trm_core.checkpoint_recipe import describe_settings
 
 
 @dataclass
@@ -73,16 +74,18 @@ class Training:
             p = replace(p, views=min(p.views, Plan.from_json(watch["final_plan"]).views))
         ckpt = adapted or partial
         status = "ok" if adapted else ("partial" if partial else "failed")
-        return ckpt, status, p, train_record(p, result, watch, ckpt), attempts
+        record = train_record(p, result, watch, ckpt)
+        record["settings"] = self.planner.train_config(p)  # the recipe's choices for the plan it ended on
+        return ckpt, status, p, record, attempts
 
     def once(self, t: Try, p: Plan, out_dir: Path, resume_at: int, views: int, cal: Calibration) -> Outcome:
         """One training attempt along plan `p`, as a torchrun group of t.world processes."""
         kill_at = min(p.train_deadline + self.grace + 2 * cal.save_s + LINGER_S, self.kill_limit)
         name = f"train-a{t.index}"
+        train = self.planner.train_config(p, t.micro_batch)
         self.log(f"{name}: {p.steps - resume_at} steps of {t.train_batch} on {t.world} x {self.dispatch.device}"
-                 + (f", resuming at step {resume_at}" if resume_at else ""))
-        job = self.dispatch.job(TrainJob, name, "train", plan=p.to_json(),
-                                train=self.planner.train_config(p, t.micro_batch),
+                 + (f", resuming at step {resume_at}" if resume_at else "") + f"; recipe: {describe_settings(train)}")
+        job = self.dispatch.job(TrainJob, name, "train", plan=p.to_json(), train=train,
                                 pg_timeout_s=group_timeout(self.left()),
                                 data={"num_variants": max(0, views - 1), "variant_seed": self.seed,
                                       "sampler_seed": self.seed},

@@ -125,8 +125,10 @@ def test_a_kit_manifest_with_a_bad_recipe_is_refused_on_load(micro_checkpoint, t
     for name in ("manifest.json", "model.safetensors"):
         (kit / name).write_bytes((micro_checkpoint / name).read_bytes())
     manifest = _manifest(kit)
-    for recipe, said in [({"optimizer": "lucidrains", "ema": True, "puzzle_emb_len": 1, "source": "s", "lr": 1},
-                          "unknown field 'lr'"),
+    for recipe, said in [({"optimizer": "lucidrains", "ema": True, "puzzle_emb_len": 1, "source": "s", "lrate": 1},
+                          "unknown field 'lrate'"),
+                         ({"optimizer": "lucidrains", "ema": True, "puzzle_emb_len": 1, "source": "s", "lr": -1},
+                          "lr must be null or a number"),
                          ({"optimizer": "lucidrains", "ema": True, "puzzle_emb_len": 7, "source": "s"},
                           "recipe.puzzle_emb_len is 7 but config.puzzle_emb_len is 1"),
                          ("lucidrains", "must be an object")]:
@@ -405,7 +407,7 @@ def test_study_takes_a_registry_name_and_its_variant(offline_hub) -> None:
     assert res.exit_code == 0, res.output
     assert f"optimizer lucidrains (the checkpoint's recipe, registry:{NAME})" in res.output
     study = json.loads((offline_hub / "study" / "study.json").read_text())
-    assert study["config"]["optimizer"] == "lucidrains"
+    assert study["config"]["optimizer"] == study["train"]["optimizer"] == "lucidrains"
 
 
 def test_trm_bundle_from_a_registry_name_records_the_recipe(offline_hub) -> None:

@@ -108,10 +108,11 @@ def test_the_command_line_is_built_from_the_options() -> None:
         options_from_args(["--run-mode", "fast"])
 
 
-def test_unset_learning_rates_are_left_to_the_train_config(tmp_path: Path) -> None:
+def test_unset_learning_rates_are_the_post_training_recipes(tmp_path: Path) -> None:
     from submission.options import RunnerOptions
     from submission.planning import Planner
     from submission.scheduler import Budget, Calibration, Workload, plan as make_plan
+    from trm_core.checkpoint_recipe import POST_EMB_LR, POST_LR, Recipe
     from trm_core.train import TrainConfig
 
     cal = Calibration(device="cpu", train_batch=8, predict_batch=16, train_step_s=0.05, predict_batch_s=0.1,
@@ -119,12 +120,13 @@ def test_unset_learning_rates_are_left_to_the_train_config(tmp_path: Path) -> No
     plan = make_plan(Budget(views_min=2, views_target=4, views_max=8, max_steps=40, train_batch=8, predict_batch=16),
                      Workload(tasks=2, test_inputs=2, train_pairs=6), cal, 0.0, 100.0)
     assert plan.steps > 0
-    default = Planner(RunnerOptions(input_dir=tmp_path, working_dir=tmp_path), "full", "cpu", 1, 1.0,
-                      lambda: 0.0, 100.0).train_config(plan)
-    assert "lr" not in default and "puzzle_emb_lr" not in default
-    cfg = TrainConfig.from_dict(default)
+    planner = Planner(RunnerOptions(input_dir=tmp_path, working_dir=tmp_path), "full", "cpu", 1, 1.0,
+                      lambda: 0.0, 100.0)
+    cfg = TrainConfig.from_dict(planner.train_config(plan))
     assert (cfg.lr, cfg.puzzle_emb_lr, cfg.steps, cfg.global_batch_size) == \
-        (TrainConfig.lr, TrainConfig.puzzle_emb_lr, plan.steps_ceiling, 8)
+        (POST_LR, POST_EMB_LR, plan.steps_ceiling, 8)
+    planner.read_recipe(Recipe("original", True, 1, "train record", lr=1e-3, puzzle_emb_lr=0.1))
+    assert {k: planner.train_config(plan)[k] for k in ("lr", "puzzle_emb_lr")} == {"lr": 1e-3, "puzzle_emb_lr": 0.1}
     set_ = Planner(RunnerOptions(input_dir=tmp_path, working_dir=tmp_path, lr=3e-4), "full", "cpu", 1, 1.0,
                    lambda: 0.0, 100.0).train_config(plan)
     assert set_["lr"] == 3e-4

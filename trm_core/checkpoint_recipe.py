@@ -3,7 +3,8 @@
 Input: a kit checkpoint's manifest (a dict), or a registry entry. Output: a `Recipe` (AdamATan2
 variant, EMA, puzzle_emb_len, where that was read) or None when the checkpoint records none, and
 `choose(recipe, optimizer, ema)`: the settings a post-training run uses, with one line saying
-where each came from (and a warning when the variant is unknown).
+where each came from (and a warning when the variant is unknown), and `post_settings`: the one
+post-training recipe, every TrainConfig field a post-training run of a planned length takes.
 
 A checkpoint is post-trained with the recipe it was trained with: the two AdamATan2 variants
 (`original`, `lucidrains`) scale their updates differently, so the other one moves weights that
@@ -36,12 +37,16 @@ class Recipe:
     ema: bool  # the saved trunk is the EMA shadow (post-training keeps one too)
     puzzle_emb_len: int | None  # puzzle-embedding positions (no tensor shows it); None: not recorded
     source: str  # where the recipe was read: "registry:<name>", "train record", ...
+    # the base learning rates it was trained with (trunk, puzzle embedding); None: not recorded
+    lr: float | None = None
+    puzzle_emb_lr: float | None = None
 
     def __post_init__(self) -> None:
         _check(asdict(self), "recipe")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """Its fields; a rate that is not recorded is left out (as manifests written before had it)."""
+        return {k: v for k, v in asdict(self).items() if k not in OPTIONAL or v is not None}
 
     @classmethod
     def from_json(cls, value: Any, where: str) -> Recipe:
@@ -49,7 +54,7 @@ class Recipe:
         if not isinstance(value, dict):
             raise RecipeError(f"{where} must be an object with {', '.join(FIELDS)}, got {type(value).__name__}")
         _check(value, where)
-        missing = [name for name in FIELDS if name not in value]
+        missing = [name for name in FIELDS if name not in value and name not in OPTIONAL]
         if missing:
             raise RecipeError(f"{where} lacks {', '.join(missing)}")
         return cls(**value)
@@ -59,6 +64,7 @@ class Recipe:
 
 
 FIELDS = tuple(f.name for f in fields(Recipe))
+OPTIONAL = ("lr", "puzzle_emb_lr")  # recorded since the post-training recipe reads them; older manifests lack them
 
 
 def _check(value: dict[str, Any], where: str) -> None:
@@ -72,11 +78,17 @@ def _check(value: dict[str, Any], where: str) -> None:
               "puzzle_emb_len": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)
                                                          and 0 <= v <= PUZZLE_EMB_LEN_MAX),
                                  f"null or an integer in 0..{PUZZLE_EMB_LEN_MAX}"),
-              "source": (lambda v: isinstance(v, str) and 0 < len(v) <= 500, "a non-empty string")}
+              "source": (lambda v: isinstance(v, str) and 0 < len(v) <= 500, "a non-empty string"),
+              "lr": (_rate, "null or a number in (0, 10)"),
+              "puzzle_emb_lr": (_rate, "null or a number in (0, 10)")}
     for name, (ok, want) in checks.items():
         if name in value and not ok(value[name]):
             shown = repr(value[name]) if len(repr(value[name])) <= 40 else repr(value[name])[:40] + "..."
             raise RecipeError(f"{where}: {name} must be {want}, got {shown}")
+
+
+def _rate(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 10)
 
 
 def of_registry(name: str, entry: dict[str, Any], puzzle_emb_len: int | None = None,
@@ -91,7 +103,8 @@ def of_registry(name: str, entry: dict[str, Any], puzzle_emb_len: int | None = N
     if isinstance(config, dict) and "puzzle_emb_len" in config:
         puzzle_emb_len = config["puzzle_emb_len"]
     value = {"optimizer": entry.get("optimizer", DEFAULT_OPTIMIZER), "ema": entry.get("ema", False),
-             "puzzle_emb_len": puzzle_emb_len, "source": f"registry:{name}"}
+             "puzzle_emb_len": puzzle_emb_len, "source": f"registry:{name}",
+             "lr": entry.get("lr"), "puzzle_emb_lr": entry.get("puzzle_emb_lr")}
     try:
         return Recipe(**value)
     except RecipeError as e:
@@ -109,7 +122,8 @@ def of_manifest(manifest: Any, where: str) -> Recipe | None:
     if isinstance(train, dict) and train.get("optimizer") in OPTIMIZERS and isinstance(train.get("ema"), bool):
         length = config.get("puzzle_emb_len") if isinstance(config, dict) else None
         ok = isinstance(length, int) and not isinstance(length, bool) and 0 <= length <= PUZZLE_EMB_LEN_MAX
-        return Recipe(train["optimizer"], train["ema"], length if ok else None, "train record")
+        rates = [train.get(k) if _rate(train.get(k)) else None for k in OPTIONAL]
+        return Recipe(train["optimizer"], train["ema"], length if ok else None, "train record", *rates)
     return None
 
 
@@ -153,3 +167,53 @@ def choose(recipe: Recipe | None, optimizer: str | None = None, ema: bool | None
         ema, ema_why = default_ema, "the default"
     why = f"optimizer {optimizer} ({opt_why}), EMA {'on' if ema else 'off'} ({ema_why})"
     return Chosen(optimizer, ema, recipe, why, warning)
+
+
+# ---- the post-training recipe ---------------------------------------------------------------------
+# One rule set for every post-training run (the notebook runner, trm posttrain, trm solve,
+# pipeline.solve, trm study) wherever the user sets nothing. The rules, and the measurement on the
+# tuning set that chose them, are in the README ("The post-training recipe").
+POST_MODE = "embeddings-then-full"  # the post-training mode when none is asked for
+POST_BATCH = {"cuda": 768, "cpu": 32}  # global rows per step when none is asked for (the runner's too)
+# the rates of a checkpoint that records none: the reference's pre-training rates
+POST_LR, POST_EMB_LR = 1e-4, 1e-2
+WARMUP_SHARE, WARMUP_MAX = 0.1, 2000  # linear warm-up over 10% of the planned steps, at most 2,000
+EMA_HORIZON_SHARE = 0.1  # the trunk EMA's horizon 1 / (1 - rate) at most a tenth of the planned steps
+EMA_RATE_RANGE = (0.5, 0.999)
+FREEZE_SHARE = 0.25  # embeddings-then-full: the trunk frozen over a quarter of the *planned* steps
+
+
+def post_settings(steps: int, batch: int, mode: str, chosen: Chosen, ceiling: int | None = None) -> dict[str, Any]:
+    """The TrainConfig fields of a post-training run planned at `steps` optimiser steps of `batch`
+    rows in `mode`, with the variant and EMA `chosen` (see `choose`). `ceiling` (>= steps, default
+    steps): the steps the run may go on to when time allows (the notebook runner's), past the plan
+    at the same constant rate.
+
+    - rates: the checkpoint's own base rates when its recipe records them, else POST_LR / POST_EMB_LR;
+    - warm-up: WARMUP_SHARE of the planned steps (at least 1, at most WARMUP_MAX), then constant
+      (lr_min_ratio 1): a run stopped early never ends half-way down a schedule;
+    - EMA (when chosen): horizon 1 / (1 - rate) at most EMA_HORIZON_SHARE of the planned steps, so
+      the saved trunk is the adapted one, not mostly the pre-trained one;
+    - embeddings-then-full: the trunk frozen over FREEZE_SHARE of the planned steps.
+    """
+    if steps < 1 or batch < 1:
+        raise ValueError(f"post-training needs steps >= 1 and batch >= 1, got {steps} and {batch}")
+    ceiling = max(steps, ceiling or steps)
+    recipe = chosen.recipe
+    lr = recipe.lr if recipe is not None and recipe.lr is not None else POST_LR
+    emb_lr = recipe.puzzle_emb_lr if recipe is not None and recipe.puzzle_emb_lr is not None else POST_EMB_LR
+    low, high = EMA_RATE_RANGE
+    return {"steps": ceiling, "global_batch_size": batch, "mode": mode, "lr": lr, "puzzle_emb_lr": emb_lr,
+            "optimizer": chosen.optimizer, "ema": chosen.ema,
+            "warmup_steps": min(WARMUP_MAX, max(1, round(WARMUP_SHARE * steps))), "lr_min_ratio": 1.0,
+            "ema_rate": min(high, max(low, 1 - 1 / (EMA_HORIZON_SHARE * steps))),
+            "freeze_fraction": FREEZE_SHARE * steps / ceiling}
+
+
+def describe_settings(settings: dict[str, Any]) -> str:
+    """One line naming what a post-training run was given (printed, and kept in its records)."""
+    s = settings
+    ema = f"EMA {s['ema_rate']:.4g}" if s["ema"] else "EMA off"
+    freeze = f", trunk frozen {s['freeze_fraction']:.0%}" if s["mode"] == "embeddings-then-full" else ""
+    return (f"{s['mode']}, {s['steps']} steps of {s['global_batch_size']}, lr {s['lr']:.3g} (embeddings "
+            f"{s['puzzle_emb_lr']:.3g}), warm-up {s['warmup_steps']}, {ema}, optimizer {s['optimizer']}{freeze}")

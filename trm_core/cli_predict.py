@@ -254,10 +254,14 @@ def solve_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | No
     report_skipped(tasks)
     train_cfg, data_cfg = None, None
     if opts["steps"] != 0:
+        from dataclasses import asdict
+
+        from trm_core.checkpoint_recipe import describe_settings
+
         chosen = recipe_settings(ckpt, opts["optimizer"], opts["ema"])
-        opts.update(optimizer=chosen.optimizer, ema=chosen.ema)
         extra = {"freeze_fraction": freeze_fraction, "lora_rank": lora_rank, "lora_alpha": lora_alpha}
-        train_cfg, data_cfg = training_configs(tasks, mode, opts, ckpt.config.canvas, train_extra=extra)
+        train_cfg, data_cfg = training_configs(tasks, mode, opts, ckpt.config.canvas, train_extra=extra, chosen=chosen)
+        echo_err(f"post-training settings: {describe_settings(asdict(train_cfg))}")
     predict_cfg = _predict_config(opts)
     deadline = time.time() + 60 * opts["max_minutes"] if opts["max_minutes"] else None
     with process_group(opts["device"]) as (rank, world, device):

@@ -11,17 +11,22 @@ import os
 
 import click
 
+from trm_core.checkpoint_recipe import POST_MODE
+
 from trm_core.cli_common import (Default, apply, data_config, data_options, echo_err, load_checkpoint,
                                  load_task_set, locate_checkpoint, log_options, logger_spec, recipe_settings,
                                  report_skipped, study_config, train_config)
+
+
+RECIPE = "[default: the post-training recipe's, see README]"
 
 
 def adapt_options(config):
     """How the post-training modes adapt (trm posttrain, trm solve: TrainConfig; trm study: StudyConfig)."""
     def decorate(f):
         return apply([
-            click.option("--freeze-fraction", type=float, default=Default(config, "freeze_fraction"),
-                         show_default=True, help="embeddings-then-full: share of steps with the trunk frozen."),
+            click.option("--freeze-fraction", type=float, default=None,
+                         help=f"embeddings-then-full: share of steps with the trunk frozen {RECIPE}."),
             click.option("--lora-rank", type=int, default=Default(config, "lora_rank"), show_default=True),
             click.option("--lora-alpha", type=float, default=Default(config, "lora_alpha"), show_default=True),
             click.option("--init", type=click.Choice(["mean", "normal"]), default=Default(study_config, "init"),
@@ -30,27 +35,31 @@ def adapt_options(config):
     return decorate
 
 
+PRETRAIN_OR_RECIPE = ("[default: pretrain, TrainConfig's (the reference's pre-training values); posttrain and "
+                      "solve, the post-training recipe's for the planned steps, see README]")
+
+
 def train_options(f):
     """The optimiser, data and run options of trm pretrain, trm posttrain and trm solve."""
     return log_options(apply([
         click.option("--steps", type=int, default=None, help="Optimiser steps (or give --epochs)."),
         click.option("--epochs", type=int, default=None, help="Epochs over the tasks; converted to steps."),
-        click.option("--batch-size", "batch_size", type=int, default=Default(train_config, "global_batch_size"),
-                     show_default=True, help="Global batch."),
-        click.option("--lr", type=float, default=Default(train_config, "lr"), show_default=True),
-        click.option("--puzzle-emb-lr", type=float, default=Default(train_config, "puzzle_emb_lr"), show_default=True),
+        click.option("--batch-size", "batch_size", type=int, default=None,
+                     help=f"Global batch {PRETRAIN_OR_RECIPE}."),
+        click.option("--lr", type=float, default=None, help=f"Trunk learning rate {PRETRAIN_OR_RECIPE}."),
+        click.option("--puzzle-emb-lr", type=float, default=None,
+                     help=f"Puzzle-embedding learning rate {PRETRAIN_OR_RECIPE}."),
         click.option("--weight-decay", type=float, default=Default(train_config, "weight_decay"), show_default=True),
-        click.option("--warmup", type=int, default=Default(train_config, "warmup_steps"), show_default=True,
-                     help="Warm-up steps."),
-        click.option("--lr-min-ratio", type=float, default=Default(train_config, "lr_min_ratio"), show_default=True,
-                     help="1 = constant after warm-up."),
+        click.option("--warmup", type=int, default=None, help=f"Warm-up steps {PRETRAIN_OR_RECIPE}."),
+        click.option("--lr-min-ratio", type=float, default=None,
+                     help=f"1 = constant after warm-up {PRETRAIN_OR_RECIPE}."),
         click.option("--optimizer", type=click.Choice(["original", "lucidrains"]), default=None,
                      help="AdamATan2 variant [default: the checkpoint's recipe (the one it was trained with); "
                           "'original' when it records none, or for pretrain]."),
         click.option("--ema/--no-ema", default=None,
                      help="Keep an EMA of the trained weights [default: the checkpoint's recipe; on when it "
                           "records none, or for pretrain]."),
-        click.option("--ema-rate", type=float, default=Default(train_config, "ema_rate"), show_default=True),
+        click.option("--ema-rate", type=float, default=None, help=f"EMA rate {PRETRAIN_OR_RECIPE}."),
         click.option("--variants", "num_variants", type=int, default=Default(data_config, "num_variants"),
                      show_default=True, help="Augmented variants per task (one embedding row each)."),
         click.option("--translate/--no-translate", default=Default(data_config, "translate"), show_default=True),
@@ -79,38 +88,69 @@ def run_folder_option(f):
                         help="Run folder: checkpoint/, train_state.pt (resumable), metrics.jsonl.")(f)
 
 
+# the options train_options leaves unset (None) when not given, and the TrainConfig fields they set
+_RECIPE_OPTIONS = {"batch_size": "global_batch_size", "lr": "lr", "puzzle_emb_lr": "puzzle_emb_lr",
+                   "warmup": "warmup_steps", "lr_min_ratio": "lr_min_ratio", "ema_rate": "ema_rate",
+                   "freeze_fraction": "freeze_fraction"}
+
+
 def training_configs(tasks, mode: str, opts: dict, canvas: int, include_test_pairs: bool = False,
-                     train_extra: dict | None = None):
-    """The TrainConfig and DataConfig the options describe (--epochs converted to steps)."""
+                     train_extra: dict | None = None, chosen=None):
+    """The TrainConfig and DataConfig the options describe (--epochs converted to steps).
+
+    pretrain: an option not given takes TrainConfig's default. A post-training mode: the
+    post-training recipe for the planned steps (trm_core.train.post_config, the variant and EMA
+    `chosen` from the checkpoint), the options given win."""
+    from dataclasses import fields
+
     from trm_core.batches import TrainSampler
+    from trm_core.checkpoint_recipe import POST_BATCH
     from trm_core.recipes import DataConfig
-    from trm_core.train import TrainConfig
+    from trm_core.train import TrainConfig, post_config
     from trm_core.variants import Variants
 
-    # pretrain has no recipe to follow: an option not given takes TrainConfig's default
-    optimizer = TrainConfig.optimizer if opts["optimizer"] is None else opts["optimizer"]
-    ema = TrainConfig.ema if opts["ema"] is None else opts["ema"]
     data = DataConfig(num_variants=opts["num_variants"], variant_seed=opts["seed"], sampler_seed=opts["seed"],
                       translate=opts["translate"], include_test_pairs=include_test_pairs)
+    extra = dict(train_extra or {})
+    given = {field: extra.pop(k, opts.get(k)) for k, field in _RECIPE_OPTIONS.items()}
+    given = {k: v for k, v in given.items() if v is not None}
+    batch = given.get("global_batch_size")
+    if batch is None:
+        batch = TrainConfig.global_batch_size if mode == "pretrain" else POST_BATCH[_device_kind(opts["device"])]
     steps, epochs = opts["steps"], opts["epochs"]
     if (steps is None) == (epochs is None):
         raise click.ClickException("give exactly one of --steps and --epochs")
     if steps is None:
         examples = TrainSampler(Variants(tasks, 0), 1, canvas=canvas,
                                 include_test_pairs=include_test_pairs).examples_per_epoch
-        steps = max(1, epochs * examples // opts["batch_size"])
+        steps = max(1, epochs * examples // batch)
+    rest = dict(weight_decay=opts["weight_decay"], seed=opts["seed"], log_every=opts["log_every"],
+                checkpoint_every=opts["checkpoint_every"], compile=opts["compile_"],
+                compile_limit_s=opts["compile_limit_s"],
+                micro_batch_size=-1 if opts["micro_batch"] is None else opts["micro_batch"],
+                checkpoint_activations=opts["checkpoint_activations"], **extra)
     try:
-        cfg = TrainConfig(steps=steps, global_batch_size=opts["batch_size"], mode=mode, lr=opts["lr"],
-                          puzzle_emb_lr=opts["puzzle_emb_lr"], weight_decay=opts["weight_decay"],
-                          warmup_steps=opts["warmup"], lr_min_ratio=opts["lr_min_ratio"], optimizer=optimizer,
-                          ema=ema, ema_rate=opts["ema_rate"], seed=opts["seed"], log_every=opts["log_every"],
-                          checkpoint_every=opts["checkpoint_every"], compile=opts["compile_"],
-                          compile_limit_s=opts["compile_limit_s"],
-                          micro_batch_size=-1 if opts["micro_batch"] is None else opts["micro_batch"],
-                          checkpoint_activations=opts["checkpoint_activations"], **(train_extra or {}))
+        if mode == "pretrain":
+            defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in _RECIPE_OPTIONS.values()}
+            optimizer = TrainConfig.optimizer if opts["optimizer"] is None else opts["optimizer"]
+            ema = TrainConfig.ema if opts["ema"] is None else opts["ema"]
+            cfg = TrainConfig(steps=steps, mode=mode, optimizer=optimizer, ema=ema,
+                              **{**defaults, **given, "global_batch_size": batch}, **rest)
+        else:
+            cfg = post_config(steps, batch, mode, chosen, **{k: v for k, v in given.items() if k != "global_batch_size"},
+                              **rest)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     return cfg, data
+
+
+def _device_kind(device: str | None) -> str:
+    """"cuda" or "cpu": the device --device names, or the one a run would pick."""
+    if device:
+        return "cuda" if device.startswith("cuda") else "cpu"
+    from trm_core.distributed import default_device
+
+    return "cuda" if str(default_device()).startswith("cuda") else "cpu"
 
 
 def open_logger(opts: dict, out_dir: str, config: dict):
@@ -122,18 +162,21 @@ def open_logger(opts: dict, out_dir: str, config: dict):
 
 
 def _run_training(recipe, tasks, mode: str, opts: dict, canvas: int, include_test_pairs: bool = False,
-                  train_extra: dict | None = None, **recipe_kwargs) -> None:
+                  train_extra: dict | None = None, chosen=None, **recipe_kwargs) -> None:
     import time
     from dataclasses import asdict
 
+    from trm_core.checkpoint_recipe import describe_settings
     from trm_core.distributed import process_group
     from trm_core.train import ResumeError
 
-    cfg, data = training_configs(tasks, mode, opts, canvas, include_test_pairs, train_extra)
+    cfg, data = training_configs(tasks, mode, opts, canvas, include_test_pairs, train_extra, chosen)
     deadline = time.time() + 60 * opts["max_minutes"] if opts["max_minutes"] else None
     with process_group(opts["device"]) as (rank, world, device):
         if rank == 0:
             echo_err(f"{mode}: {len(tasks)} tasks, {cfg.steps} steps of {cfg.global_batch_size} on {world} x {device}")
+            if mode != "pretrain":
+                echo_err(f"post-training settings: {describe_settings(asdict(cfg))}")
         config = {"mode": mode, "tasks": len(tasks), "train": asdict(cfg), "data": asdict(data)}
         logger = open_logger(opts, opts["out_dir"], config) if rank == 0 else None
         try:
@@ -229,7 +272,7 @@ def checkpoint_options(f):
 
 def mode_option(f):
     return click.option("--mode", type=click.Choice(["full", "embeddings", "embeddings-then-full", "lora"]),
-                        default="embeddings-then-full", show_default=True, help="Post-training mode.")(f)
+                        default=POST_MODE, show_default=True, help="Post-training mode.")(f)
 
 
 @click.command("posttrain")
@@ -248,9 +291,9 @@ def posttrain_cmd(ckpt_path: str, config: str | None, data: str, solutions: str 
     tasks = load_task_set(data, solutions, split, strict=False)
     report_skipped(tasks)
     chosen = recipe_settings(ckpt, opts["optimizer"], opts["ema"])
-    opts.update(optimizer=chosen.optimizer, ema=chosen.ema)
     _run_training(posttrain, tasks, mode, opts, ckpt.config.canvas, ckpt=ckpt, source=data, init=init,
-                  train_extra={"freeze_fraction": freeze_fraction, "lora_rank": lora_rank, "lora_alpha": lora_alpha})
+                  train_extra={"freeze_fraction": freeze_fraction, "lora_rank": lora_rank, "lora_alpha": lora_alpha},
+                  chosen=chosen)
 
 
 def _study_options(f):
@@ -267,19 +310,16 @@ def _study_options(f):
                      show_default=True, help="Global training batch."),
         click.option("--variants", "num_variants", type=click.IntRange(0), default=Default(study_config, "num_variants"),
                      show_default=True, help="Augmented variants per task (one embedding row each)."),
-        click.option("--lr", type=float, default=Default(study_config, "lr"), show_default=True,
-                     help="Trunk learning rate (scratch too)."),
-        click.option("--puzzle-emb-lr", type=float, default=Default(study_config, "puzzle_emb_lr"), show_default=True),
+        click.option("--lr", type=float, default=None, help=f"Trunk learning rate, scratch's too {RECIPE}."),
+        click.option("--puzzle-emb-lr", type=float, default=None, help=f"Embedding-row learning rate {RECIPE}."),
         click.option("--weight-decay", type=float, default=Default(study_config, "weight_decay"), show_default=True),
-        click.option("--warmup", type=click.IntRange(0), default=Default(study_config, "warmup_steps"),
-                     show_default=True, help="Warm-up steps."),
-        click.option("--lr-min-ratio", type=float, default=Default(study_config, "lr_min_ratio"), show_default=True,
-                     help="1 = constant after warm-up."),
-        click.option("--ema/--no-ema", default=Default(study_config, "ema"), show_default=True,
-                     help="Evaluate the EMA of the trained weights."),
+        click.option("--warmup", type=click.IntRange(0), default=None, help=f"Warm-up steps {RECIPE}."),
+        click.option("--lr-min-ratio", type=float, default=None, help=f"1 = constant after warm-up {RECIPE}."),
+        click.option("--ema/--no-ema", default=None,
+                     help="Train and evaluate the EMA of the trained weights [default: the checkpoint's recipe]."),
         click.option("--optimizer", type=click.Choice(["original", "lucidrains"]), default=None,
                      help="AdamATan2 variant [default: the checkpoint's recipe; 'original' when it records none]."),
-        click.option("--ema-rate", type=float, default=Default(study_config, "ema_rate"), show_default=True),
+        click.option("--ema-rate", type=float, default=None, help=f"EMA rate {RECIPE}."),
         adapt_options(study_config),
         click.option("--translate/--no-translate", default=Default(study_config, "translate"), show_default=True),
         click.option("--rule", type=click.Choice(["reference", "count", "q-weighted"]),
@@ -311,8 +351,13 @@ def study_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | No
     tasks = load_task_set(data, solutions, split, strict=False, max_side=ckpt.config.canvas - 1)
     report_skipped(tasks)
     settings["warmup_steps"] = settings.pop("warmup")
-    # the study's EMA is its own choice (whether to evaluate the averaged weights), so only the variant follows
-    settings["optimizer"] = recipe_settings(ckpt, settings["optimizer"], settings["ema"]).optimizer
+    # the checkpoint's recipe (its variant, EMA and recorded rates) is read here, where a registry
+    # name is still known, and handed to the study as settings (its arms load the weights by path)
+    chosen = recipe_settings(ckpt, settings["optimizer"], settings["ema"])
+    settings.update(optimizer=chosen.optimizer, ema=chosen.ema)
+    for rate in ("lr", "puzzle_emb_lr"):
+        if settings[rate] is None and chosen.recipe is not None:
+            settings[rate] = getattr(chosen.recipe, rate)
     ckpt_path = str(path)
     try:
         cfg = StudyConfig(arms=tuple(a.strip() for a in arms.split(",") if a.strip()), **settings)

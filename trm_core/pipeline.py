@@ -9,8 +9,9 @@ Its stages are the functions the notebook's worker jobs run one per process (rec
 recipes.model_for_tasks with predict.predict, vote.vote, submission_file.write_submission), so
 `trm solve`, `trm predict`, the tests and the Kaggle run share one implementation of each step.
 
-Inputs: a TaskSet, a checkpoint (loaded, or a path), a TrainConfig (None: predict with the
-checkpoint as it is), a PredictConfig, and the raw challenges when some tasks did not load.
+Inputs: a TaskSet, a checkpoint (loaded, or a path), a TrainConfig (or a number of planned
+steps: the post-training recipe of trm_core.train.post_config builds the rest; None: predict with
+the checkpoint as it is), a PredictConfig, and the raw challenges when some tasks did not load.
 Output in out_dir: submission.json (written with the fallback before anything runs, then replaced
 atomically by the voted answers: a valid file exists whatever fails), posttrain/ (the run folder:
 checkpoint/, train_state.pt, metrics.jsonl) and predictions.npz (every view, for `trm evaluate`).
@@ -20,18 +21,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trm_core import checkpoint as ckpt_io
 from trm_core.checkpoint import Checkpoint
+from trm_core.checkpoint_recipe import POST_BATCH, POST_MODE, choose, describe_settings
 from trm_core.loggers import MetricsLogger
 from trm_core.predict import PredictConfig, predict
 from trm_core.recipes import DataConfig, model_for_tasks, posttrain
 from trm_core.report import PREDICTIONS_FILE
 from trm_core.submission_file import build_submission, complete_submission, readable_tasks, write_submission
 from trm_core.tasks import TaskSet
-from trm_core.train import TrainConfig, TrainResult
+from trm_core.train import TrainConfig, TrainResult, post_config
 from trm_core.predictions import Predictions
 from trm_core.vote import Vote, vote
 
@@ -55,7 +57,7 @@ def _never() -> bool:
 
 
 def solve(tasks: TaskSet, checkpoint: Checkpoint | str | os.PathLike, out_dir: str | os.PathLike,
-          train_cfg: TrainConfig | None, predict_cfg: PredictConfig, stop: Callable[[], bool] | None = None, *,
+          train_cfg: TrainConfig | int | None, predict_cfg: PredictConfig, stop: Callable[[], bool] | None = None, *,
           data: DataConfig = DataConfig(), challenges: Mapping[str, object] | None = None, init: str = "mean",
           rule: str = "reference", fill: str = "fallback", seed: int = 0, device: str = "cpu",
           train_deadline: float | None = None, log: Callable[[str], None] = lambda line: None,
@@ -80,6 +82,9 @@ def solve(tasks: TaskSet, checkpoint: Checkpoint | str | os.PathLike, out_dir: s
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else ckpt_io.load(checkpoint)
 
     # 2. post-train on the demonstration pairs (test-time training; the test outputs stay unseen)
+    if isinstance(train_cfg, int) and not isinstance(train_cfg, bool):
+        train_cfg = recipe_config(ckpt, train_cfg, device)
+        log(f"post-training settings: {describe_settings(asdict(train_cfg))}")
     if train_cfg is not None:
         log(f"post-train: {len(tasks)} tasks, {train_cfg.steps} steps of {train_cfg.global_batch_size}, "
             f"mode {train_cfg.mode}")
@@ -104,6 +109,15 @@ def solve(tasks: TaskSet, checkpoint: Checkpoint | str | os.PathLike, out_dir: s
     solved.answers = complete_submission(part, raw)
     write_answers(path, solved.answers, raw)
     return solved
+
+
+def recipe_config(ckpt: Checkpoint, steps: int, device: str = "cpu", mode: str = POST_MODE,
+                  batch: int | None = None) -> TrainConfig:
+    """The post-training recipe for `steps` planned steps of `ckpt` (its variant and EMA, the
+    recipe's batch for the device kind): what `solve` trains with when given a step count."""
+    chosen = choose(ckpt_io.manifest_recipe(ckpt.manifest, "the checkpoint's manifest"))
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    return post_config(steps, batch or POST_BATCH[kind], mode, chosen)
 
 
 def predict_views(ckpt: Checkpoint, tasks: TaskSet, cfg: PredictConfig, *, seed: int = 0, device: str = "cpu",

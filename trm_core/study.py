@@ -47,6 +47,7 @@ import torch
 from trm_core import __version__
 from trm_core import checkpoint as ckpt_io
 from trm_core.checkpoint import Checkpoint
+from trm_core.checkpoint_recipe import Recipe, choose
 from trm_core.batches import TrainSampler
 from trm_core.variants import Variants
 from trm_core.encoding import encode_grid, to_labels
@@ -57,7 +58,7 @@ from trm_core.model import TRM
 from trm_core.predict import PredictConfig, predict, predict_batch
 from trm_core.recipes import prepare_posttrain
 from trm_core.tasks import TaskSet
-from trm_core.train import STATE_FILE, TrainConfig, train
+from trm_core.train import STATE_FILE, TrainConfig, post_config, train
 from trm_core.vote import vote
 
 POSTTRAIN_ARMS = ("full", "embeddings", "embeddings-then-full", "lora")
@@ -75,20 +76,22 @@ class StudyConfig:
     views: int = 8  # K: views per test input, the original included (<= variants + 1)
     batch_size: int = 32  # global training batch
     num_variants: int = 8  # augmented variants per task besides the original (one embedding row each)
-    lr: float = 1e-3  # trunk learning rate (AdamATan2); scratch uses it too
-    puzzle_emb_lr: float = 1e-2  # embedding-row learning rate (SignSGD)
+    # the training settings: None = the post-training recipe's for `steps` (trm_core.train.post_config,
+    # with the checkpoint's variant and EMA); a value set here wins, for every trained arm alike
+    lr: float | None = None  # trunk learning rate (AdamATan2); scratch uses it too
+    puzzle_emb_lr: float | None = None  # embedding-row learning rate (SignSGD)
     weight_decay: float = 0.1
     puzzle_emb_weight_decay: float = 0.1
-    warmup_steps: int = 50
-    lr_min_ratio: float = 1.0  # 1 = constant after warm-up; < 1 = cosine down to this ratio
-    ema: bool = False  # evaluate (and keep) the EMA of the trained weights
-    ema_rate: float = 0.999
-    freeze_fraction: float = 0.25  # embeddings-then-full: share of the steps with the trunk frozen
+    warmup_steps: int | None = None
+    lr_min_ratio: float | None = None  # 1 = constant after warm-up; < 1 = cosine down to this ratio
+    ema: bool | None = None  # train (and evaluate) the EMA of the trained weights
+    ema_rate: float | None = None
+    freeze_fraction: float | None = None  # embeddings-then-full: share of the steps with the trunk frozen
     lora_rank: int = 1
     lora_alpha: float = 16.0
     init: str = "mean"  # new embedding rows: "mean" (reference) or "normal"
     translate: bool = True  # random placement of the demonstration pairs on the canvas
-    optimizer: str = "original"  # AdamATan2 variant (use the checkpoint's)
+    optimizer: str | None = None  # AdamATan2 variant; None = the checkpoint's recipe
     seed: int = 0  # variants, batches, exploration, fresh weights of `scratch`
     rule: str = "reference"  # vote ranking rule
     predict_batch: int = 256  # rows per prediction forward
@@ -114,14 +117,17 @@ class StudyConfig:
         steps = list(range(self.eval_every, self.steps + 1, self.eval_every))
         return steps if steps and steps[-1] == self.steps else steps + [self.steps]
 
-    def train_config(self, arm: str) -> TrainConfig:
-        return TrainConfig(
-            steps=self.steps, global_batch_size=self.batch_size, mode="pretrain" if arm == "scratch" else arm,
-            lr=self.lr, puzzle_emb_lr=self.puzzle_emb_lr, weight_decay=self.weight_decay,
-            puzzle_emb_weight_decay=self.puzzle_emb_weight_decay, warmup_steps=self.warmup_steps,
-            lr_min_ratio=self.lr_min_ratio, optimizer=self.optimizer, freeze_fraction=self.freeze_fraction,
-            lora_rank=self.lora_rank, lora_alpha=self.lora_alpha, ema=self.ema, ema_rate=self.ema_rate,
-            seed=self.seed, log_every=self.log_every)
+    def train_config(self, arm: str, recipe: Recipe | None = None) -> TrainConfig:
+        """The arm's TrainConfig: the post-training recipe for `steps` (its variant and EMA from
+        the checkpoint's `recipe`), with the settings this study sets; `scratch` trains the same
+        schedule from fresh weights (mode pretrain)."""
+        chosen = choose(recipe, self.optimizer, self.ema)
+        mode = "pretrain" if arm == "scratch" else arm
+        named = ("lr", "puzzle_emb_lr", "warmup_steps", "lr_min_ratio", "ema_rate", "freeze_fraction")
+        given = {k: getattr(self, k) for k in named if getattr(self, k) is not None}
+        return post_config(self.steps, self.batch_size, mode, chosen, **given, weight_decay=self.weight_decay,
+                           puzzle_emb_weight_decay=self.puzzle_emb_weight_decay, lora_rank=self.lora_rank,
+                           lora_alpha=self.lora_alpha, seed=self.seed, log_every=self.log_every)
 
 
 @dataclass
@@ -239,7 +245,7 @@ def run_arm(arm: str, ckpt: Checkpoint, tasks: TaskSet, cfg: StudyConfig, arm_di
         return result
 
     run_dir = arm_dir / "run"
-    train_cfg = cfg.train_config(arm)
+    train_cfg = cfg.train_config(arm, ckpt_io.manifest_recipe(ckpt.manifest, "the checkpoint's manifest"))
     model = start
     pending = [b for b in cfg.eval_steps if b not in done]
     logger = (metrics_to or LoggerSpec()).open(arm_dir, {"arm": arm, **asdict(cfg)}, name=arm) if pending else None
@@ -350,8 +356,9 @@ def run_study(ckpt_path: str | os.PathLike, tasks: TaskSet, cfg: StudyConfig, ou
                                         str(out / "arms" / arm), str(device), threads, metrics_to)
                        for arm in cfg.arms}
             results = {arm: f.result() for arm, f in futures.items()}
+    recipe = ckpt_io.manifest_recipe(ckpt.manifest, "the checkpoint's manifest")
     study = {
-        "config": asdict(cfg), "checkpoint": str(ckpt_path), "checkpoint_provenance": ckpt.manifest.get("provenance", {}),
+        "config": asdict(cfg), "train": asdict(cfg.train_config(POSTTRAIN_ARMS[0], recipe)), "checkpoint": str(ckpt_path), "checkpoint_provenance": ckpt.manifest.get("provenance", {}),
         "data": source, "tasks": len(tasks), "test_inputs": n_inputs, "task_ids": list(tasks.tasks),
         "seeds": {"variants": cfg.seed, "sampler": cfg.seed, "exploration": cfg.seed, "scratch_init": cfg.seed},
         "versions": versions(), "machine": {**machine(), "jobs": jobs, "device": str(device)},
@@ -389,15 +396,21 @@ def _check_same_study(out: Path, cfg: StudyConfig, ckpt_path: str, source: str) 
 # ---- outputs -----------------------------------------------------------------------------------
 
 
+def _ema(train: dict[str, Any]) -> str:
+    return f"{train['ema_rate']:g}" if train.get("ema") and train.get("ema_rate") is not None else \
+        ("on" if train.get("ema") else "off")
+
+
 def render_table(study: dict[str, Any]) -> str:
     """study.md: the arm x step table and the final row of every arm."""
     cfg = study["config"]
+    train = study.get("train") or cfg  # the settings the arms trained with (a study from before recorded them in config)
     n = study["test_inputs"]
     lines = [f"# Adaptation study", "",
              f"{study['tasks']} tasks, {n} test inputs ({study['data'] or 'tasks given'}); checkpoint "
-             f"`{study['checkpoint']}`; {cfg['steps']} steps of {cfg['batch_size']} rows, lr {cfg['lr']:g}, "
-             f"embedding lr {cfg['puzzle_emb_lr']:g}, {cfg['num_variants']} variants per task, K = {cfg['views']} "
-             f"views, EMA {'on' if cfg['ema'] else 'off'}, seed {cfg['seed']}. pass@2 and oracle are counted per "
+             f"`{study['checkpoint']}`; {cfg['steps']} steps of {cfg['batch_size']} rows, lr {train['lr']:g}, "
+             f"embedding lr {train['puzzle_emb_lr']:g}, warm-up {train.get('warmup_steps')}, {cfg['num_variants']} "
+             f"variants per task, K = {cfg['views']} views, EMA {_ema(train)}, seed {cfg['seed']}. pass@2 and oracle are counted per "
              "test input (the Kaggle way); demo exact is the share of demonstration pairs reproduced exactly.", "",
              "| arm | step | pass@2 | oracle | demo exact | demo token acc | demo loss |",
              "|---|---:|---:|---:|---:|---:|---:|"]

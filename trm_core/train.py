@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from trm_core import checkpoint as ckpt_io
+from trm_core.checkpoint_recipe import Chosen, post_settings
 from trm_core.distributed import rank_world
 from trm_core.loggers import MetricsLogger, NullLogger
 from trm_core.loss import act_loss
@@ -165,6 +166,18 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def post_config(steps: int, batch: int, mode: str, chosen: Chosen, *, ceiling: int | None = None,
+                **settings: Any) -> TrainConfig:
+    """The post-training recipe (checkpoint_recipe.post_settings: rates, warm-up, EMA horizon,
+    freeze share, all from the planned `steps`) as a TrainConfig; `settings` are the TrainConfig
+    fields the user set, which win. An unknown field is refused by name."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"post_config: unknown TrainConfig field(s) {unknown}")
+    return TrainConfig(**{**post_settings(steps, batch, mode, chosen, ceiling), **settings})
 
 
 @dataclass
