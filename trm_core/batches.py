@@ -128,6 +128,13 @@ class TrainSampler:
     (pre-training on a public set). Each puzzle's draws do not depend on where it lands in a batch,
     so the position (epoch, puzzle) is a complete state: state_dict() after n batches and
     load_state_dict() on a fresh sampler yield exactly batch n+1 onward. One iterator at a time.
+
+    Per-task spending (`set_weights`, used by the per-task fit schedule of trm_core/fit.py): a task
+    of weight 0 is not drawn, and the batch fills up from the puzzles that follow it in the stream;
+    a task of weight 1/k is drawn in the epochs e with (e + its task index) % k == 0 (k = 2: every
+    other epoch, half the share). The weights change no draw, only which puzzles are packed, so with
+    every weight 1 (the default) the batches are the reference's, bit for bit. The weights and the
+    rows handed out per task (`rows_drawn`, a record) belong to the state.
     """
 
     def __init__(self, variants: Variants, global_batch_size: int, *, seed: int = 0, rank: int = 0,
@@ -172,6 +179,8 @@ class TrainSampler:
         self._epoch = 0
         self._puzzle = 0  # position in epoch self._epoch's task order where the next batch starts
         self._draws_cache: tuple[int, list] | None = None
+        self._period = np.ones(len(self._examples), dtype=np.int64)  # task of weight 1/k: k; weight 0: 0
+        self.rows_drawn = np.zeros(len(self._examples), dtype=np.int64)  # rows handed out per task (global)
 
     @property
     def examples_per_epoch(self) -> int:
@@ -186,6 +195,34 @@ class TrainSampler:
     def epoch(self) -> int:
         """The epoch the next batch starts in."""
         return self._epoch
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each task's share of the draws: 1 (every epoch), 1/k (one epoch in k) or 0 (not drawn)."""
+        return {tid: (1.0 / k if k else 0.0) for tid, k in zip(self.variants.task_ids, self._period.tolist())}
+
+    def set_weights(self, weights: dict[str, float]) -> None:
+        """Change the share of the tasks named (the others keep theirs) from the next batch on.
+
+        A weight is 0 or 1/k for a whole k >= 1; at least one task must keep a weight above 0.
+        """
+        period = self._period.copy()
+        for tid, w in weights.items():
+            k = 0 if w == 0 else round(1.0 / w) if w > 0 else -1
+            if k < 0 or (k and abs(1.0 / k - w) > 1e-9):
+                raise ValueError(f"task {tid}: weight must be 0 or 1/k for a whole k >= 1, got {w!r}")
+            period[self.variants.task_index(tid)] = k
+        if not period.any():
+            raise ValueError("set_weights: every task would have weight 0; keep at least one task drawn")
+        self._period = period
+
+    def rows_by_task(self) -> dict[str, int]:
+        """Rows handed out so far (over all ranks) per task id: the row-steps each task received."""
+        return dict(zip(self.variants.task_ids, self.rows_drawn.tolist()))
+
+    def _drawn(self, task: int, epoch: int) -> bool:
+        k = int(self._period[task])
+        return k == 1 or (k > 1 and (epoch + task) % k == 0)
 
     def _draws(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """Everything epoch `epoch` draws, in stream order: rows int64 [E, 5] (task, variant, example,
@@ -225,13 +262,18 @@ class TrainSampler:
             n_puzzles = len(starts) - 1
             while puzzle < n_puzzles:
                 lo, hi = int(starts[puzzle]), int(starts[puzzle + 1])
+                if hi > lo and not self._drawn(int(rows[lo, 0]), epoch):  # weight 0, or not its epoch
+                    puzzle += 1
+                    continue
                 k = min(hi - lo, size - filled, hi - lo if cap is None else cap)
                 parts.append(rows[lo : lo + k])
                 filled += k
                 puzzle += 1
                 if filled == size:
                     self._epoch, self._puzzle = (epoch, puzzle) if puzzle < n_puzzles else (epoch + 1, 0)
-                    yield np.concatenate(parts)
+                    batch = np.concatenate(parts)
+                    self.rows_drawn += np.bincount(batch[:, 0], minlength=len(self.rows_drawn))
+                    yield batch
                     parts, filled = [], 0
             epoch, puzzle = epoch + 1, 0
         # a short tail is dropped
@@ -266,6 +308,8 @@ class TrainSampler:
             "translate": self.translate,
             "canvas": self.canvas,
             "variants": self.variants.fingerprint(),
+            "periods": self._period.tolist(),  # per task: 1 every epoch, k one epoch in k, 0 never
+            "rows_drawn": self.rows_drawn.tolist(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -280,7 +324,14 @@ class TrainSampler:
         epoch, puzzle = int(state["epoch"]), int(state["puzzle"])
         if epoch < 0 or not 0 <= puzzle < len(self._examples):
             raise ValueError(f"sampler state position (epoch {epoch}, puzzle {puzzle}) is out of range")
+        n = len(self._examples)
+        periods = state.get("periods", [1] * n)  # a state written before per-task weights: all drawn
+        rows = state.get("rows_drawn", [0] * n)
+        if len(periods) != n or len(rows) != n or min(periods) < 0 or not any(periods):
+            raise ValueError(f"sampler state has per-task periods {periods!r} / rows {len(rows)} for {n} tasks")
         self._epoch, self._puzzle = epoch, puzzle
+        self._period = np.array(periods, dtype=np.int64)
+        self.rows_drawn = np.array(rows, dtype=np.int64)
 
 
 @dataclass(frozen=True)

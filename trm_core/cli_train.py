@@ -325,6 +325,13 @@ def _study_options(f):
         click.option("--rule", type=click.Choice(["reference", "count", "q-weighted"]),
                      default=Default(study_config, "rule"), show_default=True, help="Ranking rule of the vote."),
         click.option("--seed", type=int, default=Default(study_config, "seed"), show_default=True),
+        click.option("--spend", type=click.Choice(["uniform", "per-task"]), default=Default(study_config, "spend"),
+                     show_default=True, help="uniform: every task drawn alike; per-task: a task whose demonstration "
+                                             "pairs are fitted leaves the batches (README: how the budget is spent)."),
+        click.option("--fit-every", type=click.IntRange(1), default=Default(study_config, "fit_every"),
+                     show_default=True, help="per-task: steps between fit checks."),
+        click.option("--fit-patience", type=click.IntRange(1), default=Default(study_config, "fit_patience"),
+                     show_default=True, help="per-task: consecutive fitted checks before a task leaves the batches."),
         click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
                      help="Arms trained at once, in separate processes (CPU threads are split among them)."),
         click.option("--device", default=None, help="cpu, cuda (default: cuda when available)."),

@@ -12,7 +12,7 @@ import datetime as _dt
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +25,9 @@ from trm_core.loggers import MetricsLogger
 from trm_core.model import TRM, TRMConfig
 from trm_core.tasks import TaskSet
 from trm_core.train import TrainConfig, TrainResult, train
+
+if TYPE_CHECKING:
+    from trm_core.fit import FitSchedule
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,12 @@ def prepare_posttrain(ckpt: Checkpoint, tasks: TaskSet, data: DataConfig, init: 
 def posttrain(ckpt: Checkpoint, tasks: TaskSet, train_cfg: TrainConfig, data: DataConfig,
               out_dir: str | os.PathLike, *, device: torch.device | str = "cpu", init: str = "mean",
               source: str = "", stop: Callable[[int], bool] | None = None, deadline: float | None = None,
-              log: Callable[[str], None] | None = None, logger: MetricsLogger | None = None) -> TrainResult:
-    """Adapt `ckpt` to `tasks` (their demonstration pairs) with train_cfg.mode."""
+              log: Callable[[str], None] | None = None, logger: MetricsLogger | None = None,
+              fit: FitSchedule | None = None) -> TrainResult:
+    """Adapt `ckpt` to `tasks` (their demonstration pairs) with train_cfg.mode.
+
+    `fit` spends the steps per task (trm_core/fit.py: fitted tasks leave the batches); None (the
+    default) draws every task alike."""
     if train_cfg.mode == "pretrain":
         raise ValueError("posttrain takes a post-training mode: full, embeddings, embeddings-then-full or lora")
     if data.include_test_pairs:
@@ -117,7 +124,7 @@ def posttrain(ckpt: Checkpoint, tasks: TaskSet, train_cfg: TrainConfig, data: Da
                 "variants": variants_record(variants)}
     kwargs = {"log": log} if log else {}
     return train(model, _sampler(variants, train_cfg, data, ckpt.config.canvas), train_cfg, device=device,
-                 out_dir=out_dir, stop=stop, deadline=deadline, manifest=manifest, logger=logger, **kwargs)
+                 out_dir=out_dir, stop=stop, deadline=deadline, manifest=manifest, logger=logger, fit=fit, **kwargs)
 
 
 def model_for_tasks(ckpt: Checkpoint, tasks: TaskSet, num_views: int, seed: int = 0,

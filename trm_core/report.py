@@ -7,7 +7,8 @@ Inputs: a run folder, from which it reads whichever of these files exist:
   submission.json                         the two attempts per test input
   predictions.npz                         every view's prediction (`Predictions.save`): the vote
   baseline-predictions.npz                the un-adapted model's predictions, for the comparison
-  metrics.jsonl                           the training log (one JSON object per logged interval)
+  metrics.jsonl                           the training log (one JSON object per logged interval, and
+                                          with per-task spending one per fit check: `fit_section`)
   study.json                              a study's curves per arm (`study_section` gives the layout)
   run.json                                the runner's record: who answered each test input (its
                                           "answers" counts), shown in the summary
@@ -160,13 +161,45 @@ def summary_section(run: RunData) -> Section:
     return Section("summary", "Summary", "".join(parts))
 
 
-def _curve_rows(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # the last row per step (a resumed run appends again from where it stopped), in step order
+def _curve_rows(metrics: list[dict[str, Any]], key: str = "loss") -> list[dict[str, Any]]:
+    # the last row with `key` per step (a resumed run appends again from where it stopped), in step
+    # order: "loss" picks the training intervals, "fit" the fit checks written beside them
     by_step: dict[int, dict[str, Any]] = {}
     for m in metrics:
-        if isinstance(m, dict) and isinstance(m.get("step"), (int, float)):
+        if isinstance(m, dict) and isinstance(m.get("step"), (int, float)) and key in m:
             by_step[int(m["step"])] = m
     return [by_step[s] for s in sorted(by_step)]
+
+
+FIT_COLUMNS = 12  # check steps shown in the fit timeline (evenly spaced, the last always)
+
+
+def fit_section(metrics: list[dict[str, Any]]) -> Section | None:
+    """Per-task spending: each task's fit at each check and the rows it was handed (metrics.jsonl
+    lines {"step", "fitted_tasks", "fit": {task_id: {"fitted", "exact_pairs", "pairs", "active",
+    "weight", "rows"}}}, written by the training loop under a FitSchedule)."""
+    checks = [m for m in _curve_rows(metrics, "fit") if isinstance(m["fit"], Mapping)]
+    if not checks:
+        return None
+    shown = checks if len(checks) <= FIT_COLUMNS else \
+        [checks[round(k * (len(checks) - 1) / (FIT_COLUMNS - 1))] for k in range(FIT_COLUMNS)]
+    tasks = list(dict.fromkeys(tid for c in checks for tid in c["fit"]))
+
+    def cell(entry: Any) -> str:
+        if not isinstance(entry, Mapping):
+            return "-"
+        mark = "fitted" if entry.get("fitted") else f"{fmt(entry.get('exact_pairs'))}/{fmt(entry.get('pairs'))}"
+        weight = entry.get("weight", 1.0)
+        return mark + (" (out)" if weight == 0 else " (1/2)" if weight == 0.5 else "")
+
+    rows = [(tid, *(cell(c["fit"].get(tid)) for c in shown), fmt((checks[-1]["fit"].get(tid) or {}).get("rows")))
+            for tid in tasks]
+    rows.append(("tasks fitted", *(fmt(c.get("fitted_tasks")) for c in shown), ""))
+    body = table(["task", *(f"step {c['step']}" for c in shown), "rows handed out"], rows, cls="fit")
+    return Section("fit", "Per-task fit", f"<p>{len(checks)} fit check(s) of {len(tasks)} task(s), steps "
+                   f"{checks[0]['step']} to {checks[-1]['step']}: \"fitted\" when the vote answers every "
+                   "demonstration pair, else exact pairs / pairs; (out): left the batches after that check, "
+                   "(1/2): drawn at half weight. Rows handed out: up to the last check (metrics.jsonl).</p>" + body)
 
 
 def curves_section(metrics: list[dict[str, Any]]) -> Section | None:
@@ -219,10 +252,10 @@ def study_section(study: Mapping[str, Any]) -> Section | None:
         rows.append((name, fmt(last.get("step")), fmt(last.get("pass@1")), fmt(last.get("pass@2")),
                      fmt(last.get("oracle")), fmt(best.get("pass@2")) + f" @ {fmt(best.get('step'))}",
                      fmt(last.get("demo_loss"), 4), fmt(last.get("demo_exact_accuracy")),
-                     fmt(last.get("test_inputs")), fmt(arms[name].get("wall_s"), 1)))
+                     fmt(last.get("test_inputs")), fmt(arms[name].get("wall_s"), 1), fmt(last.get("fitted_tasks"))))
     body = plot_or_hint(plot) + table(
         ["arm", "last step", "pass@1", "pass@2", "oracle", "best pass@2", "demo loss", "demo exact",
-         "test inputs", "wall s"], rows, cls="study")
+         "test inputs", "wall s", "tasks fitted"], rows, cls="study")
     config = study.get("config")
     if config:
         body += ("<details><summary>study configuration</summary><pre>"
@@ -332,7 +365,7 @@ def tasks_section(run: RunData, top: int = TOP_CANDIDATES) -> Section | None:
 
 
 def run_sections(run: RunData, extra: Sequence[Section] = (), top: int = TOP_CANDIDATES) -> list[Section]:
-    """Summary, the extra sections (e.g. the dry run's timing), training curves, study, tasks."""
+    """Summary, the extra sections (e.g. the dry run's timing), training curves, per-task fit, study, tasks."""
     def note(name: str, why: str) -> None:
         run.notes.append(f"{name}: {why}")
         run.unreadable.append(f"{run.folder / name if run.folder else name}: {why}")
@@ -345,12 +378,13 @@ def run_sections(run: RunData, extra: Sequence[Section] = (), top: int = TOP_CAN
             return None
 
     curves = drawn("metrics.jsonl", lambda: curves_section(run.metrics))
+    fit = drawn("metrics.jsonl", lambda: fit_section(run.metrics))
     study = drawn("study.json", lambda: study_section(run.study)) if run.study else None
     if run.study and study is None and not any("study.json" in u for u in run.unreadable):
         note("study.json", "no arms to draw (expected {\"arms\": {name: {\"curve\": [...]}}})")
     tasks = drawn("challenges.json", lambda: tasks_section(run, top))
     summary = summary_section(run) if run.tasks or run.notes else None  # a training folder has no tasks
-    found = [summary, *extra, curves, study, tasks]
+    found = [summary, *extra, curves, fit, study, tasks]
     return [s for s in found if s is not None]
 
 

@@ -12,6 +12,13 @@ Outputs, in `out_dir`:
   study.png          pass@2 and demonstration-pair exact accuracy against steps (needs matplotlib)
   report.html        the same curves and the final table in the HTML report (trm_core/report.py)
 
+Spending (`spend`): "uniform" draws every task alike (the reference); "per-task" runs the trained
+arms with a FitSchedule (trm_core/fit.py): every `fit_every` steps each task's demonstration pairs
+are checked through its trained views, and a task fitted at `fit_patience` consecutive checks
+leaves the batches, so the others get its share. Every evaluation also records `fitted_tasks` (the
+tasks whose demonstration pairs the vote of K views answers, the same check) and `row_steps` (rows
+each task was handed so far), under either spending, so the two compare.
+
 Arms: the four post-training modes (full, embeddings, embeddings-then-full, lora) start from the
 checkpoint's trunk with fresh embedding rows; `scratch` is the same architecture freshly
 initialised and trained on the same pairs; `none` is the un-adapted checkpoint (evaluated once, at
@@ -52,6 +59,7 @@ from trm_core.batches import TrainSampler
 from trm_core.variants import Variants
 from trm_core.encoding import encode_grid, to_labels
 from trm_core.evaluate import coverage
+from trm_core.fit import FitSchedule, check_fit
 from trm_core.loggers import LoggerSpec
 from trm_core.loss import stablemax_cross_entropy
 from trm_core.model import TRM
@@ -63,6 +71,7 @@ from trm_core.vote import vote
 
 POSTTRAIN_ARMS = ("full", "embeddings", "embeddings-then-full", "lora")
 ARMS = ("none", *POSTTRAIN_ARMS, "scratch")
+SPENDING = ("uniform", "per-task")
 CURVE_FILE = "curve.jsonl"
 
 
@@ -96,6 +105,9 @@ class StudyConfig:
     rule: str = "reference"  # vote ranking rule
     predict_batch: int = 256  # rows per prediction forward
     log_every: int = 50
+    spend: str = "uniform"  # "uniform": every task alike; "per-task": fitted tasks leave the batches (fit.py)
+    fit_every: int = 50  # per-task: steps between fit checks
+    fit_patience: int = 2  # per-task: consecutive fitted checks before a task leaves the batches
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.arms if a not in ARMS]
@@ -110,6 +122,19 @@ class StudyConfig:
                              f"({self.num_variants + 1}): every view uses a trained embedding row")
         if self.init not in ("mean", "normal"):
             raise ValueError(f"StudyConfig.init must be 'mean' or 'normal', got {self.init!r}")
+        if self.spend not in SPENDING:
+            raise ValueError(f"StudyConfig.spend must be one of {SPENDING}, got {self.spend!r}")
+        if self.fit_every < 1 or self.fit_patience < 1:
+            raise ValueError(f"StudyConfig: fit_every ({self.fit_every}) and fit_patience ({self.fit_patience}) "
+                             "must be >= 1")
+
+    @property
+    def fit_schedule(self) -> FitSchedule | None:
+        """The trained arms' per-task spending (None: uniform)."""
+        if self.spend == "uniform":
+            return None
+        return FitSchedule(every=self.fit_every, patience=self.fit_patience, views=self.views,
+                           batch_size=self.predict_batch)
 
     @property
     def eval_steps(self) -> list[int]:
@@ -175,6 +200,9 @@ def evaluate_model(model: TRM, variants: Variants, tasks: TaskSet, cfg: StudyCon
                    out_dir: Path | None = None) -> dict[str, Any]:
     """Demonstration-pair fit, then pass@1 / pass@2 / oracle over K views of every test input."""
     fit = demo_fit(model, variants, device, cfg.predict_batch)
+    per_task = check_fit(model, variants, views=cfg.views, batch_size=cfg.predict_batch, device=device, rule=cfg.rule)
+    fit["fitted_tasks"] = sum(f.fitted for f in per_task.values())
+    fit["fitted"] = [tid for tid, f in per_task.items() if f.fitted]
     preds = predict(model, variants, PredictConfig(num_views=cfg.views, batch_size=cfg.predict_batch), device=device)
     report = coverage(vote(preds, cfg.rule), {t.id: t.test_outputs for t in tasks})
     if out_dir is not None:
@@ -257,15 +285,17 @@ def run_arm(arm: str, ckpt: Checkpoint, tasks: TaskSet, cfg: StudyConfig, arm_di
                                    translate=cfg.translate)
             t0 = time.perf_counter()
             train(model, sampler, train_cfg, device=device, out_dir=run_dir, stop=lambda s, b=boundary: s >= b,
-                  manifest={"study_arm": arm}, logger=logger,
+                  manifest={"study_arm": arm}, logger=logger, fit=cfg.fit_schedule,
                   log=lambda line: log(f"[{arm}] {line}") if "resumed" not in line else None)
             train_s = time.perf_counter() - t0
+            row_steps = sampler.rows_by_task()
             t0 = time.perf_counter()
             trained = ckpt_io.build_model(ckpt_io.load(run_dir / "checkpoint"))
             last = boundary == cfg.steps
             record = {"step": boundary,
                       **evaluate_model(trained, variants, tasks, cfg, device, arm_dir if last else None)}
             record["train_s"] = train_s
+            record["row_steps"] = row_steps
             _record(result, curve_path, record, eval_s=time.perf_counter() - t0, log=log, cfg=cfg)
             model = None  # the next segment rebuilds the model and resumes from the saved state
     finally:
@@ -291,7 +321,8 @@ def _progress(arm: str, r: dict[str, Any], cfg: StudyConfig, wall_s: float, step
     if step:
         eta = f" | ETA {_fmt(wall_s / step * (cfg.steps - step))}"
     return (f"[{arm}] step {r['step']}/{cfg.steps} | demo loss {r['demo_loss']:.3f} exact "
-            f"{r['demo_exact_accuracy']:.3f} | test pass@2 {r['pass@2']:.3f} oracle {r['oracle']:.3f} "
+            f"{r['demo_exact_accuracy']:.3f} | tasks fitted {r.get('fitted_tasks', '?')} | "
+            f"test pass@2 {r['pass@2']:.3f} oracle {r['oracle']:.3f} "
             f"({r['test_inputs']} inputs) | {_fmt(wall_s)}{eta}")
 
 
@@ -411,20 +442,23 @@ def render_table(study: dict[str, Any]) -> str:
              f"`{study['checkpoint']}`; {cfg['steps']} steps of {cfg['batch_size']} rows, lr {train['lr']:g}, "
              f"embedding lr {train['puzzle_emb_lr']:g}, warm-up {train.get('warmup_steps')}, {cfg['num_variants']} "
              f"variants per task, K = {cfg['views']} views, EMA {_ema(train)}, seed {cfg['seed']}. pass@2 and oracle are counted per "
-             "test input (the Kaggle way); demo exact is the share of demonstration pairs reproduced exactly.", "",
-             "| arm | step | pass@2 | oracle | demo exact | demo token acc | demo loss |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "test input (the Kaggle way); demo exact is the share of demonstration pairs reproduced exactly; "
+             f"fitted counts the tasks whose every demonstration pair the vote of K views answers (spending: "
+             f"{cfg.get('spend', 'uniform')}).", "",
+             "| arm | step | pass@2 | oracle | demo exact | demo token acc | demo loss | fitted |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
 
     def row(arm: str, r: dict[str, Any]) -> str:
         p2, orc = round(r["pass@2"] * n), round(r["oracle"] * n)
         return (f"| {arm} | {r['step']} | {p2}/{n} ({r['pass@2']:.1%}) | {orc}/{n} ({r['oracle']:.1%}) | "
-                f"{r['demo_exact_accuracy']:.3f} | {r['demo_token_accuracy']:.3f} | {r['demo_loss']:.3f} |")
+                f"{r['demo_exact_accuracy']:.3f} | {r['demo_token_accuracy']:.3f} | {r['demo_loss']:.3f} | "
+                f"{r.get('fitted_tasks', '')} |")
 
     for arm, a in study["arms"].items():
         lines += [row(arm, r) for r in a["curve"]]
     lines += ["", "Final evaluation of each arm:", "",
-              "| arm | step | pass@2 | oracle | demo exact | demo token acc | demo loss | wall |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "| arm | step | pass@2 | oracle | demo exact | demo token acc | demo loss | fitted | wall |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for arm, a in study["arms"].items():
         if a["curve"]:
             lines.append(row(arm, a["curve"][-1]) + f" {_fmt(a['wall_s'])} |")

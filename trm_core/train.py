@@ -4,6 +4,10 @@ Input: a TRM, an iterator of local batches (dicts of int32 tensors `inputs`, `la
 `puzzle_identifiers`; with `state_dict()`/`load_state_dict()` when resumable) and a TrainConfig.
 Output: the trained model in place, a kit checkpoint plus a resumable `train_state.pt` in
 `out_dir`, metrics as JSON lines, and one log line per interval on stderr.
+With a FitSchedule (trm_core/fit.py; default none), every `every` steps each task's demonstration
+pairs are checked as the model will be used, the check is one more line of metrics.jsonl, and the
+sampler's per-task weights follow the schedule's rule: fitted tasks leave the batches, tasks that
+stop being fitted come back, stalled ones are drawn less. Without one, nothing of this runs.
 
 Semantics are the reference's: the ACT carry persists across batches (halted rows take the new
 batch's row, the others keep refining theirs), every row is supervised at every step, the loss is
@@ -11,12 +15,13 @@ scaled by 1/global batch and gradients are summed across ranks; AdamATan2 steps 
 SignSGD the puzzle-embedding rows, one schedule drives both. Under torchrun each process takes
 its slice of every global batch; only rank 0 writes.
 
-One file of ~570 lines on purpose: the loop, its resumable state, the micro-batch accumulation and
+One file of ~710 lines on purpose: the loop, its resumable state, the micro-batch accumulation and
 the compile fallback all act on the same step, and a reader checks their agreement in one place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -26,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -41,6 +46,9 @@ from trm_core.optim import EMA, AdamAtan2, SparseSignSGD, lr_at, set_lr
 from trm_core.perf import mfu
 from trm_core.safe_io import atomic_path
 from trm_core.warmup import WarmupOverLimit, warmup_limit
+
+if TYPE_CHECKING:
+    from trm_core.fit import FitSchedule, TaskFit
 
 MODES = ("pretrain", "full", "embeddings", "embeddings-then-full", "lora")
 STATE_FILE, METRICS_FILE, CHECKPOINT_DIR = "train_state.pt", "metrics.jsonl", "checkpoint"
@@ -295,6 +303,7 @@ class _Trainer:
         self.step = 0
         self.carry: Carry | None = None
         self.pending_carry: dict[str, torch.Tensor] | None = None
+        self.fit_history: list[dict[str, TaskFit]] = []  # the last checks of a FitSchedule, oldest first
         model.checkpoint_activations = cfg.checkpoint_activations
         self.memory_fit: dict[str, Any] | None = None
         if cfg.micro_batch_size == -1 and device.type == "cuda":
@@ -340,6 +349,8 @@ class _Trainer:
         else:
             gens = [self.generator.get_state()]
         state["generators"] = gens
+        if self.fit_history:
+            state["fit"] = [{tid: [f.exact_pairs, f.pairs] for tid, f in check.items()} for check in self.fit_history]
         parts: dict[str, torch.Tensor] | None = self.pending_carry  # restored but no step taken yet: keep it
         if self.carry is not None:
             c = self.carry
@@ -402,6 +413,11 @@ class _Trainer:
         if "carry" in state:
             lo, hi = self.rank * self.local_batch, (self.rank + 1) * self.local_batch
             self.pending_carry = {k: v[lo:hi].to(self.device) for k, v in state["carry"].items()}
+        if state.get("fit"):
+            from trm_core.fit import TaskFit
+
+            self.fit_history = [{tid: TaskFit(int(e), int(n)) for tid, (e, n) in check.items()}
+                                for check in state["fit"]]
         self.step = int(state["step"])
 
     def _carry_for(self, batch: dict[str, torch.Tensor]) -> Carry:
@@ -433,8 +449,10 @@ class _Trainer:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
 
-    def run(self, stop: Callable[[int], bool] | None) -> TrainResult:
+    def run(self, stop: Callable[[int], bool] | None, fit: FitSchedule | None = None) -> TrainResult:
         cfg, model = self.cfg, self.model
+        if fit is not None and not hasattr(self.batches, "set_weights"):
+            raise ValueError("a FitSchedule needs batches with per-task weights (a TrainSampler)")
         model.train()
         batches = iter(self.batches)
         sums: dict[str, torch.Tensor] = {}
@@ -482,6 +500,8 @@ class _Trainer:
                 t_log, steps_at_log, sums = self.clock(), self.step, {}
                 if timed_from is None:  # the first interval includes warm-up and compilation
                     timed_from = (t_log, self.step)
+            if fit is not None and self.step % fit.every == 0:
+                self._check_fit(fit)  # sets the sampler's weights from the next batch on
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save()
 
@@ -498,6 +518,46 @@ class _Trainer:
         return TrainResult(self.step, stopped, seconds, done * cfg.global_batch_size / max(seconds, 1e-9), last, path,
                            first, micro_batch=max(self.micro), compile=self.compile,
                            memory_fit=self.memory_fit)
+
+    def _check_fit(self, fit: FitSchedule) -> None:
+        """Check every task's fit (on rank 0, with the weights the checkpoint would hold; the verdict
+        is broadcast, so every rank sets the same weights), record it and set the sampler's weights."""
+        from trm_core.fit import spending
+
+        verdict = None
+        if self.rank == 0:
+            compiled = self.model.recursion if self.compile == "on" else None
+            if compiled is not None:  # inference on the eager recursion: no recompile in the training graph
+                self.model.recursion = self.eager_recursion
+            try:
+                with self.ema.applied(self.model) if self.ema else contextlib.nullcontext():
+                    verdict = fit.check(self.model, self.batches.variants, self.device)
+            finally:
+                if compiled is not None:
+                    self.model.recursion = compiled
+        if self.world > 1:
+            box = [verdict]
+            dist.broadcast_object_list(box, src=0, group=self.cpu_group)
+            verdict = box[0]
+        self.fit_history = (self.fit_history + [verdict])[-fit.memory:]
+        weights = spending(self.fit_history, fit.patience, fit.stall)
+        self.batches.set_weights(weights)
+        if self.rank != 0:
+            return
+        rows = self.batches.rows_by_task()
+        fitted = sum(f.fitted for f in verdict.values())
+        line = {"step": self.step, "fitted_tasks": fitted,
+                "fit": {tid: {"fitted": f.fitted, "exact_pairs": f.exact_pairs, "pairs": f.pairs,
+                              "active": weights[tid] > 0, "weight": weights[tid], "rows": rows[tid]}
+                        for tid, f in verdict.items()}}
+        halved = sum(w == 0.5 for w in weights.values())
+        self.log(f"step {self.step}/{self.cfg.steps} | fit: {fitted}/{len(verdict)} tasks fitted | "
+                 f"{sum(w == 0 for w in weights.values())} left the batches | {halved} drawn at half weight")
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps(line) + "\n")
+        self.logger.log({"fitted_tasks": fitted}, self.step)
 
     def _next_batch(self, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         try:
@@ -634,7 +694,7 @@ def train(model: TRM, batches: Iterable[dict[str, torch.Tensor]], cfg: TrainConf
           stop: Callable[[int], bool] | None = None, deadline: float | None = None,
           manifest: dict[str, Any] | None = None, resume: bool = True,
           log: Callable[[str], None] = _log_stderr, logger: MetricsLogger | None = None,
-          clock: Callable[[], float] | None = None) -> TrainResult:
+          clock: Callable[[], float] | None = None, fit: FitSchedule | None = None) -> TrainResult:
     """Train `model` in place for `cfg.steps` optimiser steps (or until stopped).
 
     `stop(step)` and `deadline` (a time.time() value) end the run cleanly between steps; all ranks
@@ -644,6 +704,8 @@ def train(model: TRM, batches: Iterable[dict[str, torch.Tensor]], cfg: TrainConf
     `logger` (trm_core.loggers) receives each logged interval's metrics on rank 0; the caller closes it.
     A line is logged every `cfg.log_every` steps, and after any step that began LOG_AT_LEAST_S after
     the last line; `clock` (default time.perf_counter) times the intervals.
+    `fit` (trm_core/fit.py) spends the steps per task: checks every `fit.every` steps, one
+    metrics.jsonl line per check, fitted tasks out of the batches; None (default) trains as before.
     """
     device = torch.device(device)
     out = Path(out_dir) if out_dir is not None else None
@@ -659,4 +721,4 @@ def train(model: TRM, batches: Iterable[dict[str, torch.Tensor]], cfg: TrainConf
             return True
         return bool(stop and stop(step))
 
-    return trainer.run(should_stop)
+    return trainer.run(should_stop, fit)

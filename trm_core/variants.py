@@ -297,6 +297,18 @@ class Variants:
                 names.append(task_id if code == identity else f"{task_id}|||t{code[0]}|||{code[1:]}")
         return names
 
+    def posed(self, tasks: Mapping[str, Task]) -> Variants:
+        """The same identifier map (variant codes, embedding rows) over other contents of the same task
+        ids: e.g. each task's demonstration inputs posed as its test inputs, to predict them through
+        the rows the task trained (trm_core/fit.py). The variants are not drawn again."""
+        if list(tasks) != self.task_ids:
+            raise ValueError("posed: the tasks must be this set's task ids, in the same order")
+        other = object.__new__(Variants)
+        other.__dict__.update(self.__dict__)
+        other.tasks = dict(tasks)
+        other._fingerprint = None
+        return other
+
     def fingerprint(self) -> str:
         """sha256 over the tasks (ids, train pairs, test inputs; not solutions) and the variant codes:
         equal fingerprints mean the same tasks under the same identifier map."""

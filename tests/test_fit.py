@@ -1,0 +1,275 @@
+"""Per-task spending: the fit check's verdict, the spending rule, the sampler's per-task weights,
+and a training run in which a fitted task leaves the batches (its embedding rows then stay as they
+are), the check is recorded and drawn, a run without a schedule trains the same bits, a resumed run
+continues identically, and the study's per-task arm runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import trm_core.fit as fit_mod
+import trm_core.predict as predict_mod
+from trm_core import checkpoint
+from trm_core.batches import TrainSampler
+from trm_core.fit import FitSchedule, TaskFit, check_fit, spending
+from trm_core.model import TRM, TRMConfig
+from trm_core.report import _curve_rows, fit_section
+from trm_core.tasks import Task
+from trm_core.train import METRICS_FILE, TrainConfig, train
+from trm_core.variants import Variants
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CANVAS = 6
+QUIET = dict(log=lambda line: None)
+
+
+def four_tasks() -> list[Task]:
+    """'same' (output = input), 'flip' (a left-right flip), 'mixed' (one pair of each) and 'swap'."""
+    rng = np.random.default_rng(0)
+
+    def grid() -> np.ndarray:
+        return rng.integers(1, 4, (3, 4)).astype(np.uint8)  # never left-right symmetric in practice
+
+    def flip(g: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(g[:, ::-1])
+
+    a, b, c, d, e, f = (grid() for _ in range(6))
+    return [Task("same", [(a, a), (b, b)], [c], [c]),
+            Task("flip", [(a, flip(a)), (b, flip(b))], [c], [flip(c)]),
+            Task("mixed", [(d, d), (e, flip(e))], [f], [f]),
+            Task("swap", [(e, np.where(e == 1, 2, np.where(e == 2, 1, e)).astype(np.uint8)), (f, f)], [d], [d])]
+
+
+def _model(variants: Variants, **changes) -> TRM:
+    cfg = TRMConfig.from_name("tiny", **{**dict(canvas=CANVAS, num_puzzle_identifiers=variants.num_identifiers,
+                                                halt_max_steps=2, halt_exploration_prob=0.0), **changes})
+    model = TRM(cfg, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.puzzle_emb.weights.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
+    return model
+
+
+# ---- the check --------------------------------------------------------------------------------
+
+
+def _forced(answer: str, seen: list):
+    """A predict_batch that answers every row with its input ("input") or its expected output
+    ("output"), recording the embedding rows it was asked for and the model's mode."""
+    def fake(model, batch, steps):
+        seen.append((batch["puzzle_identifiers"].tolist(), model.training))
+        tokens = batch["inputs"] if answer == "input" else batch["labels"].clamp(min=0)
+        return tokens.long(), torch.zeros(tokens.shape[0])
+    return fake
+
+
+def test_check_verdict_and_the_rows_it_reads(monkeypatch):
+    variants = Variants(four_tasks(), 3, seed=0)
+    model = _model(variants)
+    model.train()
+    seen: list = []
+    monkeypatch.setattr(predict_mod, "predict_batch", _forced("input", seen))
+    got = check_fit(model, variants, views=2, batch_size=8)
+    # answering with the input fits exactly the pairs whose output is their input
+    assert got == {"same": TaskFit(2, 2), "flip": TaskFit(0, 2), "mixed": TaskFit(1, 2), "swap": TaskFit(1, 2)}
+    assert [t for t, f in got.items() if f.fitted] == ["same"] and got["mixed"].share == 0.5
+    assert model.training  # train mode is back
+    assert seen and not any(training for _, training in seen)  # predicted in eval mode
+    # the demonstration inputs are read through the trained rows of each task's first 2 variants
+    ids = {i for rows, _ in seen for i in rows} - {0}
+    assert ids == {variants.identifier(t, v) for t in variants.task_ids for v in range(2)}
+
+    monkeypatch.setattr(predict_mod, "predict_batch", _forced("output", []))
+    assert all(f.fitted for f in check_fit(model, variants, views=2, batch_size=8).values())
+
+
+def test_spending_rule():
+    def check(**shares) -> dict[str, TaskFit]:
+        return {t: TaskFit(k, 4) for t, k in shares.items()}
+
+    # freeze after `patience` consecutive fitted checks, and only then
+    assert spending([check(a=4, b=0)], patience=2) == {"a": 1.0, "b": 1.0}
+    assert spending([check(a=4, b=0), check(a=4, b=1)], patience=2) == {"a": 0.0, "b": 1.0}
+    assert spending([check(a=4, b=0), check(a=3, b=1), check(a=4, b=1)], patience=2)["a"] == 1.0
+    # a frozen task that unfits comes back
+    assert spending([check(a=4, b=0), check(a=4, b=1), check(a=2, b=1)], patience=2)["a"] == 1.0
+    # every task fitted: all are drawn again
+    assert spending([check(a=4, b=4), check(a=4, b=4)], patience=2) == {"a": 1.0, "b": 1.0}
+    # stalled while another rises: half weight, never 0; nobody rising: nobody halved
+    stalled = [check(a=1, b=0), check(a=1, b=1), check(a=1, b=2), check(a=0, b=2)]
+    assert spending(stalled, patience=2, stall=3) == {"a": 0.5, "b": 1.0}
+    assert spending(stalled, patience=2, stall=0) == {"a": 1.0, "b": 1.0}
+    assert spending(stalled[:3], patience=2, stall=3) == {"a": 1.0, "b": 1.0}  # too few checks yet
+    flat = [check(a=1, b=2)] * 4
+    assert spending(flat, patience=2, stall=3) == {"a": 1.0, "b": 1.0}
+    with pytest.raises(ValueError, match="FitSchedule.patience"):
+        FitSchedule(patience=0)
+
+
+# ---- the sampler ------------------------------------------------------------------------------
+
+
+def test_sampler_weights_keep_tasks_out_and_resume():
+    variants = Variants(four_tasks(), 3, seed=0)
+    plain = TrainSampler(variants, 8, seed=1, canvas=CANVAS)
+    ones = TrainSampler(variants, 8, seed=1, canvas=CANVAS)
+    ones.set_weights(dict.fromkeys(variants.task_ids, 1.0))
+    for _, a, b in zip(range(12), plain, ones):  # every weight 1: the reference stream, bit for bit
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert plain.rows_by_task() == ones.rows_by_task() and sum(plain.rows_by_task().values()) == 12 * 8
+
+    def task_of(ids: torch.Tensor) -> list[str]:
+        return [variants.lookup(int(i))[0] for i in ids]
+
+    out = TrainSampler(variants, 8, seed=1, canvas=CANVAS)
+    out.set_weights({"same": 0.0, "flip": 0.5})
+    it = iter(out)
+    drawn = [task_of(next(it)["puzzle_identifiers"]) for _ in range(12)]
+    assert all(len(b) == 8 for b in drawn) and not any("same" in b for b in drawn)  # full batches, no 'same'
+    counts = out.rows_by_task()
+    assert counts["same"] == 0 and 0 < counts["flip"] < counts["mixed"]  # half weight: drawn less, not never
+
+    state = json.loads(json.dumps(out.state_dict()))
+    rest = [next(it) for _ in range(5)]
+    resumed = TrainSampler(variants, 8, seed=1, canvas=CANVAS)
+    resumed.load_state_dict(state)
+    assert resumed.weights == out.weights and resumed.weights["flip"] == 0.5
+    for a, b in zip(rest, resumed):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.rows_by_task() == out.rows_by_task()
+    with pytest.raises(ValueError, match="keep at least one task"):
+        out.set_weights(dict.fromkeys(variants.task_ids, 0.0))
+    with pytest.raises(ValueError, match="1/k"):
+        out.set_weights({"same": 0.3})
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+
+def _only_same_fitted(model, variants, **_):
+    return {t: TaskFit(2, 2) if t == "same" else TaskFit(0, 2) for t in variants.task_ids}
+
+
+def _fit_lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines() if '"fit"' in line]
+
+
+def _train(out: Path | None, steps: int, fit: FitSchedule | None, stop=None, ema: bool = False) -> TRM:
+    variants = Variants(four_tasks(), 3, seed=0)
+    model = _model(variants)
+    sampler = TrainSampler(variants, 8, seed=1, canvas=CANVAS)
+    tc = TrainConfig(steps=steps, global_batch_size=8, mode="full", warmup_steps=0, lr=1e-3, ema=ema, ema_rate=0.9,
+                     log_every=2)
+    train(model, sampler, tc, out_dir=out, fit=fit, stop=stop, **QUIET)
+    return model
+
+
+def test_fitted_task_leaves_the_batches_and_its_rows_stay(monkeypatch, tmp_path):
+    monkeypatch.setattr(fit_mod, "check_fit", _only_same_fitted)
+    variants = Variants(four_tasks(), 3, seed=0)
+    same_rows = [variants.identifier("same", v) for v in range(variants.count("same"))]
+    other_rows = [variants.identifier(t, v) for t in ("flip", "mixed", "swap") for v in range(variants.count(t))]
+    snap: dict[int, torch.Tensor] = {}
+    model_box: list[TRM] = []
+
+    def watch(step: int) -> bool:  # before each step; 'same' leaves after the check at step 2, its carried
+        if step == 4 and model_box:  # rows finish by step 3 (halt_max_steps 2)
+            snap[4] = model_box[0].puzzle_emb.weights.detach().clone()
+        return False
+
+    import trm_core.train as train_mod
+    real_init = train_mod._Trainer.__init__
+
+    def init(self, model, *args, **kwargs):
+        model_box.append(model)
+        real_init(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod._Trainer, "__init__", init)
+    model = _train(tmp_path, 12, FitSchedule(every=1, patience=2, stall=0), stop=watch)
+    table = model.puzzle_emb.weights.detach()
+    assert torch.equal(table[same_rows], snap[4][same_rows])  # untouched since it left
+    assert not torch.equal(table[other_rows], snap[4][other_rows])  # the others kept training
+
+    lines = _fit_lines(tmp_path)
+    assert [m["step"] for m in lines] == list(range(1, 13))
+    assert [m["fit"]["same"]["active"] for m in lines[:3]] == [True, False, False]
+    assert all(m["fitted_tasks"] == 1 and m["fit"]["flip"]["weight"] == 1.0 for m in lines)
+    rows = {t: [m["fit"][t]["rows"] for m in lines] for t in variants.task_ids}
+    assert rows["same"][1] > 0 and rows["same"][-1] == rows["same"][1]  # no row handed out after step 2
+    # the freed share goes to the others: their rows per step rise from (8 - the share of 'same') to 8
+    others = [sum(rows[t][i] for t in ("flip", "mixed", "swap")) for i in range(12)]
+    assert others[1] / 2 < 8 and (others[-1] - others[1]) / 10 == 8
+
+    # the report draws the timeline, and the training curves still read only the training lines
+    metrics = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    section = fit_section(metrics)
+    assert section is not None and "same" in section.html and "fitted (out)" in section.html
+    assert "step 12" in section.html and "rows handed out" in section.html
+    curve = _curve_rows(metrics)
+    assert curve and all("loss" in r for r in curve) and [r["step"] for r in curve] == [2, 4, 6, 8, 10, 12]
+
+
+def test_a_schedule_that_changes_nothing_trains_the_same_bits(tmp_path):
+    """The real check (EMA weights applied, eval mode, inference) every 2 steps, a patience no task
+    reaches and no deprioritising: the weights are those of a run without a schedule."""
+    plain = _train(None, 6, None, ema=True)
+    checked = _train(tmp_path, 6, FitSchedule(every=2, patience=1000, stall=0, views=2), ema=True)
+    a, b = plain.state_dict(), checked.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines = _fit_lines(tmp_path)
+    assert [m["step"] for m in lines] == [2, 4, 6] and all(len(m["fit"]) == 4 for m in lines)
+
+
+@pytest.mark.parametrize("stop_at", [1, 3])
+def test_resume_with_an_active_set_continues_identically(monkeypatch, tmp_path, stop_at):
+    """Stopped after the first check (the patience count must survive) or after 'same' left (the
+    sampler's weights must survive), the resumed run ends where one uninterrupted run ends."""
+    monkeypatch.setattr(fit_mod, "check_fit", _only_same_fitted)
+    schedule = FitSchedule(every=1, patience=2, stall=0)
+    whole = _train(tmp_path / "whole", 6, schedule)
+    _train(tmp_path / "parts", 6, schedule, stop=lambda s: s >= stop_at)
+    resumed = _train(tmp_path / "parts", 6, schedule)
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _fit_lines(tmp_path / "whole") == _fit_lines(tmp_path / "parts")
+
+
+# ---- the study --------------------------------------------------------------------------------
+
+
+def test_study_per_task_arm_runs(tmp_path):
+    from click.testing import CliRunner
+
+    from trm_core.cli import main
+    from trm_core.tasks import write_kaggle
+
+    cfg = TRMConfig.from_name("tiny", hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, halt_max_steps=2,
+                              puzzle_emb_ndim=16, num_puzzle_identifiers=5, canvas=CANVAS)
+    ckpt = tmp_path / "ckpt"
+    checkpoint.save(checkpoint.slim(checkpoint.from_model(TRM(cfg, generator=torch.Generator().manual_seed(0)))), ckpt)
+    write_kaggle(four_tasks()[:2], tmp_path / "c_challenges.json", tmp_path / "c_solutions.json")
+    out = tmp_path / "study"
+    result = CliRunner().invoke(main, [
+        "study", "--checkpoint", str(ckpt), "--data", str(tmp_path / "c_challenges.json"), "--solutions",
+        str(tmp_path / "c_solutions.json"), "--arms", "full", "--steps", "4", "--eval-every", "2", "--views", "2",
+        "--variants", "2", "--batch-size", "4", "--warmup", "0", "--spend", "per-task", "--fit-every", "1",
+        "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    study = json.loads((out / "study.json").read_text())
+    assert study["config"]["spend"] == "per-task" and study["config"]["fit_patience"] == 2
+    curve = study["arms"]["full"]["curve"]
+    assert [r["step"] for r in curve] == [2, 4]
+    for r in curve:
+        assert 0 <= r["fitted_tasks"] <= 2 and set(r["row_steps"]) == {"same", "flip"}
+        assert sum(r["row_steps"].values()) == 4 * r["step"]  # every row handed out, counted across segments
+    lines = _fit_lines(out / "arms" / "full" / "run")
+    assert [m["step"] for m in lines] == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="spend"):
+        from trm_core.study import StudyConfig
+
+        StudyConfig(spend="greedy")
