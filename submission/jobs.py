@@ -78,6 +78,7 @@ class TrainJob(Job):
     deadline: float  # Unix time training must have stopped by
     init: str = "mean"  # how new tasks' embedding rows start
     pg_timeout_s: float | None = None  # the process group's timeout
+    fit: dict[str, Any] | None = None  # FitSchedule fields: per-task spending (None: every task drawn alike)
 
 
 @dataclass(frozen=True, kw_only=True)

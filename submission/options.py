@@ -120,6 +120,12 @@ class RunnerOptions:
                                    "(measured: tools/bench_settle.py)", low=0.0, above=True, high=1.0)
     max_attempts: int = _opt(3, "per job (calibration, training, each prediction shard group or work item)",
                              low=1, high=100)
+    spend: str = _opt("uniform", "post-training steps: uniform (every task drawn alike, the reference) or per-task "
+                                 "(every task's demonstrations checked through its views; fitted tasks leave the "
+                                 "batches, their share goes to the others: trm_core/fit.py)",
+                      choices=("uniform", "per-task"))
+    fit_every: int = _opt(0, "with --spend per-task: steps between fit checks (0: the planned steps / 20, at least "
+                             "25)", low=0, high=BIG)
     predict_queue: str = _opt("dynamic", "static: a fixed shard of the views per GPU (CPU process); dynamic: work "
                                          "items, largest first, taken by whichever GPU is free, retried one by one",
                               choices=("static", "dynamic"))

@@ -22,10 +22,14 @@ from submission.jobs import CalibrateJob
 from submission.options import RunnerOptions
 from submission.retry import RetryPolicy, Try
 from submission.scheduler import Budget, Calibration, Plan, Workload, plan as make_plan, tasks_that_fit
-from trm_core.checkpoint_recipe import POST_BATCH, Chosen, Recipe, choose, post_settings
+from trm_core.checkpoint_recipe import POST_BATCH, Chosen, Recipe, choose, fit_every, post_settings
 
 EMA_OPTION = {None: None, "on": True, "off": False}  # the runner's --ema
 
+
+# per-task spending (--spend per-task): each fit check predicts every demonstration input under
+# FIT_VIEWS views (trm_core/fit.py); how often: checkpoint_recipe.fit_every
+FIT_VIEWS = 8
 
 # calibration beats at every step and batch, but one unit may hold a cold start or a compilation:
 # its heartbeat may pause 10 x this (or min_stall, if longer) before the job counts as hung
@@ -116,8 +120,32 @@ class Planner:
         self.budget = self.make_budget(train_b, pred_b, cal.vote_s_per_view)
         work = Workload(tasks=len(tasks), test_inputs=sum(len(t.test_inputs) for t in tasks),
                         train_pairs=sum(len(t.train) for t in tasks), world=world)
-        return make_plan(self.budget, work, cal, self.clock(), self.deadline, train_batch=train_b,
+        planned = make_plan(self.budget, work, cal, self.clock(), self.deadline, train_batch=train_b,
+                            predict_batch=pred_b, steps_done=steps_done)
+        if self.opts.spend == "uniform" or planned.steps <= steps_done:
+            return planned
+        # the fit checks take training time: charged to every step at the rate this plan implies
+        every = self.fit_every(planned.steps)
+        per_step = self.check_s(work.train_pairs, cal) / every
+        charged = replace(cal, train_step_s=cal.train_step_s + per_step)
+        return make_plan(self.budget, work, charged, self.clock(), self.deadline, train_batch=train_b,
                          predict_batch=pred_b, steps_done=steps_done)
+
+    def fit_every(self, steps: int) -> int:
+        """Steps between fit checks in a run planned at `steps` (the option, else about FIT_CHECKS checks)."""
+        return self.opts.fit_every or fit_every(steps)
+
+    @staticmethod
+    def check_s(pairs: int, cal: Calibration) -> float:
+        """One fit check's time: every demonstration input under FIT_VIEWS views, predicted by one
+        process at the calibrated batch and rate (the other processes wait)."""
+        return math.ceil(pairs * FIT_VIEWS / max(cal.predict_batch, 1)) * cal.predict_batch_s
+
+    def fit_schedule(self, p: Plan, cal: Calibration) -> dict[str, Any] | None:
+        """The FitSchedule fields of per-task spending along plan `p` (None: uniform)."""
+        if self.opts.spend == "uniform":
+            return None
+        return {"every": self.fit_every(p.steps), "views": FIT_VIEWS, "batch_size": cal.predict_batch}
 
     def fit_tasks(self, tasks: Any, cal: Calibration) -> list[str]:
         """Not every task fits: the ids of those that do, fewest test inputs (so fewest views)

@@ -76,6 +76,7 @@ class Training:
         status = "ok" if adapted else ("partial" if partial else "failed")
         record = train_record(p, result, watch, ckpt)
         record["settings"] = self.planner.train_config(p)  # the recipe's choices for the plan it ended on
+        record["spend"] = self.planner.fit_schedule(p, cal) or "uniform"
         return ckpt, status, p, record, attempts
 
     def once(self, t: Try, p: Plan, out_dir: Path, resume_at: int, views: int, cal: Calibration) -> Outcome:
@@ -85,7 +86,10 @@ class Training:
         train = self.planner.train_config(p, t.micro_batch)
         self.log(f"{name}: {p.steps - resume_at} steps of {t.train_batch} on {t.world} x {self.dispatch.device}"
                  + (f", resuming at step {resume_at}" if resume_at else "") + f"; recipe: {describe_settings(train)}")
-        job = self.dispatch.job(TrainJob, name, "train", plan=p.to_json(), train=train,
+        fit = self.planner.fit_schedule(p, cal)
+        if fit:
+            self.log(f"{name}: per-task spending, a fit check every {fit['every']} steps")
+        job = self.dispatch.job(TrainJob, name, "train", plan=p.to_json(), train=train, fit=fit,
                                 pg_timeout_s=group_timeout(self.left()),
                                 data={"num_variants": max(0, views - 1), "variant_seed": self.seed,
                                       "sampler_seed": self.seed},

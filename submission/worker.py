@@ -149,6 +149,7 @@ class _Job:
 
     def train(self) -> None:
         from trm_core.distributed import process_group
+        from trm_core.fit import FitSchedule
         from trm_core.recipes import DataConfig, posttrain
         from trm_core.train import TrainConfig
 
@@ -174,9 +175,10 @@ class _Job:
             cfg = TrainConfig.from_dict(job.train)
             data = DataConfig(**job.data)
             self.part = "train"
+            fit = FitSchedule(**job.fit) if job.fit else None
             res = posttrain(ckpt, tasks, cfg, data, job.out_dir, device=device, init=job.init,
                             stop=stop, deadline=job.deadline, source=job.challenges,
-                            log=self.log if rank == 0 else (lambda line: None))
+                            log=self.log if rank == 0 else (lambda line: None), fit=fit)
             if dog.stop_reason is None:  # train() ran its last step without asking the watchdog again
                 dog.stop_reason = f"all {res.steps_done} steps of the run done"
             if rank == 0:

@@ -273,3 +273,59 @@ def test_study_per_task_arm_runs(tmp_path):
         from trm_core.study import StudyConfig
 
         StudyConfig(spend="greedy")
+
+
+# ---- the entry points ----------------------------------------------------------------------------
+
+
+def test_the_runner_spends_per_task_when_asked_and_records_it(tmp_path: Path, micro_checkpoint: Path) -> None:
+    """--spend per-task: the training job runs the fit checks (metrics.jsonl holds their lines),
+    run.json records the schedule, and the plan charges the checks' time to training."""
+    from dataclasses import replace as _replace
+
+    from submission.planning import FIT_VIEWS, Planner
+    from submission.scheduler import Calibration
+    from tests.test_runner import CHALLENGES, _options, _run
+    from trm_core.tasks import load_tasks
+
+    inputs = tmp_path / "in" / "competitions" / "arc"
+    inputs.mkdir(parents=True)
+    ids = ["0d3d703e", "25ff71a9"]
+    (inputs / "arc-agi_test_challenges.json").write_text(json.dumps({t: CHALLENGES[t] for t in ids}))
+    opts = _options(tmp_path, inputs, micro_checkpoint, 40.0, spend="per-task", fit_every=2, max_steps=6)
+    sub, record, _ = _run(opts)
+    assert set(sub) == set(ids)
+    assert record["train"]["spend"]["every"] == 2 and record["train"]["spend"]["views"] == FIT_VIEWS
+    assert record["train"]["steps_done"] >= 2, record["train"]
+    metrics = [json.loads(line) for line in (Path(record["train"]["checkpoint"]).parent / "metrics.jsonl")
+               .read_text().splitlines()]
+    checks = [m for m in metrics if "fit" in m]
+    assert checks and set(checks[0]["fit"]) == set(ids)
+
+    # the plan: the same calibration plans fewer steps when the checks take training time
+    cal = Calibration(device="cpu", train_batch=8, predict_batch=16, train_step_s=0.05, predict_batch_s=0.5,
+                      launch_s=1.0, train_warmup_s=0.5, predict_warmup_s=0.5, save_s=0.2)
+    tasks = load_tasks(str(inputs / "arc-agi_test_challenges.json"), strict=False)
+
+    def planned(spend: str) -> int:
+        o = _replace(opts, spend=spend, fit_every=0, max_steps=100_000, max_epochs=1e6)
+        return Planner(o, "full", "cpu", 1, 0.1, lambda: 0.0, 60.0).plan(tasks, cal).steps
+
+    assert planned("per-task") < planned("uniform")
+    assert Planner.check_s(10, cal) == 5 * 0.5  # 10 pairs x 8 views = 80 rows = 5 batches of 16
+
+
+def test_posttrain_and_solve_take_the_spending_options(tmp_path: Path) -> None:
+    from trm_core.checkpoint_recipe import fit_every
+    from trm_core.cli_train import fit_schedule
+
+    assert fit_schedule({"spend": "uniform", "fit_every": None, "fit_patience": 2}, 600) is None
+    fit = fit_schedule({"spend": "per-task", "fit_every": None, "fit_patience": 3}, 600)
+    assert (fit.every, fit.patience) == (fit_every(600), 3) == (30, 3)
+    assert fit_every(100) == 25 and fit_schedule({"spend": "per-task", "fit_every": 7, "fit_patience": 2}, 600).every == 7
+    from trm_core.cli import main
+
+    for command in ("posttrain", "solve"):
+        ctx = main.commands[command].make_context(command, ["--checkpoint", ".", "--data", "x", "--out", "o",
+                                                            "--spend", "per-task"])
+        assert ctx.params["spend"] == "per-task" and ctx.params["fit_every"] is None

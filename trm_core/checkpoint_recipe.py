@@ -210,6 +210,16 @@ def post_settings(steps: int, batch: int, mode: str, chosen: Chosen, ceiling: in
             "freeze_fraction": FREEZE_SHARE * steps / ceiling}
 
 
+# per-task spending (trm_core/fit.py), when asked for: about FIT_CHECKS fit checks over the planned
+# steps, at least FIT_EVERY_MIN steps apart
+FIT_CHECKS, FIT_EVERY_MIN = 20, 25
+
+
+def fit_every(steps: int) -> int:
+    """Steps between per-task fit checks in a run planned at `steps`."""
+    return max(FIT_EVERY_MIN, -(-steps // FIT_CHECKS))
+
+
 def describe_settings(settings: dict[str, Any]) -> str:
     """One line naming what a post-training run was given (printed, and kept in its records)."""
     s = settings

@@ -15,8 +15,8 @@ import click
 
 from trm_core.cli_common import (Default, apply, data_options, echo_err, load_checkpoint, load_task_set,
                                  predict_config, raw_challenges_of, recipe_settings, report_skipped, train_config)
-from trm_core.cli_train import adapt_options, checkpoint_options, mode_option, open_logger, train_options, \
-    training_configs
+from trm_core.cli_train import adapt_options, checkpoint_options, fit_schedule, mode_option, open_logger, \
+    spend_options, train_options, training_configs
 
 RULES = ["reference", "count", "q-weighted"]
 
@@ -229,6 +229,7 @@ def _evaluation_folder(out_dir: str, tasks, preds, voted, report, fill: str):
 @mode_option
 @adapt_options(train_config)
 @train_options
+@spend_options
 @_view_options("--predict-batch")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder: submission.json, predictions.npz, posttrain/ (checkpoint/, metrics.jsonl).")
@@ -252,7 +253,7 @@ def solve_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | No
         report_skipped(tasks, raising=False)
         raise _no_usable_task(data, tasks, raw, str(Path(out_dir) / SUBMISSION_FILE))
     report_skipped(tasks)
-    train_cfg, data_cfg = None, None
+    train_cfg, data_cfg, fit = None, None, None
     if opts["steps"] != 0:
         from dataclasses import asdict
 
@@ -261,7 +262,9 @@ def solve_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | No
         chosen = recipe_settings(ckpt, opts["optimizer"], opts["ema"])
         extra = {"freeze_fraction": freeze_fraction, "lora_rank": lora_rank, "lora_alpha": lora_alpha}
         train_cfg, data_cfg = training_configs(tasks, mode, opts, ckpt.config.canvas, train_extra=extra, chosen=chosen)
-        echo_err(f"post-training settings: {describe_settings(asdict(train_cfg))}")
+        fit = fit_schedule(opts, train_cfg.steps)
+        echo_err(f"post-training settings: {describe_settings(asdict(train_cfg))}; spending "
+                 + (f"per-task, a fit check every {fit.every} steps" if fit else "uniform"))
     predict_cfg = _predict_config(opts)
     deadline = time.time() + 60 * opts["max_minutes"] if opts["max_minutes"] else None
     with process_group(opts["device"]) as (rank, world, device):
@@ -269,7 +272,7 @@ def solve_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | No
             raise click.ClickException("trm solve runs as one process: under torchrun, run trm posttrain, "
                                        "then trm predict with its checkpoint")
         solved = _solve(tasks, ckpt, out_dir, train_cfg, data_cfg, predict_cfg, opts, init, str(device),
-                        raw_challenges_of(data, split, tasks), deadline)
+                        raw_challenges_of(data, split, tasks), deadline, fit)
     click.echo(f"{solved.submission}  ({len(solved.answers)} tasks, {len(solved.predictions)} views predicted, "
                f"{'adapted' if solved.adapted else 'un-adapted'})")
     labelled = {t.id: [o.tolist() for o in t.test_outputs] for t in tasks if t.test_outputs is not None}
@@ -281,7 +284,7 @@ def solve_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | No
 
 
 def _solve(tasks, ckpt, out_dir, train_cfg, data_cfg, predict_cfg, opts: dict, init: str, device: str,
-           raw: dict, deadline: float | None):
+           raw: dict, deadline: float | None, fit=None):
     """pipeline.solve with the metrics logger of the post-training run open around it."""
     from dataclasses import asdict
     from pathlib import Path
@@ -296,7 +299,7 @@ def _solve(tasks, ckpt, out_dir, train_cfg, data_cfg, predict_cfg, opts: dict, i
     try:
         return solve(tasks, ckpt, out_dir, train_cfg, predict_cfg, data=data_cfg or DataConfig(), challenges=raw,
                      init=init, rule=opts["rule"], fill=opts["fill"], seed=opts["seed"], device=device,
-                     train_deadline=deadline, log=echo_err, logger=logger)
+                     train_deadline=deadline, log=echo_err, logger=logger, fit=fit)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     finally:

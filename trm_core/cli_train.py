@@ -39,6 +39,30 @@ PRETRAIN_OR_RECIPE = ("[default: pretrain, TrainConfig's (the reference's pre-tr
                       "solve, the post-training recipe's for the planned steps, see README]")
 
 
+def spend_options(f):
+    """How trm posttrain and trm solve spend their steps across tasks (README: how the budget is spent)."""
+    return apply([
+        click.option("--spend", type=click.Choice(["uniform", "per-task"]), default="uniform", show_default=True,
+                     help="uniform: every task drawn alike; per-task: every task's demonstration pairs are checked "
+                          "through its views and a fitted task leaves the batches, its share going to the others."),
+        click.option("--fit-every", type=click.IntRange(1), default=None,
+                     help="per-task: steps between fit checks [default: the planned steps / 20, at least 25]."),
+        click.option("--fit-patience", type=click.IntRange(1), default=2, show_default=True,
+                     help="per-task: consecutive fitted checks before a task leaves the batches."),
+    ], f)
+
+
+def fit_schedule(opts: dict, steps: int):
+    """The FitSchedule the --spend options describe for a run of `steps` (None: uniform); pops them."""
+    spend, every, patience = opts.pop("spend"), opts.pop("fit_every"), opts.pop("fit_patience")
+    if spend == "uniform":
+        return None
+    from trm_core.checkpoint_recipe import fit_every
+    from trm_core.fit import FitSchedule
+
+    return FitSchedule(every=every or fit_every(steps), patience=patience)
+
+
 def train_options(f):
     """The optimiser, data and run options of trm pretrain, trm posttrain and trm solve."""
     return log_options(apply([
@@ -162,7 +186,7 @@ def open_logger(opts: dict, out_dir: str, config: dict):
 
 
 def _run_training(recipe, tasks, mode: str, opts: dict, canvas: int, include_test_pairs: bool = False,
-                  train_extra: dict | None = None, chosen=None, **recipe_kwargs) -> None:
+                  train_extra: dict | None = None, chosen=None, spend: dict | None = None, **recipe_kwargs) -> None:
     import time
     from dataclasses import asdict
 
@@ -171,12 +195,16 @@ def _run_training(recipe, tasks, mode: str, opts: dict, canvas: int, include_tes
     from trm_core.train import ResumeError
 
     cfg, data = training_configs(tasks, mode, opts, canvas, include_test_pairs, train_extra, chosen)
+    if spend is not None:
+        recipe_kwargs["fit"] = fit_schedule(spend, cfg.steps)
     deadline = time.time() + 60 * opts["max_minutes"] if opts["max_minutes"] else None
     with process_group(opts["device"]) as (rank, world, device):
         if rank == 0:
             echo_err(f"{mode}: {len(tasks)} tasks, {cfg.steps} steps of {cfg.global_batch_size} on {world} x {device}")
             if mode != "pretrain":
-                echo_err(f"post-training settings: {describe_settings(asdict(cfg))}")
+                fit = recipe_kwargs.get("fit")
+                echo_err(f"post-training settings: {describe_settings(asdict(cfg))}; spending "
+                         + (f"per-task, a fit check every {fit.every} steps" if fit else "uniform"))
         config = {"mode": mode, "tasks": len(tasks), "train": asdict(cfg), "data": asdict(data)}
         logger = open_logger(opts, opts["out_dir"], config) if rank == 0 else None
         try:
@@ -281,6 +309,7 @@ def mode_option(f):
 @mode_option
 @adapt_options(train_config)
 @train_options
+@spend_options
 @run_folder_option
 def posttrain_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | None, split: str | None,
                   mode: str, freeze_fraction: float, lora_rank: int, lora_alpha: float, init: str, **opts) -> None:
@@ -293,7 +322,7 @@ def posttrain_cmd(ckpt_path: str, config: str | None, data: str, solutions: str 
     chosen = recipe_settings(ckpt, opts["optimizer"], opts["ema"])
     _run_training(posttrain, tasks, mode, opts, ckpt.config.canvas, ckpt=ckpt, source=data, init=init,
                   train_extra={"freeze_fraction": freeze_fraction, "lora_rank": lora_rank, "lora_alpha": lora_alpha},
-                  chosen=chosen)
+                  chosen=chosen, spend={k: opts.pop(k) for k in ("spend", "fit_every", "fit_patience")})
 
 
 def _study_options(f):

@@ -27,6 +27,7 @@ from pathlib import Path
 from trm_core import checkpoint as ckpt_io
 from trm_core.checkpoint import Checkpoint
 from trm_core.checkpoint_recipe import POST_BATCH, POST_MODE, choose, describe_settings
+from trm_core.fit import FitSchedule
 from trm_core.loggers import MetricsLogger
 from trm_core.predict import PredictConfig, predict
 from trm_core.recipes import DataConfig, model_for_tasks, posttrain
@@ -61,13 +62,14 @@ def solve(tasks: TaskSet, checkpoint: Checkpoint | str | os.PathLike, out_dir: s
           data: DataConfig = DataConfig(), challenges: Mapping[str, object] | None = None, init: str = "mean",
           rule: str = "reference", fill: str = "fallback", seed: int = 0, device: str = "cpu",
           train_deadline: float | None = None, log: Callable[[str], None] = lambda line: None,
-          logger: MetricsLogger | None = None) -> Solved:
+          logger: MetricsLogger | None = None, fit: FitSchedule | None = None) -> Solved:
     """Solve `tasks` with `checkpoint`; every task of `challenges` (default: the tasks) gets an answer.
 
     `stop()` ends the stage under way cleanly (between steps or batches) and skips the rest; the
     submission then holds what was voted so far and the test input itself everywhere else.
     `train_deadline` (a time.time() value) ends post-training only; prediction follows.
     `logger` receives the post-training metrics (metrics.jsonl in out_dir/posttrain is always written).
+    `fit` spends the post-training steps per task (trm_core/fit.py); None draws every task alike.
     """
     stop = stop or _never
     out = Path(out_dir)
@@ -90,7 +92,7 @@ def solve(tasks: TaskSet, checkpoint: Checkpoint | str | os.PathLike, out_dir: s
             f"mode {train_cfg.mode}")
         solved.trained = posttrain(ckpt, tasks, train_cfg, data, out / POSTTRAIN_DIR, device=device, init=init,
                                    stop=lambda step: stop(), deadline=train_deadline, log=log,
-                                   logger=logger)
+                                   logger=logger, fit=fit)
         ckpt = ckpt_io.load(solved.trained.checkpoint)
 
     # 3. predict every test input under K augmented views, each mapped back to the task's frame
