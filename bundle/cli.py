@@ -103,19 +103,23 @@ DRY_RUN = DryRunOptions()  # the defaults the options show
               help="Processes on a CPU (2: a gloo DDP group).")
 @click.option("--seed", type=int, default=DRY_RUN.seed, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the temporary Kaggle-like folder tree.")
+@click.option("--run-option", "run_options", multiple=True, metavar="KEY=VALUE",
+              help="A runner option (repeatable), as trm bundle takes it, e.g. spend=per-task, train_mode=full.")
 @click.option("--calibration", "calibration", type=click.Path(exists=True), default=None,
               help="Project from the unit times a previous run measured on the target (its run.json, plan.json or "
                    "downloaded output folder) instead of the roofline bound.")
 def dry_run_cmd(data: str | None, checkpoint: str | None, budget_s: float, out: str, target_gpu: str,
                 target_gpus: int, target_mfu: float | None, device: str | None, cpu_procs: int, seed: int,
-                keep: bool, calibration: str | None) -> None:
+                keep: bool, run_options: tuple[str, ...], calibration: str | None) -> None:
     """Rehearse a submission: the notebook's runner on a Kaggle-like tree, then the timing report."""
     from bundle.dry_run import DryRunError, dry_run
+    from bundle.run_config import runner_flags
 
     try:
         opts = DryRunOptions(data=data, checkpoint=Path(checkpoint) if checkpoint else None, budget_s=budget_s,
                              out=Path(out), target_gpu=target_gpu, target_gpus=target_gpus, target_mfu=target_mfu,
                              device=device, cpu_procs=cpu_procs, seed=seed, keep=keep,
+                             extra_args=runner_flags(run_options),
                              calibration=Path(calibration) if calibration else None)
         result = dry_run(opts)
     except (DryRunError, ValueError) as e:

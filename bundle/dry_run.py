@@ -40,12 +40,6 @@ PLACEHOLDER = REPO_ROOT / "submission" / "placeholder"  # shipped with the runne
 DEFAULT_CHECKPOINT = REPO_ROOT / "pretrained" / "demo"
 SLUG, OWNER, BUNDLE_SLUG = "arc-prize-dry-run", "local", "trm-kit-bundle"
 CPU_VIEWS = (8, 32, 64)  # views min / target / max on a CPU: the Kaggle defaults (64/256/512) take hours there
-# Post-training on a CPU: a few hundred steps of 32 rows, a thousandth of the competition recipe's rows
-# (12,500 steps of 768). At the recipe's rates (trunk 1e-4 embeddings first, rows 1e-2) the model barely
-# moves in that time; all weights at the demo's pre-training rates (trunk 1e-3, rows 0.1: with so few
-# steps each new row is drawn a few dozen times) visibly adapt (README, "The adaptation study").
-# GPUs get the recipe.
-CPU_TRAIN_MODE, CPU_LR, CPU_EMB_LR = "full", 1e-3, 0.1
 NOTEBOOK_MARGIN_S = 360.0  # the run cell's margin; > its 300 s final-cell reserve so the kill time follows the deadline
 KILL_GRACE_S = 30.0
 
@@ -68,9 +62,10 @@ class DryRunOptions:
     views: tuple[int, int, int] | None = None  # min, target, max (default: CPU_VIEWS on a CPU, else the runner's)
     train_batch: int | None = None
     predict_batch: int | None = None
-    train_mode: str | None = None  # default: CPU_TRAIN_MODE on a CPU, the runner's on a GPU
-    lr: float | None = None  # trunk learning rate (default: CPU_LR on a CPU, the runner's on a GPU)
-    puzzle_emb_lr: float | None = None  # embedding-row rate (default: CPU_EMB_LR on a CPU, the runner's on a GPU)
+    # post-training: None = the runner's, the post-training recipe's (trm_core.checkpoint_recipe), as on Kaggle
+    train_mode: str | None = None
+    lr: float | None = None  # trunk learning rate
+    puzzle_emb_lr: float | None = None  # embedding-row rate
     seed: int = 0
     keep: bool = False  # keep the temporary Kaggle-like tree (its path is printed)
     extra_args: tuple[str, ...] = ()  # more runner flags
@@ -338,7 +333,8 @@ def dry_run(opts: DryRunOptions, echo: Callable[[str], None] | None = None) -> D
 
 def _runner_args(opts: DryRunOptions, scratch: Path) -> list[str]:
     """The runner's command line for this rehearsal: full mode with the baseline pass, saves and
-    provisional writes scaled to the budget, CPU-sized views and rates where no GPU is seen."""
+    provisional writes scaled to the budget, CPU-sized view counts where no GPU is seen; post-training
+    follows the runner's recipe unless the options say otherwise."""
     on_gpu = opts.device == "cuda" or (opts.device is None and _gpu_seen())
     views = opts.views or (None if on_gpu else CPU_VIEWS)
     args = ["--baseline", "--run-mode", "full", "--scratch-dir", str(scratch),
@@ -348,12 +344,9 @@ def _runner_args(opts: DryRunOptions, scratch: Path) -> list[str]:
             "--reserve-min", str(min(10.0, max(1.0, opts.budget_s / 100)))]
     if views:
         args += ["--views-min", str(views[0]), "--views-target", str(views[1]), "--views-max", str(views[2])]
-    mode = opts.train_mode or (None if on_gpu else CPU_TRAIN_MODE)
-    lr = opts.lr if opts.lr is not None else (None if on_gpu else CPU_LR)
-    emb_lr = opts.puzzle_emb_lr if opts.puzzle_emb_lr is not None else (None if on_gpu else CPU_EMB_LR)
     for flag, value in (("--device", opts.device), ("--train-batch", opts.train_batch),
-                        ("--predict-batch", opts.predict_batch), ("--train-mode", mode), ("--lr", lr),
-                        ("--puzzle-emb-lr", emb_lr)):
+                        ("--predict-batch", opts.predict_batch), ("--train-mode", opts.train_mode),
+                        ("--lr", opts.lr), ("--puzzle-emb-lr", opts.puzzle_emb_lr)):
         if value is not None:
             args += [flag, str(value)]
     return args + list(opts.extra_args)

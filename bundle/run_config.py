@@ -113,6 +113,20 @@ def parse_run_options(pairs: Sequence[str]) -> tuple[tuple[str, Any], ...]:
     return tuple((f.name, getattr(options, f.name)) for f in fields(RunnerOptions) if f.name in given)
 
 
+def runner_flags(pairs: Sequence[str]) -> tuple[str, ...]:
+    """The runner's command-line flags for `--run-option KEY=VALUE` strings, checked as
+    parse_run_options checks them."""
+    flags = {f.name: flag_of(f) for f in fields(RunnerOptions)}
+    types = {f.name: f.type for f in fields(RunnerOptions)}
+    out: list[str] = []
+    for name, value in parse_run_options(pairs):
+        if types[name] == "bool":
+            out += [flags[name]] if value else []
+        else:
+            out.append(f"{flags[name]}={value}")
+    return tuple(out)
+
+
 def run_config(pairs: Sequence[str] = (), accelerator: str = DEFAULT_ACCELERATOR,
                image_pin: str | None = None) -> RunConfig:
     """The checked RunConfig of `trm bundle`'s options; RunConfigError says what to change."""

@@ -183,3 +183,18 @@ def test_vendored_lists_the_dependencies_of_a_vendored_package(tmp_path, own_whe
     assert manifest["vendored"] == ["llvmlite", "numba"]
     shipped = sorted(re.sub(r"-.*", "", p.name) for p in (result.dataset_dir / "wheels").iterdir())
     assert shipped == ["llvmlite", "numba", "trm_kit"]
+
+
+def test_the_dry_run_takes_runner_options_as_trm_bundle_does() -> None:
+    from click.testing import CliRunner
+
+    from bundle.cli import dry_run_cmd
+    from bundle.run_config import RunConfigError, runner_flags
+
+    assert runner_flags(["spend=per-task", "fit_every=10", "baseline=false"]) == ("--spend=per-task",
+                                                                                  "--fit-every=10")
+    assert runner_flags(["baseline=true"]) == ("--baseline",)
+    with pytest.raises(RunConfigError, match="spend"):
+        runner_flags(["spend=sometimes"])
+    res = CliRunner().invoke(dry_run_cmd, ["--run-option", "spend=sometimes", "--budget", "60"])
+    assert res.exit_code != 0 and "spend" in res.output and "Traceback" not in res.output
