@@ -388,8 +388,10 @@ def run_study(ckpt_path: str | os.PathLike, tasks: TaskSet, cfg: StudyConfig, ou
                        for arm in cfg.arms}
             results = {arm: f.result() for arm, f in futures.items()}
     recipe = ckpt_io.manifest_recipe(ckpt.manifest, "the checkpoint's manifest")
+    first = next((a for a in cfg.arms if a != "none"), POSTTRAIN_ARMS[0])  # the trained arms share all but the mode
     study = {
-        "config": asdict(cfg), "train": asdict(cfg.train_config(POSTTRAIN_ARMS[0], recipe)), "checkpoint": str(ckpt_path), "checkpoint_provenance": ckpt.manifest.get("provenance", {}),
+        "config": asdict(cfg), "train": asdict(cfg.train_config(first, recipe)), "checkpoint": str(ckpt_path),
+        "checkpoint_provenance": ckpt.manifest.get("provenance", {}),
         "data": source, "tasks": len(tasks), "test_inputs": n_inputs, "task_ids": list(tasks.tasks),
         "seeds": {"variants": cfg.seed, "sampler": cfg.seed, "exploration": cfg.seed, "scratch_init": cfg.seed},
         "versions": versions(), "machine": {**machine(), "jobs": jobs, "device": str(device)},
