@@ -83,7 +83,8 @@ def timing_report(run: dict[str, Any], *, accuracy: dict[str, Any] | None = None
                        "predict_views_per_s": views_per_s, "calibration": cal, "achieved_gflops": gflops},
         "training": {"steps_planned": (plan or {}).get("steps"), "steps_done": train.get("steps_done"),
                      "stop_reason": train.get("stop_reason"), "replans": len(train.get("replans") or []),
-                     "views": predict.get("views"), "fit": _fit(train)},
+                     "views": predict.get("views"), "fit": _fit(train), "spend": train.get("spend"),
+                     "per_task": train.get("per_task")},
         "accuracy": accuracy,
         "projection": projections or [],
         "assumptions": assumptions or [],
@@ -166,6 +167,16 @@ def render(report: dict[str, Any]) -> str:
     tr = r["training"]
     lines.append(f"training: {tr.get('steps_done')} steps done of {tr.get('steps_planned')} planned, "
                  f"{tr.get('replans')} re-plan(s); stop: {tr.get('stop_reason')}; K = {tr.get('views')} views")
+    per = tr.get("per_task") or {}
+    if per:
+        spend = tr.get("spend")
+        how = f"per-task, a fit check every {spend['every']} steps" if isinstance(spend, dict) else "uniform"
+        line = f"spending: {how}; rows per task planned {per.get('rows_planned')}"
+        if per.get("rows"):
+            line += f", received min {per['rows']['min']} / median {per['rows']['median']} / max {per['rows']['max']}"
+        if per.get("fitted"):
+            line += "; tasks fitted at the checks: " + ", ".join(f"{n} at {s}" for s, n in per["fitted"][-12:])
+        lines.append(line)
     fit = tr.get("fit")
     if fit:
         a, b = fit["first"], fit["last"]

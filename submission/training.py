@@ -77,6 +77,7 @@ class Training:
         record = train_record(p, result, watch, ckpt)
         record["settings"] = self.planner.train_config(p)  # the recipe's choices for the plan it ended on
         record["spend"] = self.planner.fit_schedule(p, cal) or "uniform"
+        record["per_task"] = per_task(p, len(tasks), ckpt.parent if ckpt else None)
         return ckpt, status, p, record, attempts
 
     def once(self, t: Try, p: Plan, out_dir: Path, resume_at: int, views: int, cal: Calibration) -> Outcome:
@@ -111,6 +112,31 @@ def train_record(plan: Plan, result: dict[str, Any], watch: dict[str, Any], ckpt
             "replans": watch.get("replans", []), "stop_reason": watch.get("stop_reason"),
             "measured_step_s": watch.get("measured_step_s"), "micro_batch": result.get("micro_batch"),
             "compile": result.get("compile")}
+
+
+def per_task(plan: Plan, tasks: int, run_dir: Path | None) -> dict[str, Any]:
+    """run.json's "train.per_task": the rows the plan gives each task on average and, from the fit
+    checks of per-task spending (metrics.jsonl), the fitted count at every check and the rows each
+    task received (min, median, max)."""
+    out: dict[str, Any] = {"rows_planned": round(plan.steps * plan.train_batch / max(tasks, 1), 1)}
+    lines = []
+    try:
+        text = (run_dir / "metrics.jsonl").read_text() if run_dir else ""
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("fit"), dict):
+            lines.append(record)
+    if lines:
+        out["fitted"] = [[r.get("step"), r.get("fitted_tasks")] for r in lines]
+        rows = sorted(int(f.get("rows", 0)) for f in lines[-1]["fit"].values() if isinstance(f, dict))
+        if rows:
+            out["rows"] = {"min": rows[0], "median": rows[len(rows) // 2], "max": rows[-1]}
+    return out
 
 
 def group_timeout(left_s: float) -> float:

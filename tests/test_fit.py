@@ -301,6 +301,11 @@ def test_the_runner_spends_per_task_when_asked_and_records_it(tmp_path: Path, mi
                .read_text().splitlines()]
     checks = [m for m in metrics if "fit" in m]
     assert checks and set(checks[0]["fit"]) == set(ids)
+    per = record["train"]["per_task"]
+    assert [s for s, _ in per["fitted"]] == [m["step"] for m in checks] and per["rows"]["max"] >= per["rows"]["min"] > 0
+    from submission.report import render, timing_report
+    text = render(timing_report(record))
+    assert "spending: per-task, a fit check every 2 steps" in text and "tasks fitted at the checks" in text
 
     # the plan: the same calibration plans fewer steps when the checks take training time
     cal = Calibration(device="cpu", train_batch=8, predict_batch=16, train_step_s=0.05, predict_batch_s=0.5,
