@@ -87,6 +87,16 @@ def test_check_verdict_and_the_rows_it_reads(monkeypatch):
     monkeypatch.setattr(predict_mod, "predict_batch", _forced("output", []))
     assert all(f.fitted for f in check_fit(model, variants, views=2, batch_size=8).values())
 
+    # `only`: just those tasks are predicted (through their own rows) and reported
+    seen.clear()
+    monkeypatch.setattr(predict_mod, "predict_batch", _forced("input", seen))
+    assert check_fit(model, variants, views=2, batch_size=8, only=["mixed", "flip"]) == \
+        {"flip": TaskFit(0, 2), "mixed": TaskFit(1, 2)}
+    ids = {i for rows, _ in seen for i in rows} - {0}
+    assert ids == {variants.identifier(t, v) for t in ("flip", "mixed") for v in range(2)}
+    with pytest.raises(KeyError, match="nope"):
+        check_fit(model, variants, only=["nope"])
+
 
 def test_spending_rule():
     def check(**shares) -> dict[str, TaskFit]:
