@@ -74,3 +74,14 @@ def test_saved_predictions_take_one_checkpoint(tmp_path: Path, two_checkpoints: 
     result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(two_checkpoints[0]), "--checkpoint",
                                        str(two_checkpoints[1]), *VIEWS, "--predictions", str(npz)])
     assert result.exit_code == 1 and "give one --checkpoint" in result.output and "Traceback" not in result.output
+
+
+def test_one_checkpoint_named_twice_gets_two_folders(tmp_path: Path, two_checkpoints: list[Path]) -> None:
+    a = str(two_checkpoints[0])
+    result = CliRunner().invoke(main, ["evaluate", "--checkpoint", a, "--checkpoint", a + "/", *VIEWS,
+                                       "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "cmp" / "checkpoints.json").read_text())["checkpoints"]
+    assert rows[0]["folder"] != rows[1]["folder"]
+    assert all((tmp_path / "cmp" / r["folder"] / "coverage.json").is_file() for r in rows)
+    assert [r["pass@2"] for r in rows][0] == rows[1]["pass@2"] and rows[0]["oracle"] == rows[1]["oracle"]
