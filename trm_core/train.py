@@ -18,7 +18,7 @@ scaled by 1/global batch and gradients are summed across ranks; AdamATan2 steps 
 SignSGD the puzzle-embedding rows, one schedule drives both. Under torchrun each process takes
 its slice of every global batch; only rank 0 writes.
 
-One file of ~710 lines on purpose: the loop, its resumable state, the micro-batch accumulation and
+One file of ~800 lines on purpose: the loop, its resumable state, the micro-batch accumulation and
 the compile fallback all act on the same step, and a reader checks their agreement in one place.
 """
 
