@@ -305,7 +305,8 @@ def test_rows_fitted_earlier_come_back_when_they_fit_more(monkeypatch, tmp_path,
     assert torch.equal(saved[flip], check.rows)  # the rows of step 2 are in the checkpoint (EMA applied or not)
     assert torch.equal(model.puzzle_emb.weights[flip], check.rows)  # and in the trained model
     assert not torch.equal(trained[flip], check.rows)  # train_state keeps the rows training left
-    assert torch.equal(saved[others], trained[others])  # 'same' (fitted at the last check) and the never-fitted: untouched
+    # 'same' (fitted at the last check) and the tasks never fitted: untouched
+    assert torch.equal(saved[others], trained[others])
     assert torch.equal(state["best_rows"]["flip"]["rows"], check.rows) and state["best_rows"]["flip"]["step"] == 2
     assert _restored_lines(tmp_path) == [{"step": 6, "restored": {"flip": {
         "fitted_at": 2, "exact_pairs_final": 0, "exact_pairs_restored": 2, "kept": "restored"}}}]

@@ -258,7 +258,8 @@ def _evaluate_several(specs: tuple[str, ...], opts: dict, report_path: str | Non
         with open(report_path, "w") as f:
             json.dump({"checkpoints": reports}, f, indent=1)
     if out_dir:
-        summary = {"tasks": len(tasks), "views": opts["views"], "rule": opts["rule"], "way": "kaggle", "checkpoints": rows}
+        summary = {"tasks": len(tasks), "views": opts["views"], "rule": opts["rule"], "way": "kaggle",
+                   "checkpoints": rows}
         write_atomic(Path(out_dir) / "checkpoints.json", json.dumps(summary, indent=1) + "\n")
 
 
