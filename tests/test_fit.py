@@ -87,6 +87,16 @@ def test_check_verdict_and_the_rows_it_reads(monkeypatch):
     monkeypatch.setattr(predict_mod, "predict_batch", _forced("output", []))
     assert all(f.fitted for f in check_fit(model, variants, views=2, batch_size=8).values())
 
+    # `only`: just those tasks are predicted (through their own rows) and reported
+    seen.clear()
+    monkeypatch.setattr(predict_mod, "predict_batch", _forced("input", seen))
+    assert check_fit(model, variants, views=2, batch_size=8, only=["mixed", "flip"]) == \
+        {"flip": TaskFit(0, 2), "mixed": TaskFit(1, 2)}
+    ids = {i for rows, _ in seen for i in rows} - {0}
+    assert ids == {variants.identifier(t, v) for t in ("flip", "mixed") for v in range(2)}
+    with pytest.raises(KeyError, match="nope"):
+        check_fit(model, variants, only=["nope"])
+
 
 def test_spending_rule():
     def check(**shares) -> dict[str, TaskFit]:
@@ -237,6 +247,122 @@ def test_resume_with_an_active_set_continues_identically(monkeypatch, tmp_path, 
     a, b = whole.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _fit_lines(tmp_path / "whole") == _fit_lines(tmp_path / "parts")
+
+
+# ---- each task's best rows ---------------------------------------------------------------------
+
+
+class _FlipFittedEarly:
+    """A check in which 'same' is always fitted, 'flip' only at the checks of steps <= 2 (its rows
+    then are remembered here), the others never. The end-of-run check of 'flip' alone answers
+    `restored` exact pairs when the table holds those remembered rows and `final` otherwise."""
+
+    def __init__(self, final: int, restored: int) -> None:
+        self.final, self.restored = final, restored
+        self.step = 0
+        self.rows: torch.Tensor | None = None
+        self.only_calls: list[list[str]] = []
+
+    def stop(self, step: int) -> bool:  # called before each step with the steps done so far
+        self.step = step + 1
+        return False
+
+    def __call__(self, model, variants, only=None, **_):
+        rows = model.puzzle_emb.weights[_rows_of(variants, "flip")].clone()
+        if only is not None:
+            self.only_calls.append(list(only))
+            exact = self.restored if torch.equal(rows, self.rows) else self.final
+            return {"flip": TaskFit(exact, 2)}
+        if self.step <= 2:
+            self.rows = rows
+        return {t: TaskFit(2, 2) if t == "same" or (t == "flip" and self.step <= 2) else TaskFit(0, 2)
+                for t in variants.task_ids}
+
+
+def _rows_of(variants: Variants, task: str) -> list[int]:
+    return [variants.identifier(task, v) for v in range(variants.count(task))]
+
+
+def _saved(out: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(the checkpoint's table, train_state.pt's table, train_state.pt)."""
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    return checkpoint.load(out / "checkpoint").state["puzzle_emb.weights"], state["model"]["puzzle_emb.weights"], state
+
+
+def _restored_lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines() if '"restored"' in line]
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_rows_fitted_earlier_come_back_when_they_fit_more(monkeypatch, tmp_path, ema):
+    check = _FlipFittedEarly(final=0, restored=2)
+    monkeypatch.setattr(fit_mod, "check_fit", check)
+    variants = Variants(four_tasks(), 3, seed=0)
+    model = _train(tmp_path, 6, FitSchedule(every=1, patience=2, stall=0), stop=check.stop, ema=ema)
+    saved, trained, state = _saved(tmp_path)
+    flip, others = _rows_of(variants, "flip"), [r for t in ("same", "mixed", "swap") for r in _rows_of(variants, t)]
+    assert check.only_calls == [["flip"], ["flip"]]  # the end-of-run check reads 'flip' alone: final, then restored
+    assert torch.equal(saved[flip], check.rows)  # the rows of step 2 are in the checkpoint (EMA applied or not)
+    assert torch.equal(model.puzzle_emb.weights[flip], check.rows)  # and in the trained model
+    assert not torch.equal(trained[flip], check.rows)  # train_state keeps the rows training left
+    # 'same' (fitted at the last check) and the tasks never fitted: untouched
+    assert torch.equal(saved[others], trained[others])
+    assert torch.equal(state["best_rows"]["flip"]["rows"], check.rows) and state["best_rows"]["flip"]["step"] == 2
+    assert _restored_lines(tmp_path) == [{"step": 6, "restored": {"flip": {
+        "fitted_at": 2, "exact_pairs_final": 0, "exact_pairs_restored": 2, "kept": "restored"}}}]
+
+
+@pytest.mark.parametrize("final, restored", [(1, 1), (1, 0)])
+def test_rows_training_left_stay_when_the_earlier_ones_fit_no_more(monkeypatch, tmp_path, final, restored):
+    check = _FlipFittedEarly(final=final, restored=restored)
+    monkeypatch.setattr(fit_mod, "check_fit", check)
+    model = _train(tmp_path, 6, FitSchedule(every=1, patience=2, stall=0), stop=check.stop)
+    saved, trained, _ = _saved(tmp_path)
+    assert torch.equal(saved, trained) and torch.equal(model.puzzle_emb.weights, trained)
+    assert _restored_lines(tmp_path)[0]["restored"]["flip"] == {
+        "fitted_at": 2, "exact_pairs_final": final, "exact_pairs_restored": restored, "kept": "final"}
+
+
+def test_no_earlier_fit_no_end_check_and_no_schedule_no_record(monkeypatch, tmp_path):
+    """'same' fitted throughout and the others never: nothing to put back, no extra check, no line.
+    Without a schedule, train_state.pt holds no kept rows."""
+    calls: list = []
+
+    def check(model, variants, only=None, **kwargs):
+        calls.append(only)
+        return _only_same_fitted(model, variants)
+
+    monkeypatch.setattr(fit_mod, "check_fit", check)
+    _train(tmp_path / "fit", 4, FitSchedule(every=1, patience=2, stall=0))
+    assert calls == [None] * 4 and not _restored_lines(tmp_path / "fit")
+    saved, trained, state = _saved(tmp_path / "fit")
+    assert torch.equal(saved, trained) and set(state["best_rows"]) == {"same"}
+    _train(tmp_path / "plain", 4, None)
+    assert "best_rows" not in _saved(tmp_path / "plain")[2]
+
+
+def test_resume_keeps_the_best_rows_and_stays_exact(monkeypatch, tmp_path):
+    """Stopped at step 4 (the rows are put back in that checkpoint too), the resumed run trains on
+    from the rows training left and ends with the same checkpoint and state as an uninterrupted run;
+    resuming a finished run changes nothing."""
+    schedule = FitSchedule(every=1, patience=2, stall=0)
+    check = _FlipFittedEarly(final=0, restored=2)
+    monkeypatch.setattr(fit_mod, "check_fit", check)
+    _train(tmp_path / "whole", 6, schedule, stop=check.stop)
+
+    check = _FlipFittedEarly(final=0, restored=2)
+    monkeypatch.setattr(fit_mod, "check_fit", check)
+    _train(tmp_path / "parts", 6, schedule, stop=lambda s: check.stop(s) or s >= 4)
+    assert _restored_lines(tmp_path / "parts")[0]["step"] == 4
+    resumed = _train(tmp_path / "parts", 6, schedule, stop=check.stop)
+    whole, parts = _saved(tmp_path / "whole"), _saved(tmp_path / "parts")
+    assert torch.equal(whole[0], parts[0]) and torch.equal(whole[1], parts[1])
+    assert torch.equal(resumed.puzzle_emb.weights, whole[0])
+    assert _fit_lines(tmp_path / "whole") == _fit_lines(tmp_path / "parts")
+    assert _restored_lines(tmp_path / "parts")[-1] == _restored_lines(tmp_path / "whole")[-1]
+
+    again = _train(tmp_path / "parts", 6, schedule, stop=check.stop)  # finished: only the end of the run again
+    assert torch.equal(_saved(tmp_path / "parts")[0], whole[0]) and torch.equal(again.puzzle_emb.weights, whole[0])
 
 
 # ---- the study --------------------------------------------------------------------------------

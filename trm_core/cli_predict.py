@@ -51,17 +51,23 @@ def _view_options(batch_flag: str):
     return decorate
 
 
-def _predict_options(f):
+def _predict_options(f, several: bool = False):
+    """The model and view options; `several`: --checkpoint may be given more than once (trm evaluate)."""
+    more = " Repeat it to score several checkpoints on the same tasks and views." if several else ""
     return apply([
-        click.option("--checkpoint", "ckpt_path", required=True,
+        click.option("--checkpoint", "ckpt_path", required=True, multiple=several,
                      help="Kit checkpoint directory, a reference step_N file (with --config), "
-                          "hf:owner/repo/path/file, or a registry name (pretrained/registry.json)."),
+                          "hf:owner/repo/path/file, or a registry name (pretrained/registry.json)." + more),
         click.option("--config", default=None, help="Arch config of a reference checkpoint (file, preset or "
                      "registry name)."),
         _view_options("--batch-size"),
         click.option("--device", default=None),
         click.option("--seed", type=int, default=0, show_default=True),
     ], f)
+
+
+def _evaluate_options(f):
+    return _predict_options(f, several=True)
 
 
 def _predict_config(opts: dict):
@@ -175,7 +181,7 @@ def predict_cmd(out_path: str, preds_path: str | None, **opts) -> None:
 
 
 @click.command("evaluate")
-@_predict_options
+@_evaluate_options
 @data_options
 @click.option("--predictions", "preds_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Score saved predictions instead of running the model (--checkpoint is then ignored).")
@@ -183,13 +189,23 @@ def predict_cmd(out_path: str, preds_path: str | None, **opts) -> None:
               help="Write pass@K and the coverage report as JSON.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Also write a run folder: report.html, predictions.npz, submission.json, coverage.json and the "
-                   "tasks (challenges.json, solutions.json), so `trm report` can redraw it.")
+                   "tasks (challenges.json, solutions.json), so `trm report` can redraw it. With several "
+                   "--checkpoint: one such folder per checkpoint, and checkpoints.json comparing them.")
 def evaluate_cmd(preds_path: str | None, report_path: str | None, out_dir: str | None, **opts) -> None:
-    """pass@K (per task and per test output) and the coverage report against known solutions."""
+    """pass@K (per task and per test output) and the coverage report against known solutions.
+    With several --checkpoint, each is scored on the same tasks and views, and one table compares them."""
     import json
 
     from trm_core.evaluate import coverage
 
+    specs = opts.pop("ckpt_path")
+    if len(specs) > 1:
+        if preds_path:
+            raise click.ClickException("--predictions scores one saved set of predictions; give one --checkpoint "
+                                       "with it, or several without it")
+        _evaluate_several(specs, opts, report_path, out_dir)
+        return
+    opts["ckpt_path"] = specs[0]
     tasks, preds, voted = _voted(opts, saved=preds_path, need_solutions=True)
     solved = {t.id: [o.tolist() for o in t.test_outputs] for t in tasks.tasks.values()}
     report = coverage(voted, solved, skip_empty=True)
@@ -200,6 +216,51 @@ def evaluate_cmd(preds_path: str | None, report_path: str | None, out_dir: str |
     if out_dir:
         page = _evaluation_folder(out_dir, tasks, preds, voted, report, opts["fill"])
         echo_err(f"report: {page}")
+
+
+def _evaluate_several(specs: tuple[str, ...], opts: dict, report_path: str | None, out_dir: str | None) -> None:
+    """Score each checkpoint on the same tasks and views; print one table (pass@K and oracle per test
+    output, the Kaggle way); --report holds every report, --out a folder per checkpoint plus
+    checkpoints.json."""
+    import json
+    import re
+    from pathlib import Path
+
+    from trm_core.evaluate import coverage
+    from trm_core.safe_io import write_atomic
+
+    tasks = load_task_set(opts["data"], opts["solutions"], opts["split"], strict=False)
+    report_skipped(tasks)
+    solved = None
+    rows, reports = [], []
+    for i, spec in enumerate(specs, start=1):
+        echo_err(f"checkpoint {i}/{len(specs)}: {spec}")
+        tasks, preds, voted = _voted({**opts, "ckpt_path": spec}, need_solutions=True, tasks=tasks)
+        solved = solved or {t.id: [o.tolist() for o in t.test_outputs] for t in tasks.tasks.values()}
+        report = coverage(voted, solved, skip_empty=True)
+        row = {"checkpoint": spec, "pass@1": report.pass_at(1), "pass@2": report.pass_at(2),
+               "oracle": report.oracle(), "test_inputs": len(report.pairs)}
+        if out_dir:
+            # numbered, so two checkpoints both named .../checkpoint get folders of their own
+            row["folder"] = f"{i:02d}-" + re.sub(r"[^A-Za-z0-9._-]+", "_", spec.strip("/"))[-60:]
+            page = _evaluation_folder(str(Path(out_dir) / row["folder"]), tasks, preds, voted, report, opts["fill"])
+            echo_err(f"report: {page}")
+        rows.append(row)
+        reports.append({"checkpoint": spec, **report.to_json()})
+    width = max(len("checkpoint"), *(len(r["checkpoint"]) for r in rows))
+    click.echo(f"{len(specs)} checkpoints on {len(tasks)} tasks, {opts['views']} views, rule {opts['rule']} "
+               f"(per test output, the Kaggle way)")
+    click.echo(f"{'checkpoint':{width}}  {'pass@1':>7}  {'pass@2':>7}  {'oracle':>7}  {'test inputs':>11}")
+    for r in rows:
+        click.echo(f"{r['checkpoint']:{width}}  {r['pass@1']:>7.3f}  {r['pass@2']:>7.3f}  {r['oracle']:>7.3f}  "
+                   f"{r['test_inputs']:>11}")
+    if report_path:
+        with open(report_path, "w") as f:
+            json.dump({"checkpoints": reports}, f, indent=1)
+    if out_dir:
+        summary = {"tasks": len(tasks), "views": opts["views"], "rule": opts["rule"], "way": "kaggle",
+                   "checkpoints": rows}
+        write_atomic(Path(out_dir) / "checkpoints.json", json.dumps(summary, indent=1) + "\n")
 
 
 def _evaluation_folder(out_dir: str, tasks, preds, voted, report, fill: str):

@@ -32,7 +32,7 @@ The spending rule, applied after every check (`spending`):
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -60,19 +60,26 @@ class TaskFit:
         return self.exact_pairs / self.pairs if self.pairs else 0.0
 
 
-def demonstrations_posed(variants: Variants) -> Variants:
+def demonstrations_posed(variants: Variants, only: Collection[str] | None = None) -> Variants:
     """The trained identifier map with each task's demonstration inputs as its test inputs (and
-    their outputs as the test outputs): predicting it reads exactly the task's trained rows."""
+    their outputs as the test outputs): predicting it reads exactly the task's trained rows.
+    With `only`, the other tasks pose nothing (no inputs, so no prediction rows)."""
     tasks = {tid: Task(tid, t.train, [x for x, _ in t.train], [y for _, y in t.train])
+             if only is None or tid in only else Task(tid, t.train, [], [])
              for tid, t in variants.tasks.items()}
     return variants.posed(tasks)
 
 
 def check_fit(model: TRM, variants: Variants, *, views: int = 8, batch_size: int = 256,
-              device: torch.device | str = "cpu", rule: str = "reference") -> dict[str, TaskFit]:
-    """Every task's fit under `model` (module docstring), in task order. `views` is capped by the
-    variants each task has; the model goes back to the mode (train or eval) it was in."""
-    posed = demonstrations_posed(variants)
+              device: torch.device | str = "cpu", rule: str = "reference",
+              only: Collection[str] | None = None) -> dict[str, TaskFit]:
+    """Every task's fit under `model` (module docstring), in task order; with `only`, just those
+    tasks' (the others are not predicted). `views` is capped by the variants each task has; the
+    model goes back to the mode (train or eval) it was in."""
+    unknown = sorted(set(only or ()) - set(variants.task_ids))
+    if unknown:
+        raise KeyError(f"check_fit: tasks {unknown[:5]} are not in the variant set")
+    posed = demonstrations_posed(variants, only)
     training = model.training
     try:
         # shard (0, 1): this process predicts every row, whatever the torchrun rank
@@ -83,6 +90,8 @@ def check_fit(model: TRM, variants: Variants, *, views: int = 8, batch_size: int
     voted = vote(preds, rule)
     out = {}
     for tid, task in posed.tasks.items():
+        if only is not None and tid not in only:
+            continue
         exact = sum(voted.rank_of(tid, i, y, skip_empty=True) == 1 for i, y in enumerate(task.test_outputs))
         out[tid] = TaskFit(int(exact), len(task.test_outputs))
     return out
@@ -133,8 +142,9 @@ class FitSchedule:
         """Checks `spending` looks back over: older ones can be forgotten."""
         return max(self.patience, self.stall + 1)
 
-    def check(self, model: TRM, variants: Variants, device: torch.device | str) -> dict[str, TaskFit]:
-        return check_fit(model, variants, views=self.views, batch_size=self.batch_size, device=device)
+    def check(self, model: TRM, variants: Variants, device: torch.device | str,
+              only: Collection[str] | None = None) -> dict[str, TaskFit]:
+        return check_fit(model, variants, views=self.views, batch_size=self.batch_size, device=device, only=only)
 
 
 __all__ = ["FitSchedule", "TaskFit", "check_fit", "demonstrations_posed", "spending"]

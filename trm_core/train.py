@@ -7,7 +7,10 @@ Output: the trained model in place, a kit checkpoint plus a resumable `train_sta
 With a FitSchedule (trm_core/fit.py; default none), every `every` steps each task's demonstration
 pairs are checked as the model will be used, the check is one more line of metrics.jsonl, and the
 sampler's per-task weights follow the schedule's rule: fitted tasks leave the batches, tasks that
-stop being fitted come back, stalled ones are drawn less. Without one, nothing of this runs.
+stop being fitted come back, stalled ones are drawn less. Each task's embedding rows are kept as
+they were at the last check that found it fitted; at the end of the run, a task fitted once but not
+at the last check gets those rows back when they fit more of its pairs under the final trunk (one
+more check over those tasks only, recorded in metrics.jsonl). Without a schedule, nothing of this runs.
 
 Semantics are the reference's: the ACT carry persists across batches (halted rows take the new
 batch's row, the others keep refining theirs), every row is supervised at every step, the loss is
@@ -15,7 +18,7 @@ scaled by 1/global batch and gradients are summed across ranks; AdamATan2 steps 
 SignSGD the puzzle-embedding rows, one schedule drives both. Under torchrun each process takes
 its slice of every global batch; only rank 0 writes.
 
-One file of ~710 lines on purpose: the loop, its resumable state, the micro-batch accumulation and
+One file of ~800 lines on purpose: the loop, its resumable state, the micro-batch accumulation and
 the compile fallback all act on the same step, and a reader checks their agreement in one place.
 """
 
@@ -304,6 +307,11 @@ class _Trainer:
         self.carry: Carry | None = None
         self.pending_carry: dict[str, torch.Tensor] | None = None
         self.fit_history: list[dict[str, TaskFit]] = []  # the last checks of a FitSchedule, oldest first
+        # per task: (step, its embedding rows [n_variants, D] on CPU) at the last check that found it fitted
+        self.best_rows: dict[str, tuple[int, torch.Tensor]] = {}
+        # per task whose table rows were put back at the end of the run: the rows training left there,
+        # which train_state.pt keeps so that a resumed run trains on as an uninterrupted one would
+        self.trained_rows: dict[str, torch.Tensor] = {}
         model.checkpoint_activations = cfg.checkpoint_activations
         self.memory_fit: dict[str, Any] | None = None
         if cfg.micro_batch_size == -1 and device.type == "cuda":
@@ -337,7 +345,7 @@ class _Trainer:
     def _state(self) -> dict[str, Any]:
         state: dict[str, Any] = {
             "step": self.step, "train_config": asdict(self.cfg), "world_size": self.world,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "model": self._model_state(),
             "adam": self.adam.state_dict() if self.adam else None,
             "sign": self.sign.state_dict() if self.sign else None,
             "ema": self.ema.state_dict() if self.ema else None,
@@ -351,6 +359,8 @@ class _Trainer:
         state["generators"] = gens
         if self.fit_history:
             state["fit"] = [{tid: [f.exact_pairs, f.pairs] for tid, f in check.items()} for check in self.fit_history]
+        if self.best_rows:
+            state["best_rows"] = {tid: {"step": s, "rows": rows} for tid, (s, rows) in self.best_rows.items()}
         parts: dict[str, torch.Tensor] | None = self.pending_carry  # restored but no step taken yet: keep it
         if self.carry is not None:
             c = self.carry
@@ -358,6 +368,14 @@ class _Trainer:
             parts.update({f"data.{k}": v for k, v in c.current_data.items()})
         if parts is not None:
             state["carry"] = {k: _gather_rows(v, self.world).cpu() for k, v in parts.items()}
+        return state
+
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        if self.trained_rows:  # the rows training left, not the ones put back for the checkpoint
+            table = state["puzzle_emb.weights"] = state["puzzle_emb.weights"].clone()
+            for tid, rows in self.trained_rows.items():
+                table[self._task_rows(tid)] = rows
         return state
 
     def save(self) -> Path | None:
@@ -418,6 +436,7 @@ class _Trainer:
 
             self.fit_history = [{tid: TaskFit(int(e), int(n)) for tid, (e, n) in check.items()}
                                 for check in state["fit"]]
+        self.best_rows = {tid: (int(kept["step"]), kept["rows"]) for tid, kept in state.get("best_rows", {}).items()}
         self.step = int(state["step"])
 
     def _carry_for(self, batch: dict[str, torch.Tensor]) -> Carry:
@@ -512,6 +531,8 @@ class _Trainer:
             if tail["halted_rows"] > 0 or not last:
                 last = tail
             first = first or last
+        if fit is not None and self.best_rows:
+            self._put_back_best_rows(fit)
         seconds = self.clock() - t_start
         path = self.save()
         done = self.step - first_step
@@ -519,11 +540,9 @@ class _Trainer:
                            first, micro_batch=max(self.micro), compile=self.compile,
                            memory_fit=self.memory_fit)
 
-    def _check_fit(self, fit: FitSchedule) -> None:
-        """Check every task's fit (on rank 0, with the weights the checkpoint would hold; the verdict
-        is broadcast, so every rank sets the same weights), record it and set the sampler's weights."""
-        from trm_core.fit import spending
-
+    def _verdict(self, fit: FitSchedule, only: list[str] | None = None) -> dict[str, TaskFit]:
+        """The tasks' fit (all, or `only` those), checked on rank 0 with the weights the checkpoint
+        would hold and broadcast, so every rank acts on the same verdict."""
         verdict = None
         if self.rank == 0:
             compiled = self.model.recursion if self.compile == "on" else None
@@ -531,14 +550,34 @@ class _Trainer:
                 self.model.recursion = self.eager_recursion
             try:
                 with self.ema.applied(self.model) if self.ema else contextlib.nullcontext():
-                    verdict = fit.check(self.model, self.batches.variants, self.device)
+                    verdict = fit.check(self.model, self.batches.variants, self.device, only=only)
             finally:
                 if compiled is not None:
                     self.model.recursion = compiled
+            if only is not None:
+                verdict = {tid: verdict[tid] for tid in only}
         if self.world > 1:
             box = [verdict]
             dist.broadcast_object_list(box, src=0, group=self.cpu_group)
             verdict = box[0]
+        return verdict
+
+    def _task_rows(self, task_id: str) -> slice:
+        """The task's embedding rows: identifier = 1 + its variant's code row (trm_core/variants.py)."""
+        variants = self.batches.variants
+        i = variants.task_index(task_id)
+        return slice(1 + int(variants.offsets[i]), 1 + int(variants.offsets[i + 1]))
+
+    def _check_fit(self, fit: FitSchedule) -> None:
+        """Check every task's fit, keep the rows of the fitted ones, record the check and set the
+        sampler's weights."""
+        from trm_core.fit import spending
+
+        verdict = self._verdict(fit)
+        table = self.model.puzzle_emb.weights
+        for tid, f in verdict.items():
+            if f.fitted:  # every rank holds the same table: each keeps its own copy
+                self.best_rows[tid] = (self.step, table[self._task_rows(tid)].detach().cpu().clone())
         self.fit_history = (self.fit_history + [verdict])[-fit.memory:]
         weights = spending(self.fit_history, fit.patience, fit.stall)
         self.batches.set_weights(weights)
@@ -558,6 +597,44 @@ class _Trainer:
             with open(self.out_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(line) + "\n")
         self.logger.log({"fitted_tasks": fitted}, self.step)
+
+    def _put_back_best_rows(self, fit: FitSchedule) -> None:
+        """End of the run: each task fitted at an earlier check but not at the last one gets the rows
+        kept from its last fitted check back when, under the final trunk, they reproduce more of its
+        demonstration pairs than the rows training left (a tie keeps those). One check of those
+        tasks with each set of rows; the choice is one metrics.jsonl line."""
+        last = self.fit_history[-1] if self.fit_history else {}
+        tasks = [tid for tid in self.batches.variants.task_ids
+                 if tid in self.best_rows and tid in last and not last[tid].fitted]
+        if not tasks:
+            return
+        table = self.model.puzzle_emb.weights
+        trained = {tid: table[self._task_rows(tid)].detach().clone() for tid in tasks}
+        final = self._verdict(fit, tasks)
+        with torch.no_grad():
+            for tid in tasks:
+                table[self._task_rows(tid)] = self.best_rows[tid][1].to(table.device, table.dtype)
+        restored = self._verdict(fit, tasks)
+        record = {}
+        with torch.no_grad():
+            for tid in tasks:
+                if restored[tid].exact_pairs > final[tid].exact_pairs:
+                    self.trained_rows[tid] = trained[tid].cpu()
+                else:
+                    table[self._task_rows(tid)] = trained[tid]
+                record[tid] = {"fitted_at": self.best_rows[tid][0], "exact_pairs_final": final[tid].exact_pairs,
+                               "exact_pairs_restored": restored[tid].exact_pairs,
+                               "kept": "restored" if tid in self.trained_rows else "final"}
+        if self.rank != 0:
+            return
+        back = [tid for tid in tasks if tid in self.trained_rows]
+        self.log(f"step {self.step}/{self.cfg.steps} | best rows: {len(tasks)} task(s) fitted at an earlier check "
+                 f"but not at the last | {len(back)} given their earlier rows back"
+                 + (f" ({', '.join(back[:10])}{', ...' if len(back) > 10 else ''})" if back else ""))
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps({"step": self.step, "restored": record}) + "\n")
 
     def _next_batch(self, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         try:
