@@ -200,7 +200,7 @@ def test_fitted_task_leaves_the_batches_and_its_rows_stay(monkeypatch, tmp_path)
         real_init(self, model, *args, **kwargs)
 
     monkeypatch.setattr(train_mod._Trainer, "__init__", init)
-    model = _train(tmp_path, 12, FitSchedule(every=1, patience=2, stall=0), stop=watch)
+    model = _train(tmp_path, 12, FitSchedule(every=1, patience=2, stall=0, gate=False), stop=watch)
     table = model.puzzle_emb.weights.detach()
     assert torch.equal(table[same_rows], snap[4][same_rows])  # untouched since it left
     assert not torch.equal(table[other_rows], snap[4][other_rows])  # the others kept training
@@ -228,7 +228,7 @@ def test_a_schedule_that_changes_nothing_trains_the_same_bits(tmp_path):
     """The real check (EMA weights applied, eval mode, inference) every 2 steps, a patience no task
     reaches and no deprioritising: the weights are those of a run without a schedule."""
     plain = _train(None, 6, None, ema=True)
-    checked = _train(tmp_path, 6, FitSchedule(every=2, patience=1000, stall=0, views=2), ema=True)
+    checked = _train(tmp_path, 6, FitSchedule(every=2, patience=1000, stall=0, views=2, gate=False), ema=True)
     a, b = plain.state_dict(), checked.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     lines = _fit_lines(tmp_path)
@@ -240,7 +240,7 @@ def test_resume_with_an_active_set_continues_identically(monkeypatch, tmp_path, 
     """Stopped after the first check (the patience count must survive) or after 'same' left (the
     sampler's weights must survive), the resumed run ends where one uninterrupted run ends."""
     monkeypatch.setattr(fit_mod, "check_fit", _only_same_fitted)
-    schedule = FitSchedule(every=1, patience=2, stall=0)
+    schedule = FitSchedule(every=1, patience=2, stall=0, gate=False)
     whole = _train(tmp_path / "whole", 6, schedule)
     _train(tmp_path / "parts", 6, schedule, stop=lambda s: s >= stop_at)
     resumed = _train(tmp_path / "parts", 6, schedule)
@@ -298,7 +298,7 @@ def test_rows_fitted_earlier_come_back_when_they_fit_more(monkeypatch, tmp_path,
     check = _FlipFittedEarly(final=0, restored=2)
     monkeypatch.setattr(fit_mod, "check_fit", check)
     variants = Variants(four_tasks(), 3, seed=0)
-    model = _train(tmp_path, 6, FitSchedule(every=1, patience=2, stall=0), stop=check.stop, ema=ema)
+    model = _train(tmp_path, 6, FitSchedule(every=1, patience=2, stall=0, gate=False), stop=check.stop, ema=ema)
     saved, trained, state = _saved(tmp_path)
     flip, others = _rows_of(variants, "flip"), [r for t in ("same", "mixed", "swap") for r in _rows_of(variants, t)]
     assert check.only_calls == [["flip"], ["flip"]]  # the end-of-run check reads 'flip' alone: final, then restored
@@ -316,7 +316,7 @@ def test_rows_fitted_earlier_come_back_when_they_fit_more(monkeypatch, tmp_path,
 def test_rows_training_left_stay_when_the_earlier_ones_fit_no_more(monkeypatch, tmp_path, final, restored):
     check = _FlipFittedEarly(final=final, restored=restored)
     monkeypatch.setattr(fit_mod, "check_fit", check)
-    model = _train(tmp_path, 6, FitSchedule(every=1, patience=2, stall=0), stop=check.stop)
+    model = _train(tmp_path, 6, FitSchedule(every=1, patience=2, stall=0, gate=False), stop=check.stop)
     saved, trained, _ = _saved(tmp_path)
     assert torch.equal(saved, trained) and torch.equal(model.puzzle_emb.weights, trained)
     assert _restored_lines(tmp_path)[0]["restored"]["flip"] == {
@@ -333,7 +333,7 @@ def test_no_earlier_fit_no_end_check_and_no_schedule_no_record(monkeypatch, tmp_
         return _only_same_fitted(model, variants)
 
     monkeypatch.setattr(fit_mod, "check_fit", check)
-    _train(tmp_path / "fit", 4, FitSchedule(every=1, patience=2, stall=0))
+    _train(tmp_path / "fit", 4, FitSchedule(every=1, patience=2, stall=0, gate=False))
     assert calls == [None] * 4 and not _restored_lines(tmp_path / "fit")
     saved, trained, state = _saved(tmp_path / "fit")
     assert torch.equal(saved, trained) and set(state["best_rows"]) == {"same"}
@@ -345,7 +345,7 @@ def test_resume_keeps_the_best_rows_and_stays_exact(monkeypatch, tmp_path):
     """Stopped at step 4 (the rows are put back in that checkpoint too), the resumed run trains on
     from the rows training left and ends with the same checkpoint and state as an uninterrupted run;
     resuming a finished run changes nothing."""
-    schedule = FitSchedule(every=1, patience=2, stall=0)
+    schedule = FitSchedule(every=1, patience=2, stall=0, gate=False)
     check = _FlipFittedEarly(final=0, restored=2)
     monkeypatch.setattr(fit_mod, "check_fit", check)
     _train(tmp_path / "whole", 6, schedule, stop=check.stop)
@@ -460,3 +460,42 @@ def test_posttrain_and_solve_take_the_spending_options(tmp_path: Path) -> None:
         ctx = main.commands[command].make_context(command, ["--checkpoint", ".", "--data", "x", "--out", "o",
                                                             "--spend", "per-task"])
         assert ctx.params["spend"] == "per-task" and ctx.params["fit_every"] is None
+
+
+
+def test_the_gate_checks_only_the_tasks_with_an_exact_training_row(monkeypatch, tmp_path):
+    """Gated: a check predicts only the tasks whose training rows halted exactly right since the
+    last check (faked here for 'flip' at step 1 and 'mixed' at step 3), plus those fitted at the
+    last check; the others count as no pair exact, and the counts start again after each check."""
+    import trm_core.train as train_mod
+
+    asked: list[list[str] | None] = []
+
+    def check(model, variants, *, only=None, **_):
+        asked.append(None if only is None else sorted(only))
+        return {t: TaskFit(2, 2) if t == "flip" else TaskFit(1, 2) for t in (only or variants.task_ids)}
+
+    monkeypatch.setattr(fit_mod, "check_fit", check)
+    real_count = train_mod._Trainer._count_exact_rows
+
+    def count(self, carry, preds):
+        real_count(self, carry, preds)  # the real count runs (and finds none in this tiny model) ...
+        marked = {1: "flip", 3: "mixed"}.get(self.step)
+        if marked:  # ... and one row of a task is marked exactly right
+            self.exact_rows[self.batches.variants.identifier(marked, 0)] += 1
+
+    monkeypatch.setattr(train_mod._Trainer, "_count_exact_rows", count)
+    _train(tmp_path, 4, FitSchedule(every=2, patience=5, stall=0))
+    assert asked == [["flip"], ["flip", "mixed"]]  # 'flip' again at step 4: it was fitted at step 2
+    lines = _fit_lines(tmp_path)
+    assert [m["checked"] for m in lines] == [1, 2]
+    assert lines[0]["fit"]["flip"]["fitted"] and lines[0]["fit"]["same"]["exact_pairs"] == 0
+    assert lines[1]["fit"]["mixed"]["exact_pairs"] == 1 and lines[1]["fit"]["swap"]["exact_pairs"] == 0
+
+
+def test_the_gate_changes_no_training_bit(tmp_path):
+    plain = _train(None, 6, None)
+    gated = _train(tmp_path, 6, FitSchedule(every=2, patience=1000, stall=0, views=2))
+    a, b = plain.state_dict(), gated.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["checked"] for m in _fit_lines(tmp_path)] == [0, 0, 0]  # nothing exact in training: nothing predicted

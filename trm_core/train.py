@@ -309,6 +309,9 @@ class _Trainer:
         self.fit_history: list[dict[str, TaskFit]] = []  # the last checks of a FitSchedule, oldest first
         # per task: (step, its embedding rows [n_variants, D] on CPU) at the last check that found it fitted
         self.best_rows: dict[str, tuple[int, torch.Tensor]] = {}
+        # with a gated FitSchedule: per embedding row, the training rows that halted exactly right
+        # since the last check (which tasks are worth checking)
+        self.exact_rows: torch.Tensor | None = None
         # per task whose table rows were put back at the end of the run: the rows training left there,
         # which train_state.pt keeps so that a resumed run trains on as an uninterrupted one would
         self.trained_rows: dict[str, torch.Tensor] = {}
@@ -472,6 +475,8 @@ class _Trainer:
         cfg, model = self.cfg, self.model
         if fit is not None and not hasattr(self.batches, "set_weights"):
             raise ValueError("a FitSchedule needs batches with per-task weights (a TrainSampler)")
+        if fit is not None and fit.gate:
+            self.exact_rows = torch.zeros(model.puzzle_emb.weights.shape[0], dtype=torch.int64, device=self.device)
         model.train()
         batches = iter(self.batches)
         sums: dict[str, torch.Tensor] = {}
@@ -568,12 +573,40 @@ class _Trainer:
         i = variants.task_index(task_id)
         return slice(1 + int(variants.offsets[i]), 1 + int(variants.offsets[i + 1]))
 
-    def _check_fit(self, fit: FitSchedule) -> None:
-        """Check every task's fit, keep the rows of the fitted ones, record the check and set the
-        sampler's weights."""
-        from trm_core.fit import spending
+    def _count_exact_rows(self, carry: Carry, preds: torch.Tensor) -> None:
+        """Count, per embedding row, the rows that halted this step with every label right."""
+        labels = carry.current_data["labels"]  # (B, S)
+        mask = labels != -100
+        exact = carry.halted & mask.any(-1) & ((preds == labels) | ~mask).all(-1)  # (B,)
+        self.exact_rows.index_add_(0, carry.current_data["puzzle_identifiers"].long(), exact.long())
 
-        verdict = self._verdict(fit)
+    def _worth_checking(self) -> list[str] | None:
+        """The gate (FitSchedule.gate): the tasks whose training rows halted exactly right at least
+        once since the last check, those out of the batches and those fitted at the last check (so
+        a fitted task is seen to unfit); None without a gate: every task."""
+        if self.exact_rows is None:
+            return None
+        counts = self.exact_rows.clone()
+        if self.world > 1:
+            dist.all_reduce(counts)
+        counts = counts.cpu()
+        self.exact_rows.zero_()
+        last = self.fit_history[-1] if self.fit_history else {}
+        weights = self.batches.weights
+        return [tid for tid in self.batches.variants.task_ids
+                if int(counts[self._task_rows(tid)].sum()) > 0 or weights.get(tid, 1.0) == 0
+                or (tid in last and last[tid].fitted)]
+
+    def _check_fit(self, fit: FitSchedule) -> None:
+        """Check every task's fit (with the gate, the tasks worth checking; the others count as no
+        pair exact), keep the rows of the fitted ones, record the check and set the sampler's weights."""
+        from trm_core.fit import TaskFit, spending
+
+        only = self._worth_checking()
+        verdict = self._verdict(fit, only) if only is None or only else {}
+        if only is not None:
+            tasks = self.batches.variants.tasks
+            verdict = {tid: verdict.get(tid, TaskFit(0, len(tasks[tid].train))) for tid in self.batches.variants.task_ids}
         table = self.model.puzzle_emb.weights
         for tid, f in verdict.items():
             if f.fitted:  # every rank holds the same table: each keeps its own copy
@@ -585,17 +618,15 @@ class _Trainer:
             return
         rows = self.batches.rows_by_task()
         fitted = sum(f.fitted for f in verdict.values())
-        line = {"step": self.step, "fitted_tasks": fitted,
+        line = {"step": self.step, "fitted_tasks": fitted, "checked": len(verdict) if only is None else len(only),
                 "fit": {tid: {"fitted": f.fitted, "exact_pairs": f.exact_pairs, "pairs": f.pairs,
                               "active": weights[tid] > 0, "weight": weights[tid], "rows": rows[tid]}
                         for tid, f in verdict.items()}}
         halved = sum(w == 0.5 for w in weights.values())
-        self.log(f"step {self.step}/{self.cfg.steps} | fit: {fitted}/{len(verdict)} tasks fitted | "
+        self.log(f"step {self.step}/{self.cfg.steps} | fit: {fitted}/{len(verdict)} tasks fitted "
+                 f"({line['checked']} checked) | "
                  f"{sum(w == 0 for w in weights.values())} left the batches | {halved} drawn at half weight")
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(line) + "\n")
+        self._append_metrics(line)
         self.logger.log({"fitted_tasks": fitted}, self.step)
 
     def _put_back_best_rows(self, fit: FitSchedule) -> None:
@@ -631,10 +662,14 @@ class _Trainer:
         self.log(f"step {self.step}/{self.cfg.steps} | best rows: {len(tasks)} task(s) fitted at an earlier check "
                  f"but not at the last | {len(back)} given their earlier rows back"
                  + (f" ({', '.join(back[:10])}{', ...' if len(back) > 10 else ''})" if back else ""))
+        self._append_metrics({"step": self.step, "restored": record})
+
+    def _append_metrics(self, line: dict[str, Any]) -> None:
+        """One line of metrics.jsonl (rank 0; nothing without an output folder)."""
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with open(self.out_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps({"step": self.step, "restored": record}) + "\n")
+                f.write(json.dumps(line) + "\n")
 
     def _next_batch(self, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         try:
@@ -682,7 +717,9 @@ class _Trainer:
             part = batch if whole else {k: v[lo:hi] for k, v in batch.items()}
             part_draws = None if draws is None else (draws[0][lo:hi], draws[1][lo:hi])
             carry, out = model(carry, part, generator=self.generator, draws=part_draws)
-            loss, metrics, _ = act_loss(carry, out)
+            loss, metrics, preds = act_loss(carry, out)
+            if self.exact_rows is not None:
+                self._count_exact_rows(carry, preds)
             (loss / cfg.global_batch_size).backward()
             carries.append(carry)
             emb = model.puzzle_emb
@@ -758,10 +795,7 @@ class _Trainer:
             util_s = f"{100 * util:.1f}%" if util is not None else "n/a"
             self.log(f"step {self.step}/{cfg.steps}{frozen} | loss {m['loss']:.4f} | exact {m['exact_accuracy']:.3f} "
                      f"| acc {m['accuracy']:.3f} | {m['samples_per_s']:.1f} samples/s | MFU {util_s}{eta}")
-            if self.out_dir is not None:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                with open(self.out_dir / METRICS_FILE, "a") as f:
-                    f.write(json.dumps(m) + "\n")
+            self._append_metrics(m)
             self.logger.log(m, self.step)  # after metrics.jsonl, which stays the record
         return m
 
