@@ -433,7 +433,7 @@ def test_the_runner_spends_per_task_when_asked_and_records_it(tmp_path: Path, mi
     text = render(timing_report(record))
     assert "spending: per-task, a fit check every 2 steps" in text and "tasks fitted at the checks" in text
 
-    # the plan: the same calibration plans fewer steps when the checks take training time
+    # the plan is uniform's: the gated checks' time reaches it through the watchdog's measured steps
     cal = Calibration(device="cpu", train_batch=8, predict_batch=16, train_step_s=0.05, predict_batch_s=0.5,
                       launch_s=1.0, train_warmup_s=0.5, predict_warmup_s=0.5, save_s=0.2)
     tasks = load_tasks(str(inputs / "arc-agi_test_challenges.json"), strict=False)
@@ -442,8 +442,8 @@ def test_the_runner_spends_per_task_when_asked_and_records_it(tmp_path: Path, mi
         o = _replace(opts, spend=spend, fit_every=0, max_steps=100_000, max_epochs=1e6)
         return Planner(o, "full", "cpu", 1, 0.1, lambda: 0.0, 60.0).plan(tasks, cal).steps
 
-    assert planned("per-task") < planned("uniform")
-    assert Planner.check_s(10, cal) == 5 * 0.5  # 10 pairs x 8 views = 80 rows = 5 batches of 16
+    assert planned("per-task") == planned("uniform") > 0
+    assert record["finished_before_deadline"]
 
 
 def test_posttrain_and_solve_take_the_spending_options(tmp_path: Path) -> None:
