@@ -112,3 +112,7 @@ def test_what_the_user_sets_wins_and_a_misspelt_setting_is_refused() -> None:
     assert (cfg.lr, cfg.warmup_steps, cfg.puzzle_emb_lr) == (3e-4, 0, POST_EMB_LR)
     with pytest.raises(ValueError, match="warmup"):
         post_config(100, 8, "full", chosen, warmup=5)
+    settings = asdict(cfg)
+    assert TrainConfig.from_dict(settings) == cfg
+    with pytest.raises(ValueError, match="warmup"):  # a job file's misspelt key is not dropped silently
+        TrainConfig.from_dict({**settings, "warmup": 5})

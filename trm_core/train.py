@@ -175,8 +175,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The config a dict describes (a job file's); an unknown key is refused by name, never
+        dropped (a misspelt setting would otherwise train with the default unnoticed)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown field(s) {unknown}")
+        return cls(**d)
 
 
 def post_config(steps: int, batch: int, mode: str, chosen: Chosen, *, ceiling: int | None = None,
