@@ -51,7 +51,10 @@ def test_gpu_check_fidelity_flags_a_tensor_over_its_tolerance(monkeypatch) -> No
         return got
 
     monkeypatch.setattr(gpu_check, "_fixture_outputs", off_by_one_percent)
-    lines = gpu_check.fidelity_rows("tiny", torch.device("cpu"))
+    found = gpu_check.fixtures()
+    assert found, "no reference fixture under model/ (set TRM_REFERENCE_FIXTURES)"
+    assert gpu_check.default_fixture(False) == found[0] and gpu_check.default_fixture(True) == found[-1]
+    lines = gpu_check.fidelity_rows(found[0], torch.device("cpu"))
     assert "0 over tolerance" in lines[0] and "0 over tolerance" in lines[2]
     assert ", 1 over tolerance" in lines[1] and "worst eval.step1.logits" in lines[1]
 

@@ -176,6 +176,21 @@ def _fixture_outputs(folder: Path, device: torch.device) -> dict[str, torch.Tens
     return {k: v.detach().cpu() for k, v in got.items()}
 
 
+def fixtures() -> list[str]:
+    """The fixture folders under FIXTURES/model/ (each holding tensors.safetensors), smallest first:
+    discovered, so another fixture set of the same layout works unchanged."""
+    root = FIXTURES / "model"
+    found = [d for d in root.iterdir() if (d / "tensors.safetensors").is_file()] if root.is_dir() else []
+    return [d.name for d in sorted(found, key=lambda d: ((d / "tensors.safetensors").stat().st_size, d.name))]
+
+
+def default_fixture(gpu: bool) -> str:
+    """The largest fixture on a GPU, the smallest on a CPU (where a large one takes minutes);
+    'none' when there is none."""
+    found = fixtures()
+    return (found[-1] if gpu else found[0]) if found else "none"
+
+
 def fidelity_rows(name: str, device: torch.device) -> list[str]:
     """The fixture `name` (under FIXTURES/model/) replayed on `device`: per phase, the tensor with the
     largest error relative to its tolerance, and how many tensors exceed theirs (the same rules as
@@ -279,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compile", action="store_true", help="eager only (a CPU without a compiler)")
     p.add_argument("--rehearsal-s", type=float, default=240.0, help="runner rehearsal budget (0: skip)")
     p.add_argument("--fixture", default=None,
-                   help="reference fixture under $TRM_REFERENCE_FIXTURES/model to replay (default: paper on a GPU, "
-                        "tiny on a CPU, where the paper one takes minutes); 'none' skips it")
+                   help="reference fixture under $TRM_REFERENCE_FIXTURES/model to replay (default: the largest found "
+                        "on a GPU, the smallest on a CPU, where a large one takes minutes); 'none' skips it")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
@@ -301,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         ("training", lambda: train_rows(cfg, device, args.train_batch or (64 if gpu else 8), args.steps, compiles)),
         ("prediction", lambda: predict_rows(cfg, device, args.predict_batch or (256 if gpu else 16), compiles)),
     ]
-    fixture = args.fixture or ("paper" if gpu else "tiny")
+    fixture = args.fixture or default_fixture(gpu)
     if fixture != "none":
         sections.append(("fidelity", lambda: fidelity_rows(fixture, device)))
     if args.rehearsal_s > 0:
