@@ -368,7 +368,10 @@ def exit_with_runner(runner_pid: int, every_s: float = 0.5) -> threading.Thread:
     def watch() -> None:
         while alive(runner_pid):
             time.sleep(every_s)
-        print(f"[worker] runner {runner_pid} is gone: exiting", file=sys.stderr, flush=True)
+        try:  # stderr is a pipe the dead runner read: writing to it raises BrokenPipeError
+            print(f"[worker] runner {runner_pid} is gone: exiting", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
         os._exit(ORPHAN_STATUS)
 
     thread = threading.Thread(target=watch, name="runner-watch", daemon=True)
