@@ -29,7 +29,7 @@ from typing import Any
 
 from bundle import BundleError
 from trm_core import hub
-from trm_core.checkpoint_recipe import Recipe, RecipeError, of_manifest, of_registry
+from trm_core.config import Recipe, RecipeError, of_manifest, of_registry
 
 KIT_FILES = ("manifest.json", "model.safetensors")
 

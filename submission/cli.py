@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from trm_core.report import TOP_CANDIDATES
+from trm_lab import TOP_CANDIDATES
 
 def run_report(run_dir, out=None, top: int = TOP_CANDIDATES, problems: list[str] | None = None, run=None):
     """report.html for run_dir (`run`: its RunData, already read), with the timing section when the
@@ -20,7 +20,7 @@ def run_report(run_dir, out=None, top: int = TOP_CANDIDATES, problems: list[str]
     from submission.record import FORMAT
     from submission.report import timing_report, timing_section
     from trm_core import jsonio
-    from trm_core.report import run_file, write_report
+    from trm_lab.report import run_file, write_report
 
     sections = []
     timing = run_file(run_dir, "timing-report.json")
@@ -58,7 +58,7 @@ def report_cmd(run_dir: str, out: str | None, top: int, challenges: str | None, 
     """Draw the HTML report of RUN_DIR (a dry run, an evaluation, a study or a training run folder,
     or a downloaded Kaggle output: submission.json and trm-run/). A file that cannot be read is
     named (the page draws the rest) and the exit status is 1."""
-    from trm_core.report import load_run
+    from trm_lab.report import load_run
 
     try:
         run = load_run(run_dir, challenges=challenges, solutions=solutions)

@@ -34,7 +34,7 @@ from submission.record import strict_dumps
 from trm_core.safe_io import write_atomic
 
 CHALLENGES, METRICS, PACKAGES = "challenges.json", "metrics.jsonl", "packages.txt"
-PREDICTIONS, BASELINE = "predictions.npz", "baseline-predictions.npz"  # trm_core.report's names
+PREDICTIONS, BASELINE = "predictions.npz", "baseline-predictions.npz"  # trm_lab.report's names
 TIMING_JSON, TIMING_TEXT = "timing-report.json", "timing-report.txt"
 KEPT = (CHALLENGES, METRICS, PACKAGES, PREDICTIONS, BASELINE, TIMING_JSON, TIMING_TEXT)
 KEEP_RATE = 10e6  # bytes per second a copy or a deflate is assumed to manage at worst (measured: 6 MB/s deflating on a loaded CPU)

@@ -154,8 +154,10 @@ def _time_training(ckpt: Any, tasks: Any, train_batch: int, views: int, train_mo
     from trm_core import checkpoint as ckpt_io
     from trm_core import memory
     from trm_core.batches import TrainSampler
-    from trm_core.recipes import DataConfig, prepare_posttrain
-    from trm_core.train import TrainConfig, train
+    from trm_core.config import DataConfig
+    from trm_core.recipes import prepare_posttrain
+    from trm_core.config import TrainConfig
+    from trm_core.train import train
 
     cfg = ckpt.config
     model, variants = prepare_posttrain(ckpt, tasks, DataConfig(num_variants=max(0, views - 1), variant_seed=seed),
@@ -193,7 +195,8 @@ def _time_prediction(ckpt: Any, tasks: Any, predict_batch: int, timed_batches: i
                      quiet: Callable[[str], None]) -> tuple[list[float], int, Any, dict[str, str], Any]:
     """(batch durations, the batch used, the memory fit, predict's status, the predictions) of 1 + timed_batches
     prediction batches, the batch first cut to what fits in memory when that is measured."""
-    from trm_core.predict import PredictConfig, predict
+    from trm_core.config import PredictConfig
+    from trm_core.predict import predict
     from trm_core.recipes import model_for_tasks
 
     test_inputs = sum(len(t.test_inputs) for t in tasks)

@@ -3,7 +3,7 @@
 Each field carries its help text (and, where it differs from the field's name, its flag) in its
 metadata, so `parser()` never re-declares an option. Defaults that belong to the scheduler's
 Budget are read from it; the post-training rates default to None, which leaves them to the
-post-training recipe (trm_core.checkpoint_recipe.post_settings; torch is not imported here: the
+post-training recipe (trm_core.config.post_settings; torch is not imported here: the
 runner writes its fallback before anything heavy loads).
 
 Every option is checked when RunnerOptions is made (`__post_init__`), before anything expensive
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from submission.scheduler import Budget
-from trm_core.checkpoint_recipe import OPTIMIZERS, POST_BATCH, POST_EMB_LR, POST_LR, POST_MODE
+from trm_core.config import OPTIMIZERS, POST_BATCH, POST_EMB_LR, POST_LR, POST_MODE
 
-POSTTRAIN_MODES = ("full", "embeddings", "embeddings-then-full", "lora")  # trm_core.train.MODES bar pretrain
+POSTTRAIN_MODES = ("full", "embeddings", "embeddings-then-full", "lora")  # trm_core.config.MODES bar pretrain
 BIG = 1 << 20  # the most rows per batch, views per test input or smoke tasks anyone could mean
 SEED_MAX = (1 << 32) - 1  # numpy's and torch's generators both take 0..2**32-1
 UNIX_MAX = 1e11  # a Unix time past the year 5000 is a typo (or milliseconds)

@@ -22,13 +22,13 @@ from submission.jobs import CalibrateJob
 from submission.options import RunnerOptions
 from submission.retry import RetryPolicy, Try
 from submission.scheduler import Budget, Calibration, Plan, Workload, plan as make_plan, tasks_that_fit
-from trm_core.checkpoint_recipe import POST_BATCH, Chosen, Recipe, choose, fit_every, post_settings
+from trm_core.config import POST_BATCH, Chosen, Recipe, choose, fit_every, post_settings
 
 EMA_OPTION = {None: None, "on": True, "off": False}  # the runner's --ema
 
 
 # per-task spending (--spend per-task): each fit check predicts every demonstration input under
-# FIT_VIEWS views (trm_core/fit.py); how often: checkpoint_recipe.fit_every
+# FIT_VIEWS views (trm_core/fit.py); how often: config.fit_every
 FIT_VIEWS = 8
 
 # calibration beats at every step and batch, but one unit may hold a cold start or a compilation:
@@ -148,7 +148,7 @@ class Planner:
 
     def train_config(self, p: Plan, micro: int = 0) -> dict[str, Any]:
         """TrainConfig fields for post-training along plan `p`: the post-training recipe
-        (checkpoint_recipe.post_settings) for the planned steps, up to the plan's ceiling, with the
+        (config.post_settings) for the planned steps, up to the plan's ceiling, with the
         rates the runner's options set."""
         settings = post_settings(p.steps, p.train_batch, self.opts.train_mode, self.post, ceiling=p.steps_ceiling)
         rates = {k: v for k, v in (("lr", self.opts.lr), ("puzzle_emb_lr", self.opts.puzzle_emb_lr)) if v is not None}

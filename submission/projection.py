@@ -14,7 +14,7 @@ Assumptions, each stated in the report:
 - Speed: FLOPs from trm_core.model.flops_per_sample over the GPU's dense bf16 peak. If this run was
   measured on a GPU in the peak table, the MFU measured here carries over to the target (a
   FLOP-based device ratio); otherwise the eager code's roofline bound on the target (its bandwidth
-  x the measured FLOPs per byte of a row, trm_core.roofline, over its peak); DEFAULT_MFU only when
+  x the measured FLOPs per byte of a row, trm_core.perf, over its peak); DEFAULT_MFU only when
   neither is known (what Trelis' 4 x L4 runs imply: about 12,500 post-training steps of 384-768
   rows plus ~1 h to predict 256-512 views of 240 tasks in 12 h is roughly 20% of the L4's 121
   TFLOP/s).
@@ -131,7 +131,7 @@ def _target_mfu(cfg: Any, key: str, gpus: int, budget: Budget, mfu_train: float 
             mfu_predict = mfu_predict if mfu_predict is not None else mp
             source = f"measured here on {measured.device}"
     if (mfu_train is None or mfu_predict is None) and key in BANDWIDTH and roofline:
-        from trm_core import roofline as roof
+        from trm_core import perf as roof
 
         traffic = roof.measure(cfg, rows=max(1, budget.train_batch // gpus))
         bw = BANDWIDTH[key]
@@ -159,7 +159,7 @@ def project(cfg: Any, target_gpu: str = "L4", gpus: int = 4, *, budget: Budget |
     measured: the calibration of this run; when it was measured on a GPU with a known peak and
     mfu_* are not given, its MFU is used (the same model runs at the same utilisation there).
     Otherwise (and with `roofline`) the MFU is the eager code's roofline bound on the target, from
-    the model's measured bytes and FLOPs per row (trm_core.roofline); DEFAULT_MFU only for a GPU
+    the model's measured bytes and FLOPs per row (trm_core.perf); DEFAULT_MFU only for a GPU
     whose bandwidth is not in the table.
     """
     from trm_core.model import flops_per_sample
@@ -204,7 +204,7 @@ def assumptions() -> list[str]:
             f"{w.train_pairs} pairs",
             "time per step/batch = model FLOPs (trm_core.model.flops_per_sample) / (dense bf16 peak x MFU); "
             "MFU measured here when this run was on a GPU of the peak table, else the eager roofline bound "
-            "(bandwidth x measured FLOP per byte / peak, trm_core.roofline), "
+            "(bandwidth x measured FLOP per byte / peak, trm_core.perf), "
             f"else {DEFAULT_MFU:.0%}",
             f"fixed costs on the target: launch {LAUNCH_S:.0f} s and warm-up {WARMUP_S:.0f} s per process start, "
             f"checkpoint save {SAVE_S:.0f} s, {SETUP_S / 60:.0f} min before planning (offline install, calibration)",

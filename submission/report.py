@@ -250,7 +250,7 @@ def memory_line(cal: dict[str, Any]) -> str:
 def timing_section(report: dict[str, Any]):
     """The timing report as a section of the HTML page: each phase planned vs actual as a chart and
     a table, then the whole text report."""
-    from trm_core.page import Section, bar_plot, esc, plot_or_hint, table
+    from trm_lab.page import Section, bar_plot, esc, plot_or_hint, table
 
     phases = report.get("phases") or []
     names = [p["name"] for p in phases]

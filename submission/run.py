@@ -76,7 +76,7 @@ from submission.training import Training, group_timeout as _group_timeout
 from submission.scheduler import Calibration, Plan
 from submission.stopping import Stopped, StopSwitch, TrackedLauncher, on_signals
 from trm_core import jsonio
-from trm_core.checkpoint_recipe import RecipeError, of_manifest
+from trm_core.config import RecipeError, of_manifest
 from trm_core.safe_io import MAX_SIDE
 
 __all__ = ["CALIBRATION_UNIT_S", "Outcome", "Runner", "RunnerOptions", "_group_timeout", "dedupe",
@@ -655,13 +655,14 @@ def main(argv: list[str] | None = None, **runner_kwargs: Any) -> int:
     except SystemExit as e:  # --help
         return int(e.code) if isinstance(e.code, int) else 0
     except Exception as e:  # noqa: BLE001 - OptionsError, or anything else a command line can cause
-        print(printable(f"[trm runner] bad options: {e}"), flush=True)
+        why = str(e)
+        print(printable(f"[trm runner] bad options: {why}"), flush=True)
         try:
             folders = replace(folders_from_args(argv), start_time=start)
         except (OptionsError, SystemExit) as f:
             print(printable(f"[trm runner] no fallback written either: {f}"), flush=True)
             return BAD_OPTIONS_STATUS
-        return _locked(folders.working_dir, lambda: Runner(folders, **runner_kwargs).fallback_only(str(e)))
+        return _locked(folders.working_dir, lambda: Runner(folders, **runner_kwargs).fallback_only(why))
     if opts.start_time is None and (opts.deadline is None or opts.deadline > start):
         opts = replace(opts, start_time=start)  # a deadline already past: the runner's clock starts it
 

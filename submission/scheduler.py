@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from trm_core.checkpoint_recipe import POST_BATCH
+from trm_core.config import POST_BATCH
 
 HOUR = 3600.0
 

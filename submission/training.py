@@ -21,7 +21,7 @@ from submission.jobs import TrainJob
 from submission.planning import Planner
 from submission.retry import RetryPolicy, Try
 from submission.scheduler import Calibration, Plan
-from trm_core.checkpoint_recipe import describe_settings
+from trm_core.config import describe_settings
 
 
 @dataclass

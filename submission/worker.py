@@ -150,8 +150,9 @@ class _Job:
     def train(self) -> None:
         from trm_core.distributed import process_group
         from trm_core.fit import FitSchedule
-        from trm_core.recipes import DataConfig, posttrain
-        from trm_core.train import TrainConfig
+        from trm_core.config import DataConfig
+        from trm_core.recipes import posttrain
+        from trm_core.config import TrainConfig
 
         job = self.job
         assert isinstance(job, TrainJob)
@@ -242,7 +243,8 @@ class _Job:
                        point: Callable[[str, int], None]) -> dict[str, Any]:
         """Predict one shard of `variants`' views to `path`, saved every save_every_s and on the way
         out of any failure; its record for the result."""
-        from trm_core.predict import PredictConfig, predict
+        from trm_core.config import PredictConfig
+        from trm_core.predict import predict
 
         job = self.job
         assert isinstance(job, PredictJob)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trm_core.report import BASELINE_FILE, PREDICTIONS_FILE
+from trm_lab.report import BASELINE_FILE, PREDICTIONS_FILE
 from trm_core.submission_file import build_submission, write_submission
 from trm_core.tasks import Task, write_kaggle
 from trm_core.predictions import Predictions
@@ -158,7 +158,7 @@ class Page(HTMLParser):
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """The 8-bit RGB, filter-0 PNGs trm_core.draw writes, as [H, W, 3] uint8."""
+    """The 8-bit RGB, filter-0 PNGs trm_lab.draw writes, as [H, W, 3] uint8."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     pos, idat, size = 8, b"", (0, 0)
     while pos < len(data):

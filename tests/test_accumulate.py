@@ -14,7 +14,8 @@ import torch
 from test_train import QUIET, _model, _snapshot, small_config, synthetic_tasks
 from trm_core.batches import TrainSampler
 from trm_core.variants import Variants
-from trm_core.train import STATE_FILE, TrainConfig, micro_split, train
+from trm_core.config import TrainConfig
+from trm_core.train import STATE_FILE, micro_split, train
 
 CANVAS = 6
 
@@ -221,7 +222,7 @@ def test_cli_posttrain_takes_micro_batch_compile_and_checkpointing(tmp_path: Pat
     from click.testing import CliRunner
 
     from trm_core import checkpoint
-    from trm_core.cli import main
+    from trm_cli import main
 
     challenges = Path(__file__).resolve().parent.parent / "submission" / "placeholder" / "arc-agi_test_challenges.json"
     result = CliRunner().invoke(main, ["posttrain", "--checkpoint", str(micro_checkpoint), "--data", str(challenges),

@@ -201,7 +201,7 @@ def test_local_settings_files_in_a_package_folder_stay_out_of_the_own_wheel(tmp_
     checkout.mkdir()
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, checkout / name)
-    for pkg in ("trm_core", "submission", "bundle", "trm_cli"):
+    for pkg in ("trm_core", "trm_lab", "submission", "bundle", "trm_cli"):
         shutil.copytree(REPO / pkg, checkout / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     stray = {"bundle/kaggle.json": '{"username": "alice", "key": "0123456789abcdef0123456789abcdef"}',
              "bundle/settings.local.json": '{"KAGGLE_KEY": "0123456789abcdef0123456789abcdef"}',

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from conftest import reference_subdirs
 from trm_core import checkpoint
 from trm_core.checkpoint import CheckpointError
-from trm_core.cli import main
+from trm_cli import main
 from trm_core.model import TRM, TRMConfig
 
 CFG = TRMConfig.from_name("tiny", puzzle_emb_len=4, num_puzzle_identifiers=500)

@@ -19,9 +19,10 @@ from bundle.checkpoint_source import check_shippable
 from submission.run import manifest_canvas
 from trm_core import checkpoint
 from trm_core.checkpoint import CheckpointError
-from trm_core.cli import main
+from trm_cli import main
 from trm_core.model import TRM, TRMConfig
-from trm_core.train import STATE_FILE, ResumeError, TrainConfig, read_train_state, train
+from trm_core.config import TrainConfig
+from trm_core.train import STATE_FILE, ResumeError, read_train_state, train
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "pretrained" / "demo"

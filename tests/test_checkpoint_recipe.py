@@ -20,7 +20,7 @@ import torch
 from click.testing import CliRunner
 
 from trm_core import checkpoint
-from trm_core.checkpoint_recipe import Recipe, RecipeError, choose, of_manifest
+from trm_core.config import Recipe, RecipeError, choose, of_manifest
 from trm_core.model import TRM, TRMConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ def _manifest(folder: Path) -> dict:
 
 
 def _cli():
-    from trm_core.cli import main
+    from trm_cli import main
 
     return main
 
@@ -249,7 +249,7 @@ def _plan():
 def test_the_planner_post_trains_with_the_recipe_unless_told_otherwise(tmp_path) -> None:
     from submission.options import OptionsError, RunnerOptions, options_from_args
     from submission.planning import Planner
-    from trm_core.train import TrainConfig
+    from trm_core.config import TrainConfig
 
     trelis = Recipe("lucidrains", True, 16, "registry:trelis-arc-agi-2")
 
@@ -407,7 +407,7 @@ def test_study_takes_a_registry_name_and_its_variant(offline_hub) -> None:
     assert res.exit_code == 0, res.output
     assert f"optimizer lucidrains (the checkpoint's recipe, registry:{NAME})" in res.output
     study = json.loads((offline_hub / "study" / "study.json").read_text())
-    assert study["config"]["optimizer"] == study["train"]["optimizer"] == "lucidrains"
+    assert study["config"]["train"]["optimizer"] == study["train"]["optimizer"] == "lucidrains"
 
 
 def test_trm_bundle_from_a_registry_name_records_the_recipe(offline_hub) -> None:

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from trm_core import checkpoint
-from trm_core.cli import main
+from trm_cli import main
 from trm_core.model import TRM, TRMConfig
 
 PLACEHOLDER = Path(__file__).resolve().parent.parent / "submission" / "placeholder"

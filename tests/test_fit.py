@@ -18,9 +18,10 @@ from trm_core import checkpoint
 from trm_core.batches import TrainSampler
 from trm_core.fit import FitSchedule, TaskFit, check_fit, spending
 from trm_core.model import TRM, TRMConfig
-from trm_core.report import _curve_rows, fit_section
+from trm_lab.report import _curve_rows, fit_section
 from trm_core.tasks import Task
-from trm_core.train import METRICS_FILE, TrainConfig, train
+from trm_core.config import TrainConfig
+from trm_core.train import METRICS_FILE, train
 from trm_core.variants import Variants
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -371,7 +372,7 @@ def test_resume_keeps_the_best_rows_and_stays_exact(monkeypatch, tmp_path):
 def test_study_per_task_arm_runs(tmp_path):
     from click.testing import CliRunner
 
-    from trm_core.cli import main
+    from trm_cli import main
     from trm_core.tasks import write_kaggle
 
     cfg = TRMConfig.from_name("tiny", hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, halt_max_steps=2,
@@ -396,7 +397,7 @@ def test_study_per_task_arm_runs(tmp_path):
     lines = _fit_lines(out / "arms" / "full" / "run")
     assert [m["step"] for m in lines] == [1, 2, 3, 4]
     with pytest.raises(ValueError, match="spend"):
-        from trm_core.study import StudyConfig
+        from trm_core.config import StudyConfig
 
         StudyConfig(spend="greedy")
 
@@ -447,14 +448,14 @@ def test_the_runner_spends_per_task_when_asked_and_records_it(tmp_path: Path, mi
 
 
 def test_posttrain_and_solve_take_the_spending_options(tmp_path: Path) -> None:
-    from trm_core.checkpoint_recipe import fit_every
-    from trm_core.cli_train import fit_schedule
+    from trm_core.config import fit_every
+    from trm_cli.train import fit_schedule
 
     assert fit_schedule({"spend": "uniform", "fit_every": None, "fit_patience": 2}, 600) is None
     fit = fit_schedule({"spend": "per-task", "fit_every": None, "fit_patience": 3}, 600)
     assert (fit.every, fit.patience) == (fit_every(600), 3) == (30, 3)
     assert fit_every(100) == 25 and fit_schedule({"spend": "per-task", "fit_every": 7, "fit_patience": 2}, 600).every == 7
-    from trm_core.cli import main
+    from trm_cli import main
 
     for command in ("posttrain", "solve"):
         ctx = main.commands[command].make_context(command, ["--checkpoint", ".", "--data", "x", "--out", "o",

@@ -17,7 +17,8 @@ import torch
 from test_accumulate import _slow_compile
 from trm_core.variants import Variants
 from trm_core.model import TRM, TRMConfig
-from trm_core.predict import PredictConfig, predict
+from trm_core.config import PredictConfig
+from trm_core.predict import predict
 from trm_core.tasks import load_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +128,7 @@ def test_group_timeout_and_nccl_settings() -> None:
 
 
 def test_roofline_traffic_extrapolates_from_two_small_canvases() -> None:
-    from trm_core import roofline
+    from trm_core import perf as roofline
     from trm_core.model import ReasoningModule
     from trm_core.perf import BANDWIDTH, PEAK_BF16
 
@@ -144,7 +145,7 @@ def test_roofline_traffic_extrapolates_from_two_small_canvases() -> None:
 
 
 def test_roofline_of_an_hrm_counts_both_levels() -> None:
-    from trm_core import roofline
+    from trm_core import perf as roofline
     from trm_core.model import ReasoningModule
 
     cfg = TRMConfig.from_name("hrm-tiny", canvas=8, H_layers=2)

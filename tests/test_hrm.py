@@ -18,14 +18,15 @@ from test_train import CANVAS, QUIET, _exact_on_train_pairs, synthetic_tasks
 from conftest import reference_subdirs
 from trm_core import checkpoint
 from trm_core.checkpoint import CheckpointError
-from trm_core.cli import main
+from trm_cli import main
 from trm_core.batches import TrainSampler
 from trm_core.variants import Variants
 from trm_core.loss import act_loss
 from trm_core.model import TRM, TRMConfig, count_parameters, flops_per_sample
 from trm_core.registry import load_registry
 from trm_core.submission_file import validate
-from trm_core.train import TrainConfig, train
+from trm_core.config import TrainConfig
+from trm_core.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 PLACEHOLDER = REPO / "submission" / "placeholder"
@@ -341,13 +342,14 @@ def test_dry_run_takes_an_hrm_checkpoint(tmp_path: Path, micro_hrm_checkpoint: P
 def test_study_arms_take_an_hrm_checkpoint(tmp_path: Path, micro_hrm_checkpoint: Path) -> None:
     from test_study import two_tasks
 
-    from trm_core.study import StudyConfig, run_arm
+    from trm_core.config import StudyConfig, study_train
+    from trm_lab.study import run_arm
     from trm_core.tasks import TaskSet
 
     ckpt = checkpoint.load(micro_hrm_checkpoint)
     tasks = TaskSet({t.id: t for t in two_tasks()})
-    cfg = StudyConfig(arms=("full", "scratch"), steps=2, eval_every=2, views=2, num_variants=2, batch_size=4,
-                      warmup_steps=0)
+    cfg = StudyConfig(study_train(2, 4, warmup_steps=0), arms=("full", "scratch"), eval_every=2, views=2,
+                      num_variants=2)
     for arm in ("full", "scratch"):
         result = run_arm(arm, ckpt, tasks, cfg, tmp_path / arm, log=lambda line: None)
         assert [r["step"] for r in result.curve] == [2] and 0.0 <= result.curve[0]["pass@2"] <= 1.0

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from trm_core import jsonio
-from trm_core.cli import main
+from trm_cli import main
 from trm_core.tasks import load_tasks
 
 TASK = {"train": [{"input": [[1, 2]], "output": [[2, 1]]}], "test": [{"input": [[1, 1]]}]}

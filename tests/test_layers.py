@@ -1,7 +1,8 @@
-"""The layers point one way: trm_core < submission < bundle < trm_cli (the `trm` script); tools and
-tests on top. A module may import its own layer and the ones below, never one above. Checked on the
-imports themselves (an AST scan: `import x`, `from x import y`, importlib.import_module("x"), in
-any function too), so a lazy import inside a command counts as much as one at the top."""
+"""The layers point one way: trm_core (the engine) < trm_lab (study, report) < submission < bundle <
+trm_cli (the `trm` script); tools and tests on top. A module may import its own layer and the ones
+below, never one above. Checked on the imports themselves (an AST scan: `import x`, `from x import
+y`, importlib.import_module("x"), in any function too), so a lazy import inside a command counts as
+much as one at the top."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = {"trm_core": 0, "submission": 1, "bundle": 2, "trm_cli": 3, "tools": 4, "tests": 4}
+LAYERS = {"trm_core": 0, "trm_lab": 1, "submission": 2, "bundle": 3, "trm_cli": 4, "tools": 5, "tests": 5}
 
 def imported_names(source: str) -> set[str]:
     """Top-level package of every absolute import in `source`, lazy ones included."""

@@ -16,13 +16,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from trm_core.cli import main
+from trm_cli import main
 from trm_core.batches import TrainSampler
 from trm_core.variants import Variants
 from trm_core.loggers import NullLogger, TeeLogger, open_logger, scalars
 from trm_core.model import TRM, TRMConfig
 from trm_core.tasks import Task, write_kaggle
-from trm_core.train import METRICS_FILE, TrainConfig, train
+from trm_core.config import TrainConfig
+from trm_core.train import METRICS_FILE, train
 
 CANVAS = 6
 TIMING = ("samples_per_s", "eta_s", "mfu")  # wall-clock figures: differ between any two runs

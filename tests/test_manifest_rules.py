@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from trm_core import checkpoint
 from trm_core.checkpoint import CheckpointError
-from trm_core.cli import main
+from trm_cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 

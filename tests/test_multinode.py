@@ -34,7 +34,7 @@ def test_two_node_rendezvous_on_localhost_trains(tmp_path: Path) -> None:
     for node in (0, 1):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
-               "-m", "trm_core.cli", "pretrain", "--preset", "tiny",
+               "-m", "trm_cli", "pretrain", "--preset", "tiny",
                "--data", str(PLACEHOLDER / "arc-agi_test_challenges.json"),
                "--solutions", str(PLACEHOLDER / "arc-agi_test_solutions.json"), "--steps", "2", "--batch-size", "4",
                "--warmup", "1", "--variants", "1", "--log-every", "1", "--device", "cpu",

@@ -15,11 +15,12 @@ import torch.multiprocessing as mp
 from click.testing import CliRunner
 
 from trm_core import checkpoint
-from trm_core.cli import main
+from trm_cli import main
 from trm_core.variants import Variants
 from trm_core.evaluate import coverage
 from trm_core.model import TRM, Carry, TRMConfig
-from trm_core.predict import PredictConfig, gather, predict
+from trm_core.config import PredictConfig
+from trm_core.predict import gather, predict
 from trm_core.submission_file import build_submission, validate
 from trm_core.tasks import load_tasks
 from trm_core.vote import vote

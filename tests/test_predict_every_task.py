@@ -5,7 +5,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from trm_core.cli import main
+from trm_cli import main
 
 TASK = {"train": [{"input": [[1, 2]], "output": [[2, 1]]}], "test": [{"input": [[1, 1]]}, {"input": [[2]]}]}
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from trm_core import checkpoint as ckpt_io
-from trm_core.checkpoint_recipe import (POST_BATCH, POST_EMB_LR, POST_LR, POST_MODE, Recipe, choose, describe_settings,
+from trm_core.config import (POST_BATCH, POST_EMB_LR, POST_LR, POST_MODE, Recipe, choose, describe_settings,
                                         post_settings)
-from trm_core.train import TrainConfig, post_config
+from trm_core.config import TrainConfig, post_config
 
 DEMO = Path(__file__).resolve().parent.parent / "pretrained" / "demo"
 # the fields the recipe decides; the rest (log and checkpoint intervals, seeds) are each entry point's own
@@ -43,9 +43,9 @@ def _runner(tmp_path: Path, steps: int, recipe: Recipe | None) -> dict:
 
 def _cli(command: str, steps: int, ckpt) -> TrainConfig:
     """The TrainConfig `trm <command>` builds from its default options and --steps."""
-    from trm_core.cli import main
-    from trm_core.cli_common import recipe_settings
-    from trm_core.cli_train import training_configs
+    from trm_cli import main
+    from trm_cli.common import recipe_settings
+    from trm_cli.train import training_configs
     from trm_core.tasks import TaskSet
 
     ctx = main.commands[command].make_context(command, ["--checkpoint", str(DEMO), "--data", "x", "--out", "o",
@@ -60,7 +60,7 @@ def _cli(command: str, steps: int, ckpt) -> TrainConfig:
 
 def test_every_entry_point_builds_the_same_settings_from_the_same_planned_steps(tmp_path) -> None:
     from trm_core.pipeline import recipe_config
-    from trm_core.study import StudyConfig
+    from trm_core.config import StudyConfig, study_train
 
     ckpt = ckpt_io.load(DEMO)
     recipe = ckpt_io.manifest_recipe(ckpt.manifest, "demo")
@@ -71,8 +71,8 @@ def test_every_entry_point_builds_the_same_settings_from_the_same_planned_steps(
                "trm posttrain": _fields(_cli("posttrain", steps, ckpt)),
                "trm solve": _fields(_cli("solve", steps, ckpt)),
                "pipeline.solve": _fields(recipe_config(ckpt, steps, "cpu")),
-               "trm study": _fields(StudyConfig(arms=(POST_MODE,), steps=steps, batch_size=POST_BATCH["cpu"],
-                                                num_variants=8).train_config(POST_MODE, recipe))}
+               "trm study": _fields(StudyConfig(study_train(steps, POST_BATCH["cpu"], recipe), arms=(POST_MODE,),
+                                                num_variants=8).train_config(POST_MODE))}
         for name, fields in got.items():
             assert fields == want, f"{name} at {steps} steps"
         assert want["lr"] == recipe.lr and want["puzzle_emb_lr"] == recipe.puzzle_emb_lr

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from trm_core import hub
-from trm_core.cli import main
+from trm_cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "pretrained" / "demo"

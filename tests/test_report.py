@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from report_helpers import STUDY, Page, decode_png, figure_picture, make_run, tiny_tasks
-from trm_core import draw
+from trm_lab import draw
 from trm_cli import main
-from trm_core.page import PLOTS_HINT, esc
-from trm_core.report import load_run, write_report
+from trm_lab.page import PLOTS_HINT, esc
+from trm_lab.report import load_run, write_report
 from trm_core.predictions import Predictions
 from trm_core.vote import vote
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from report_helpers import make_run
-from trm_core import draw
-from trm_core.report import write_report
+from trm_lab import draw
+from trm_lab.report import write_report
 
 pytestmark = pytest.mark.slow
 

@@ -256,7 +256,8 @@ def _train(clock, log_every: int, steps: int = 6, rank: int = 0, world: int = 1)
     from trm_core.batches import TrainSampler
     from trm_core.model import TRM, TRMConfig
     from trm_core.tasks import Task
-    from trm_core.train import TrainConfig, train
+    from trm_core.config import TrainConfig
+    from trm_core.train import train
     from trm_core.variants import Variants
 
     rng = np.random.default_rng(0)

@@ -245,7 +245,8 @@ def test_dedupe_keeps_the_first_copy_of_each_view() -> None:
 def test_prediction_shards_without_a_process_group_are_disjoint_and_complete() -> None:
     from trm_core.variants import Variants
     from trm_core.model import TRM, TRMConfig
-    from trm_core.predict import PredictConfig, predict
+    from trm_core.config import PredictConfig
+    from trm_core.predict import predict
     from trm_core.tasks import load_tasks
 
     tasks = load_tasks(PLACEHOLDER / "arc-agi_test_challenges.json", strict=False, max_side=12)

@@ -168,7 +168,7 @@ def test_the_runner_writes_plan_json_strictly(tmp_path: Path, monkeypatch) -> No
                                           ("beta1", 1.0), ("beta2", math.nan), ("ema_rate", 1.5), ("lr", True),
                                           ("lora_alpha", -math.inf), ("lr_min_ratio", math.nan)])
 def test_train_config_refuses_non_finite_and_non_positive_rates(field: str, value: object) -> None:
-    from trm_core.train import TrainConfig
+    from trm_core.config import TrainConfig
 
     with pytest.raises(ValueError, match=f"TrainConfig.{field} must be a finite number in"):
         TrainConfig(steps=10, **{field: value})
@@ -177,7 +177,7 @@ def test_train_config_refuses_non_finite_and_non_positive_rates(field: str, valu
 @pytest.mark.parametrize("field, value", [("batch_size", -1), ("batch_size", 0), ("batch_size", 2.5),
                                           ("batch_size", True), ("num_views", 0), ("halt_steps", 0)])
 def test_predict_config_refuses_a_batch_that_is_not_a_positive_integer(field: str, value: object) -> None:
-    from trm_core.predict import PredictConfig
+    from trm_core.config import PredictConfig
 
     with pytest.raises(ValueError, match=f"PredictConfig.{field} must be an integer >= 1"):
         PredictConfig(**{field: value})
@@ -199,7 +199,8 @@ def _predictions(folder: Path, tag: str, nan: bool, ids: list[str] | None = None
     import torch
 
     from trm_core.model import TRM, TRMConfig
-    from trm_core.predict import PredictConfig, predict
+    from trm_core.config import PredictConfig
+    from trm_core.predict import predict
     from trm_core.tasks import TaskSet, load_tasks
     from trm_core.variants import Variants
 
@@ -274,7 +275,7 @@ def test_the_timing_report_counts_each_source_and_never_says_zero_from_the_model
 
 
 def test_the_html_summary_says_who_answered(tmp_path: Path) -> None:
-    from trm_core.report import load_run, summary_section
+    from trm_lab.report import load_run, summary_section
 
     (tmp_path / "challenges.json").write_text(json.dumps({t: CHALLENGES[t] for t in IDS}))
     (tmp_path / "run.json").write_text(json.dumps(

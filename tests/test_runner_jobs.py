@@ -112,8 +112,8 @@ def test_unset_learning_rates_are_the_post_training_recipes(tmp_path: Path) -> N
     from submission.options import RunnerOptions
     from submission.planning import Planner
     from submission.scheduler import Budget, Calibration, Workload, plan as make_plan
-    from trm_core.checkpoint_recipe import POST_EMB_LR, POST_LR, Recipe
-    from trm_core.train import TrainConfig
+    from trm_core.config import POST_EMB_LR, POST_LR, Recipe
+    from trm_core.config import TrainConfig
 
     cal = Calibration(device="cpu", train_batch=8, predict_batch=16, train_step_s=0.05, predict_batch_s=0.1,
                       launch_s=1.0, train_warmup_s=0.5, predict_warmup_s=0.5, save_s=0.2)

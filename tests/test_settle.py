@@ -13,10 +13,11 @@ from click.testing import CliRunner
 
 from trm_core import checkpoint
 from trm_core.batches import PredictViews
-from trm_core.cli import main
+from trm_cli import main
 from trm_core.encoding import COLOR_OFFSET, crop_batch
 from trm_core.model import TRM, Carry, TRMConfig
-from trm_core.predict import PredictConfig, predict, predict_batch_exit, settled
+from trm_core.config import PredictConfig
+from trm_core.predict import predict, predict_batch_exit, settled
 from trm_core.predictions import Predictions
 from trm_core.tasks import load_tasks
 from trm_core.variants import Variants

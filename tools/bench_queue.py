@@ -54,7 +54,8 @@ def _batch_seconds(ckpt: Path, challenges: Path, views: int, local: int) -> floa
     import torch
 
     from trm_core import checkpoint
-    from trm_core.predict import PredictConfig, predict
+    from trm_core.config import PredictConfig
+    from trm_core.predict import predict
     from trm_core.recipes import model_for_tasks
     from trm_core.tasks import load_tasks
 

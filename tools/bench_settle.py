@@ -156,8 +156,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from trm_core.checkpoint import load
-    from trm_core.cli_common import load_task_set
-    from trm_core.predict import PredictConfig, predict
+    from trm_cli.common import load_task_set
+    from trm_core.config import PredictConfig
+    from trm_core.predict import predict
     from trm_core.recipes import model_for_tasks
     from trm_core.vote import vote
 

@@ -12,6 +12,6 @@ from pathlib import Path
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-    from trm_core.cli import main
+    from trm_cli import main
 
     main(args=["study", *sys.argv[1:]], prog_name="tools/study.py")

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from trm_core import __version__, jsonio
-from trm_core.checkpoint_recipe import Recipe, RecipeError, of_manifest
+from trm_core.config import Recipe, RecipeError, of_manifest
 from trm_core.model import TRM, TRMConfig
 from trm_core.safe_io import atomic_path, sha256_file, write_atomic
 
@@ -172,7 +172,7 @@ REFERENCE_REQUIRED = ("hidden_size", "num_heads", "expansion", "H_cycles", "L_cy
 
 def _named_config(name: str) -> TRMConfig:
     """A preset name ("paper", "trelis-emb1", "tiny") or a registry name ("trelis-arc-agi-2")."""
-    from trm_core.model import PRESETS
+    from trm_core.config import PRESETS
     from trm_core.registry import load_registry
 
     if name in PRESETS:
@@ -397,7 +397,7 @@ def read_manifest(manifest_path: str | os.PathLike) -> dict[str, Any]:
 
 
 def manifest_recipe(manifest: dict[str, Any], where: str) -> Recipe | None:
-    """The recipe the manifest records (see trm_core.checkpoint_recipe), None when unknown; a
+    """The recipe the manifest records (see trm_core.config), None when unknown; a
     recorded one with an unknown field or a wrong value is refused by name."""
     try:
         recipe = of_manifest(manifest, where)

@@ -45,7 +45,8 @@ from dataclasses import dataclass
 import torch
 
 from trm_core.model import TRM
-from trm_core.predict import PredictConfig, predict
+from trm_core.config import PredictConfig
+from trm_core.predict import predict
 from trm_core.tasks import Task
 from trm_core.variants import Variants
 from trm_core.vote import vote

@@ -1,7 +1,7 @@
 """The building blocks both architectures share: init, norm, casted linear and embedding tables,
 the puzzle embedding, RoPE, attention, SwiGLU, the post-norm block and the reasoning module.
 
-Every module takes its widths from a model config (trm_core.model.TRMConfig) and keeps the
+Every module takes its widths from a model config (trm_core.config.TRMConfig) and keeps the
 reference's parameter names, so reference state dicts load into the modules unchanged.
 Parameters are fp32 and cast to the activation dtype at use; norms and RoPE run in fp32.
 """
@@ -9,14 +9,12 @@ Parameters are fp32 and cast to the activation dtype at use; norms and RoPE run 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from trm_core.model import TRMConfig
+from trm_core.config import TRMConfig
 
 
 def trunc_normal_(t: torch.Tensor, std: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:

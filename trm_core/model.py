@@ -1,4 +1,5 @@
-"""The recursive models: config and presets, the TRM and HRM recursions, and the ACT wrapper.
+"""The recursive models: the TRM and HRM recursions and the ACT wrapper (their config and presets,
+TRMConfig, live in trm_core/config.py, torch-free, and are re-exported here).
 
 Two architectures share every layer (trm_core/layers.py) and the ACT wrapper; `architecture`
 in the config picks the recursion. TRM (arXiv 2510.04871) updates both states with one shared
@@ -17,167 +18,19 @@ reference's module names, so a reference state dict loads after stripping its
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
+from trm_core.config import ARCHITECTURES, POS_ENCODINGS, TRMConfig  # noqa: F401 - re-exported
 from trm_core.layers import (  # noqa: F401 - re-exported: the layers' historical home
     Attention, Block, CastedEmbedding, CastedLinear, PuzzleEmbedding, ReasoningModule, RotaryEmbedding,
     apply_rope, rms_norm, rotate_half, trunc_normal_,
 )
 
-ARCHITECTURES = ("trm", "hrm")
-POS_ENCODINGS = ("rope", "learned")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class TRMConfig:
-    """Architecture of a TRM or an HRM, with the references' field names (config/arch/trm.yaml, hrm.yaml)."""
-
-    architecture: str = "trm"  # "trm": one shared module; "hrm": separate H_level / L_level stacks
-    hidden_size: int = 512  # width of every token state
-    num_heads: int = 8  # attention heads; head_dim = hidden_size // num_heads
-    expansion: float = 4.0  # SwiGLU width factor before the reference's 2/3 and multiple-of-256 rounding
-    H_cycles: int = 3  # outer cycles per ACT step; TRM: all but the last without gradient (HRM: see recursion)
-    L_cycles: int = 4  # z_L updates per outer cycle (the released ARC checkpoints use 4)
-    L_layers: int = 2  # blocks of the reasoning module (TRM's shared one, HRM's L_level)
-    H_layers: int = 0  # HRM: blocks of H_level; TRM has none (0)
-    puzzle_emb_ndim: int = 512  # width of the per-variant embedding (0 = none)
-    # Prefix slots holding the embedding, zero-padded. TRM: a free field that cannot be read from the
-    # weights. HRM: always ceil(puzzle_emb_ndim / hidden_size), set here whatever is passed.
-    puzzle_emb_len: int = 16
-    num_puzzle_identifiers: int = 1  # rows of the puzzle-embedding table, blank row 0 included
-    vocab_size: int = 12  # PAD, EOS and ten colours
-    canvas: int = 30  # grids live on a canvas x canvas board; seq_len = canvas**2
-    rms_norm_eps: float = 1e-5  # epsilon of the weightless RMSNorm
-    pos_encodings: str = "rope"  # "rope", or "learned" (a position table added to the input embeddings)
-    rope_theta: float = 10000.0  # RoPE base
-    halt_max_steps: int = 16  # ACT steps; evaluation always runs exactly this many
-    halt_exploration_prob: float = 0.1  # training: chance a row must run at least U{2..max} steps
-    forward_dtype: str = "bfloat16"  # activation dtype: "bfloat16", "float32" or "float16"
-
-    def __post_init__(self) -> None:
-        def need(ok: bool, what: str) -> None:
-            if not ok:
-                raise ValueError(f"TRMConfig: {what}")
-
-        need(self.architecture in ARCHITECTURES,
-             f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
-        need(self.hidden_size > 0 and self.num_heads > 0, "hidden_size and num_heads must be positive")
-        if self.architecture == "hrm":
-            need(self.H_layers >= 1, "architecture 'hrm' needs H_layers >= 1 (blocks of H_level)")
-            object.__setattr__(self, "puzzle_emb_len", -(-self.puzzle_emb_ndim // self.hidden_size))
-        else:
-            need(self.H_layers == 0, f"H_layers={self.H_layers}: TRM has one shared module (H_layers 0); "
-                                     "set architecture='hrm' for separate H and L stacks")
-        need(self.pos_encodings in POS_ENCODINGS, f"pos_encodings must be one of {POS_ENCODINGS}, "
-                                                  f"got {self.pos_encodings!r}")
-        need(self.hidden_size % self.num_heads == 0,
-             f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}")
-        need((self.hidden_size // self.num_heads) % 2 == 0, "head_dim must be even for RoPE")
-        need(self.H_cycles >= 1 and self.L_cycles >= 1 and self.L_layers >= 1,
-             "H_cycles, L_cycles and L_layers must be >= 1")
-        need(self.expansion > 0, "expansion must be positive")
-        need(self.puzzle_emb_ndim >= 0, "puzzle_emb_ndim must be >= 0")
-        need(self.puzzle_emb_len >= 0, "puzzle_emb_len must be >= 0")
-        need(self.puzzle_emb_ndim <= self.puzzle_emb_len * self.hidden_size,
-             f"puzzle_emb_ndim {self.puzzle_emb_ndim} does not fit in puzzle_emb_len "
-             f"{self.puzzle_emb_len} x hidden_size {self.hidden_size}")
-        need(self.num_puzzle_identifiers >= 1, "num_puzzle_identifiers must be >= 1 (row 0 is blank)")
-        need(self.vocab_size >= 2, "vocab_size must be >= 2")
-        need(1 <= self.canvas <= 64, f"canvas must be in 1..64, got {self.canvas}")
-        need(self.halt_max_steps >= 1, "halt_max_steps must be >= 1")
-        need(0.0 <= self.halt_exploration_prob <= 1.0, "halt_exploration_prob must be in [0, 1]")
-        need(self.forward_dtype in DTYPES, f"forward_dtype must be one of {sorted(DTYPES)}")
-
-    @property
-    def seq_len(self) -> int:
-        return self.canvas * self.canvas
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def intermediate_size(self) -> int:
-        # The reference rounds 2/3 of expansion * hidden, then up to a multiple of 256.
-        inter = round(self.expansion * self.hidden_size * 2 / 3)
-        return -(-inter // 256) * 256
-
-    @property
-    def total_len(self) -> int:
-        return self.seq_len + self.puzzle_emb_len
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return DTYPES[self.forward_dtype]
-
-    def with_(self, **changes: Any) -> TRMConfig:
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TRMConfig:
-        """From our own dict or a reference arch config (config.json / all_config.yaml `arch`).
-
-        The architecture is ours (`architecture`) or read from the reference's class `name`
-        (HierarchicalReasoningModel -> hrm, else trm). Reference-only keys are translated
-        (seq_len -> canvas) or checked (mlp_t false; TRM: no_ACT_continue true); bookkeeping keys
-        (name, loss, batch_size; TRM's unused H_layers; HRM's derived puzzle_emb_len) are ignored.
-        """
-        d = dict(d.get("arch", d))
-        if "architecture" not in d:
-            d["architecture"] = "hrm" if "HierarchicalReasoningModel" in str(d.get("name", "")) else "trm"
-        if d.get("pos_encodings", "rope") not in POS_ENCODINGS:
-            raise ValueError(f"TRMConfig: pos_encodings={d['pos_encodings']!r} is not supported "
-                             f"(one of {', '.join(POS_ENCODINGS)})")
-        if d.get("mlp_t", False):
-            raise ValueError("TRMConfig: mlp_t=True (the Sudoku variant) is not supported")
-        if d["architecture"] == "trm":
-            if not d.get("no_ACT_continue", True):
-                raise ValueError("TRMConfig: no_ACT_continue=False is not supported for TRM (the reference "
-                                 "branch is broken); HRM always trains with the q_continue target")
-            d["H_layers"] = 0  # the reference TRM ignores it
-        if "seq_len" in d and "canvas" not in d:
-            canvas = math.isqrt(int(d["seq_len"]))
-            if canvas * canvas != int(d["seq_len"]):
-                raise ValueError(f"TRMConfig: seq_len {d['seq_len']} is not a square canvas")
-            d["canvas"] = canvas
-        if d.get("puzzle_emb_len", 1) == 0 and d.get("puzzle_emb_ndim", 0) > 0:
-            # Reference rule: 0 means ceil(ndim / hidden).
-            d["puzzle_emb_len"] = -(-int(d["puzzle_emb_ndim"]) // int(d["hidden_size"]))
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    @classmethod
-    def from_name(cls, name: str, **changes: Any) -> TRMConfig:
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return replace(PRESETS[name], **changes)
-
-
-PRESETS: dict[str, TRMConfig] = {
-    # The released ARC-AGI-2 checkpoints (TRM-ARC-AGI-II, arcprize verification, Sanjin2024).
-    "paper": TRMConfig(),
-    # Trelis all-200k / hard-1M: identical weights layout, one prefix slot.
-    "trelis-emb1": TRMConfig(puzzle_emb_len=1),
-    # Tests and the CPU demo: small width, few cycles, small canvas.
-    "tiny": TRMConfig(hidden_size=64, num_heads=4, H_cycles=2, L_cycles=2, puzzle_emb_ndim=64,
-                      puzzle_emb_len=1, canvas=12, halt_max_steps=4, forward_dtype="float32"),
-    # HRM as released (sapientinc config/arch/hrm_v1.yaml = the TRM repo's hrm.yaml): H/L stacks of
-    # 4 blocks, 2x2 cycles, one prefix slot (ceil(512 / 512)).
-    "hrm": TRMConfig(architecture="hrm", H_cycles=2, L_cycles=2, H_layers=4, L_layers=4),
-    # A tiny HRM for tests and CPU runs, the size of the tiny TRM.
-    "hrm-tiny": TRMConfig(architecture="hrm", hidden_size=64, num_heads=4, H_cycles=2, L_cycles=2, H_layers=1,
-                          L_layers=1, puzzle_emb_ndim=64, canvas=12, halt_max_steps=4, forward_dtype="float32"),
-}
 
 
 @dataclass

@@ -10,7 +10,7 @@ recipes.model_for_tasks with predict.predict, vote.vote, submission_file.write_s
 `trm solve`, `trm predict`, the tests and the Kaggle run share one implementation of each step.
 
 Inputs: a TaskSet, a checkpoint (loaded, or a path), a TrainConfig (or a number of planned
-steps: the post-training recipe of trm_core.train.post_config builds the rest; None: predict with
+steps: the post-training recipe of trm_core.config.post_config builds the rest; None: predict with
 the checkpoint as it is), a PredictConfig, and the raw challenges when some tasks did not load.
 Output in out_dir: submission.json (written with the fallback before anything runs, then replaced
 atomically by the voted answers: a valid file exists whatever fails), posttrain/ (the run folder:
@@ -25,17 +25,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trm_core import checkpoint as ckpt_io
-from trm_core.checkpoint import Checkpoint
-from trm_core.checkpoint_recipe import POST_BATCH, POST_MODE, choose, describe_settings
+from trm_core.checkpoint import Checkpoint, build_model
+from trm_core.config import (POST_BATCH, POST_MODE, DataConfig, PredictConfig, TrainConfig, choose,
+                             describe_settings, post_config)
 from trm_core.fit import FitSchedule
 from trm_core.loggers import MetricsLogger
-from trm_core.predict import PredictConfig, predict
-from trm_core.recipes import DataConfig, model_for_tasks, posttrain
-from trm_core.report import PREDICTIONS_FILE
+from trm_core.predict import predict
+from trm_core.recipes import model_for_tasks, posttrain, task_variants
 from trm_core.submission_file import build_submission, complete_submission, readable_tasks, write_submission
 from trm_core.tasks import TaskSet
-from trm_core.train import TrainConfig, TrainResult, post_config
-from trm_core.predictions import Predictions
+from trm_core.train import TrainResult
+from trm_core.predictions import PREDICTIONS_FILE, Predictions
 from trm_core.vote import Vote, vote
 
 SUBMISSION_FILE, POSTTRAIN_DIR = "submission.json", "posttrain"
@@ -83,7 +83,12 @@ def solve(tasks: TaskSet, checkpoint: Checkpoint | str | os.PathLike, out_dir: s
     # 1. load the pre-trained checkpoint
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else ckpt_io.load(checkpoint)
 
-    # 2. post-train on the demonstration pairs (test-time training; the test outputs stay unseen)
+    # 2. the augmented variants: each task's original and data.num_variants views of it, one
+    #    embedding row each; post-training trains these rows, and prediction reads every test input
+    #    through the same views, so the two stages are coupled here and nowhere else
+    variants = task_variants(tasks, data)
+
+    # 3. post-train on the demonstration pairs (test-time training; the test outputs stay unseen)
     if isinstance(train_cfg, int) and not isinstance(train_cfg, bool):
         train_cfg = recipe_config(ckpt, train_cfg, device)
         log(f"post-training settings: {describe_settings(asdict(train_cfg))}")
@@ -92,22 +97,29 @@ def solve(tasks: TaskSet, checkpoint: Checkpoint | str | os.PathLike, out_dir: s
             f"mode {train_cfg.mode}")
         solved.trained = posttrain(ckpt, tasks, train_cfg, data, out / POSTTRAIN_DIR, device=device, init=init,
                                    stop=lambda step: stop(), deadline=train_deadline, log=log,
-                                   logger=logger, fit=fit)
+                                   logger=logger, fit=fit, variants=variants)
         ckpt = ckpt_io.load(solved.trained.checkpoint)
 
-    # 3. predict every test input under K augmented views, each mapped back to the task's frame
+    # 4. predict every test input under K of those views, each answer mapped back to the task's frame
+    #    (without post-training: the checkpoint's own rows when it was adapted to these tasks, else
+    #    fresh rows, the un-adapted baseline)
     if not stop():
-        solved.predictions, solved.adapted = predict_views(ckpt, tasks, predict_cfg, seed=seed, device=device,
-                                                           stop=stop, log=log)
+        if solved.trained is not None:
+            log(f"adapted checkpoint: {len(variants)} tasks, up to {predict_cfg.num_views} views each")
+            solved.predictions = predict(build_model(ckpt), variants, predict_cfg, device=device, stop=stop, log=log)
+            solved.adapted = True
+        else:
+            solved.predictions, solved.adapted = predict_views(ckpt, tasks, predict_cfg, seed=seed, device=device,
+                                                               stop=stop, log=log)
         solved.predictions.save(out / PREDICTIONS_FILE)
 
-    # 4. vote across the views: the two best candidates of each test input are its two attempts
+    # 5. vote across the views: the two best candidates of each test input are its two attempts
     part: dict[str, list] = {}
     if len(solved.predictions):
         solved.vote = vote(solved.predictions, rule)
         part = build_submission(solved.vote, {t: raw[t] for t in tasks.tasks}, fill=fill)
 
-    # 5. write submission.json: every task id, two attempts per test input, the test input where none
+    # 6. write submission.json: every task id, two attempts per test input, the test input where none
     solved.answers = complete_submission(part, raw)
     write_answers(path, solved.answers, raw)
     return solved

@@ -21,10 +21,8 @@ records are the same bits as without them):
 
 from __future__ import annotations
 
-import numbers
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,42 +37,11 @@ from trm_core.distributed import rank_world
 from trm_core.encoding import crop_batch
 from trm_core.model import TRM, Carry
 from trm_core.predictions import Predictions
-from trm_core.vote import RULES, Vote, vote
+from trm_core.config import EXIT_RULES, PredictConfig
+from trm_core.vote import Vote, vote
 from trm_core.warmup import WarmupOverLimit, warmup_limit
 
 
-EXIT_RULES = ("fixed", "q-halt", "stable")
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    num_views: int = 256  # views per test input, the original included (the paper: 256 ~ 512)
-    batch_size: int = 256  # rows per forward over all ranks
-    halt_steps: int | None = None  # ACT steps per view; None = the model's halt_max_steps
-    order: str = "variant"  # "variant": a run cut short has seen every task under its first views
-    compile: bool | None = None  # torch.compile the recursion; None = on CUDA only. A failure falls back to eager
-    compile_limit_s: float = 600.0  # seconds the first compiled batch (the warm-up) may take; 0 = no limit
-    exit_rule: str = "fixed"  # when a view is read: "fixed" (all steps), "q-halt" or "stable" (module docstring)
-    stable_steps: int = 2  # "stable": consecutive unchanged steps before a view is read
-    round_views: int = 0  # adaptive view count: views per round per test input; 0 = off (all num_views)
-    settle_margin: int = 0  # adaptive: also settle when the 2nd attempt leads the 3rd by this many votes; 0 = exact only
-    rule: str = "reference"  # adaptive: the vote rule whose top-2 must be settled (the one the vote uses)
-
-    def __post_init__(self) -> None:
-        # an integer >= 1, not a bool or a float: a batch of -1 or 2.5 rows is a mistake to name, not to round
-        for name in ("num_views", "batch_size", "halt_steps", "stable_steps", "round_views", "settle_margin"):
-            value = getattr(self, name)
-            if name == "halt_steps" and value is None:
-                continue
-            low = 0 if name in ("round_views", "settle_margin") else 1
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise ValueError(f"PredictConfig.{name} must be an integer >= {low}, got {value!r}")
-        if self.exit_rule not in EXIT_RULES:
-            raise ValueError(f"PredictConfig.exit_rule must be one of {EXIT_RULES}, got {self.exit_rule!r}")
-        if self.rule not in RULES:
-            raise ValueError(f"PredictConfig.rule must be one of {RULES}, got {self.rule!r}")
-        if self.compile_limit_s < 0:
-            raise ValueError(f"PredictConfig.compile_limit_s must be >= 0 (0 = no limit), got {self.compile_limit_s}")
 
 
 @torch.inference_mode()

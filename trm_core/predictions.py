@@ -22,6 +22,8 @@ from trm_core.safe_io import MAX_SIDE
 CELLS = MAX_SIDE * MAX_SIDE
 ROW = 2 + CELLS  # fixed-width packed grid: [h, w, h*w cells row-major, unused tail]
 MAX_WORDS = (2 + CELLS // 2 + 7) // 8  # 8-byte words a grid can take in compact storage (57)
+# where a run folder keeps every view's answer (flow 1, the notebook run; read by `trm evaluate` and the report)
+PREDICTIONS_FILE, BASELINE_FILE = "predictions.npz", "baseline-predictions.npz"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,36 +11,24 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from trm_core import __version__
 from trm_core.checkpoint import Checkpoint, build_model
+from trm_core.config import DataConfig, TrainConfig
 from trm_core.distributed import rank_world
 from trm_core.batches import TrainSampler
 from trm_core.variants import Variants
 from trm_core.loggers import MetricsLogger
 from trm_core.model import TRM, TRMConfig
 from trm_core.tasks import TaskSet
-from trm_core.train import TrainConfig, TrainResult, train
+from trm_core.train import TrainResult, train
 
 if TYPE_CHECKING:
     from trm_core.fit import FitSchedule
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """How tasks become training rows."""
-
-    num_variants: int = 1000  # augmented variants per task besides the original (one embedding row each)
-    variant_seed: int = 0  # seed of the variant sets (fixes the embedding-row map)
-    sampler_seed: int = 0  # seed of the batch order, variant draws and translations
-    translate: bool = True  # random placement of all but one example of a puzzle on the canvas
-    include_test_pairs: bool = False  # pre-training on a public set: also train on test pairs with outputs
-    max_examples_per_puzzle: int | None = None
-    permute_background: bool = False  # also permute colour 0 in the variants
 
 
 def variants_record(variants: Variants) -> dict[str, Any]:
@@ -94,10 +82,17 @@ def pretrain(tasks: TaskSet, model_cfg: TRMConfig, train_cfg: TrainConfig, data:
                  out_dir=out_dir, stop=stop, deadline=deadline, manifest=manifest, logger=logger, **kwargs)
 
 
+def task_variants(tasks: TaskSet, data: DataConfig) -> Variants:
+    """Each task's original and data.num_variants augmented variants, one embedding row each: the
+    rows post-training trains and the views prediction reads the test inputs through."""
+    return Variants(tasks, data.num_variants, data.variant_seed, data.permute_background)
+
+
 def prepare_posttrain(ckpt: Checkpoint, tasks: TaskSet, data: DataConfig, init: str = "mean",
-                      seed: int = 0) -> tuple[TRM, Variants]:
-    """The checkpoint's trunk with a fresh embedding table for `tasks`' variants."""
-    variants = Variants(tasks, data.num_variants, data.variant_seed, data.permute_background)
+                      seed: int = 0, variants: Variants | None = None) -> tuple[TRM, Variants]:
+    """The checkpoint's trunk with a fresh embedding table for `tasks`' variants (`variants`, else
+    task_variants(tasks, data))."""
+    variants = variants if variants is not None else task_variants(tasks, data)
     model = build_model(ckpt, num_puzzle_identifiers=variants.num_identifiers, init=init,
                         generator=torch.Generator().manual_seed(seed))
     return model, variants
@@ -107,16 +102,18 @@ def posttrain(ckpt: Checkpoint, tasks: TaskSet, train_cfg: TrainConfig, data: Da
               out_dir: str | os.PathLike, *, device: torch.device | str = "cpu", init: str = "mean",
               source: str = "", stop: Callable[[int], bool] | None = None, deadline: float | None = None,
               log: Callable[[str], None] | None = None, logger: MetricsLogger | None = None,
-              fit: FitSchedule | None = None) -> TrainResult:
+              fit: FitSchedule | None = None, variants: Variants | None = None) -> TrainResult:
     """Adapt `ckpt` to `tasks` (their demonstration pairs) with train_cfg.mode.
 
+    `variants`: the tasks' variants to train one row each (default task_variants(tasks, data));
+    the checkpoint written records them, so prediction reads through the same views.
     `fit` spends the steps per task (trm_core/fit.py: fitted tasks leave the batches); None (the
     default) draws every task alike."""
     if train_cfg.mode == "pretrain":
         raise ValueError("posttrain takes a post-training mode: full, embeddings, embeddings-then-full or lora")
     if data.include_test_pairs:
         raise ValueError("posttrain trains on demonstration pairs only (include_test_pairs must be False)")
-    model, variants = prepare_posttrain(ckpt, tasks, data, init, train_cfg.seed)
+    model, variants = prepare_posttrain(ckpt, tasks, data, init, train_cfg.seed, variants)
     base = ckpt.manifest.get("provenance", {})
     manifest = {"provenance": _provenance({"source_name": "posttrain", "data": source, "base": base,
                                            "base_config": ckpt.config.to_dict(), "init": init,

@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import numbers
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 from trm_core import checkpoint as ckpt_io
-from trm_core.checkpoint_recipe import Chosen, post_settings
+from trm_core.config import TrainConfig
 from trm_core.distributed import rank_world
 from trm_core.loggers import MetricsLogger, NullLogger
 from trm_core.loss import act_loss
@@ -53,7 +51,6 @@ from trm_core.warmup import WarmupOverLimit, warmup_limit
 if TYPE_CHECKING:
     from trm_core.fit import FitSchedule, TaskFit
 
-MODES = ("pretrain", "full", "embeddings", "embeddings-then-full", "lora")
 STATE_FILE, METRICS_FILE, CHECKPOINT_DIR = "train_state.pt", "metrics.jsonl", "checkpoint"
 # An interval also ends when this many seconds have passed since the last line, whatever log_every:
 # a run whose log_every steps take an hour (a big batch on a slow GPU) still shows it is alive.
@@ -91,105 +88,6 @@ def read_train_state(path: Path) -> dict[str, Any]:
         raise ResumeError(f"{path} is not a trm-kit training state (missing or malformed: "
                           f"{', '.join(missing) or 'step, train_config, model or generators'}); {_START_FRESH}")
     return state
-
-
-# TrainConfig's real-valued fields and their ranges: "(" / ")" exclude the bound, "[" / "]" include it
-_REAL_RANGES = {"lr": "(0, inf)", "puzzle_emb_lr": "(0, inf)", "weight_decay": "[0, inf)",
-                "puzzle_emb_weight_decay": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)", "lr_min_ratio": "[0, 1]",
-                "lora_alpha": "(0, inf)", "ema_rate": "[0, 1]", "freeze_fraction": "[0, 1]",
-                "compile_limit_s": "[0, inf)"}
-
-
-def _in_range(value: object, span: str) -> bool:
-    """A finite real (not a bool) inside `span`, e.g. "(0, inf)" or "[0, 1]"."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        return False
-    low, high = (float(x) for x in span[1:-1].split(","))
-    return (low <= value if span[0] == "[" else low < value) and (value <= high if span[-1] == "]" else value < high)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train. Defaults are the reference's pre-training values."""
-
-    steps: int  # optimiser steps in total (a resumed run continues up to this count)
-    global_batch_size: int = 768  # rows per step over all ranks; each rank takes an equal slice
-    mode: str = "pretrain"  # pretrain | full | embeddings | embeddings-then-full | lora
-    lr: float = 1e-4  # trunk base learning rate (AdamATan2)
-    puzzle_emb_lr: float = 1e-2  # puzzle-embedding base learning rate (SignSGD)
-    weight_decay: float = 0.1  # trunk decay
-    puzzle_emb_weight_decay: float = 0.1  # lazy decay of the embedding rows present in a batch
-    beta1: float = 0.9
-    beta2: float = 0.95
-    warmup_steps: int = 2000  # linear warm-up; the same schedule drives both optimisers
-    lr_min_ratio: float = 1.0  # 1 = constant after warm-up (reference); < 1 = cosine down to this ratio
-    optimizer: str = "original"  # AdamATan2 variant: "original" or "lucidrains" (use the checkpoint's)
-    freeze_fraction: float = 0.25  # embeddings-then-full: share of steps with the trunk frozen
-    lora_rank: int = 1  # lora mode: adapter rank
-    lora_alpha: float = 16.0  # lora mode: adapter scale is alpha / rank
-    ema: bool = True  # keep an EMA of the trained weights; checkpoints then hold the EMA weights
-    ema_rate: float = 0.999
-    seed: int = 0  # exploration randomness (data order is the sampler's own seed)
-    log_every: int = 50  # steps between log lines (and the only host syncs); also one every LOG_AT_LEAST_S
-    checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = only at the end or on stop
-    # rows per forward/backward on each process (gradients accumulate); 0 = the whole local batch;
-    # -1 = the most rows that fit this GPU's memory, from a peak-memory fit at two small batches (CPU: whole batch)
-    micro_batch_size: int = 0
-    compile: bool | None = None  # torch.compile the recursion; None = on CUDA only. A failure falls back to eager
-    # seconds the first compiled step (the compile warm-up) may take before training goes on eagerly; 0 = no limit
-    compile_limit_s: float = 600.0
-    checkpoint_activations: bool = False  # recompute the gradient-carrying cycle in backward (memory, not speed)
-
-    def __post_init__(self) -> None:
-        # a NaN or infinite rate trains every weight to NaN without an error: refuse it here
-        for name, span in _REAL_RANGES.items():
-            if not _in_range(getattr(self, name), span):
-                raise ValueError(f"TrainConfig.{name} must be a finite number in {span}, got {getattr(self, name)!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"TrainConfig.mode must be one of {MODES}, got {self.mode!r}")
-        if self.steps < 1 or self.global_batch_size < 1:
-            raise ValueError(f"TrainConfig: steps ({self.steps}) and global_batch_size "
-                             f"({self.global_batch_size}) must be >= 1")
-        if not 0.0 <= self.freeze_fraction <= 1.0:
-            raise ValueError(f"TrainConfig.freeze_fraction must be in [0, 1], got {self.freeze_fraction}")
-        if self.optimizer not in ("original", "lucidrains"):
-            raise ValueError(f"TrainConfig.optimizer must be 'original' or 'lucidrains', got {self.optimizer!r}")
-        if self.lora_rank < 1:
-            raise ValueError("TrainConfig.lora_rank must be >= 1")
-        if self.log_every < 1 or self.warmup_steps < 0 or self.checkpoint_every < 0:
-            raise ValueError("TrainConfig: log_every >= 1, warmup_steps >= 0 and checkpoint_every >= 0 are required")
-        if self.compile_limit_s < 0:
-            raise ValueError(f"TrainConfig.compile_limit_s must be >= 0 (0 = no limit), got {self.compile_limit_s}")
-        if self.micro_batch_size < -1:
-            raise ValueError(f"TrainConfig.micro_batch_size must be >= -1 (0 = the whole local batch, -1 = fit to memory), "
-                             f"got {self.micro_batch_size}")
-
-    @property
-    def frozen_steps(self) -> int:
-        """Steps (from 1) during which the trunk does not train."""
-        if self.mode == "embeddings":
-            return self.steps
-        if self.mode == "embeddings-then-full":
-            return math.ceil(self.freeze_fraction * self.steps)
-        return 0
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """The config a dict describes (a job file's); an unknown key is refused by name, never
-        dropped (a misspelt setting would otherwise train with the default unnoticed)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown field(s) {unknown}")
-        return cls(**d)
-
-
-def post_config(steps: int, batch: int, mode: str, chosen: Chosen, *, ceiling: int | None = None,
-                **settings: Any) -> TrainConfig:
-    """The post-training recipe (checkpoint_recipe.post_settings: rates, warm-up, EMA horizon,
-    freeze share, all from the planned `steps`) as a TrainConfig; `settings` are the TrainConfig
-    fields the user set, which win. An unknown field is refused by name (TrainConfig.from_dict)."""
-    return TrainConfig.from_dict({**post_settings(steps, batch, mode, chosen, ceiling), **settings})
 
 
 @dataclass

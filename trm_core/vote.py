@@ -34,9 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from trm_core.config import RULES
 from trm_core.predictions import MAX_SIDE, MAX_WORDS, Predictions, compact_grid, grid_shape, uncompact_grid
 
-RULES = ("reference", "count", "q-weighted")
 FILL_POLICIES = ("fallback", "duplicate")
 
 

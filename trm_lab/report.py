@@ -18,10 +18,10 @@ folder given itself finds submission.json beside it). `challenges` and `solution
 files when the folder holds none (a downloaded output whose run could not keep them).
 Callers add their own sections after the summary (`trm report` and the dry run add the timing
 report's, from submission/report.py, when the folder holds timing-report.json).
-Output: report.html (`write_report`), or its sections (`run_sections`) for a page of trm_core/page.py.
+Output: report.html (`write_report`), or its sections (`run_sections`) for a page of trm_lab/page.py.
 
 The page references nothing outside itself: styles are inline, grids are PNG data URIs drawn by
-trm_core.draw, plots are matplotlib PNG data URIs (the optional `report` extra; without it the page
+trm_lab.draw, plots are matplotlib PNG data URIs (the optional `report` extra; without it the page
 keeps its grids and tables and says how to get the plots), and a Content-Security-Policy forbids
 any fetch. There is no JavaScript: the solved/unsolved filter is CSS.
 """
@@ -37,14 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from trm_core import draw
-from trm_core.page import Section, esc, fmt, grid_figure, line_plots, plot_or_hint, render_page, table
+from trm_core.predictions import BASELINE_FILE, PREDICTIONS_FILE
 from trm_core.safe_io import write_atomic
 from trm_core.tasks import Task
+from trm_lab import TOP_CANDIDATES, draw
+from trm_lab.page import Section, esc, fmt, grid_figure, line_plots, plot_or_hint, render_page, table
 
 REPORT_FILE = "report.html"
-PREDICTIONS_FILE, BASELINE_FILE = "predictions.npz", "baseline-predictions.npz"
-TOP_CANDIDATES = 5  # vote candidates drawn per test input
 
 
 @dataclass

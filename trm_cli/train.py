@@ -11,36 +11,34 @@ import os
 
 import click
 
-from trm_core.checkpoint_recipe import POST_MODE
+from trm_cli.common import (apply, data_options, echo_err, load_checkpoint, load_task_set, locate_checkpoint,
+                            log_options, logger_spec, recipe_settings, report_skipped)
+from trm_core.config import POST_MODE, DataConfig, StudyConfig, TrainConfig
 
-from trm_core.cli_common import (Default, apply, data_config, data_options, echo_err, load_checkpoint,
-                                 load_task_set, locate_checkpoint, log_options, logger_spec, recipe_settings,
-                                 report_skipped, study_config, train_config)
-
-
-RECIPE = "[default: the post-training recipe's, see README]"
+STUDY = StudyConfig()  # a study's defaults (its `train` is the recipe's for the default steps and batch)
 
 
-def adapt_options(config):
-    """How the post-training modes adapt (trm posttrain, trm solve: TrainConfig; trm study: StudyConfig)."""
-    def decorate(f):
-        return apply([
-            click.option("--freeze-fraction", type=float, default=None,
-                         help=f"embeddings-then-full: share of steps with the trunk frozen {RECIPE}."),
-            click.option("--lora-rank", type=int, default=Default(config, "lora_rank"), show_default=True),
-            click.option("--lora-alpha", type=float, default=Default(config, "lora_alpha"), show_default=True),
-            click.option("--init", type=click.Choice(["mean", "normal"]), default=Default(study_config, "init"),
-                         show_default=True, help="Initial embedding rows of the new tasks."),
-        ], f)
-    return decorate
+RECIPE = "[default: the post-training recipe's, see docs/posttraining.md]"
+
+
+def adapt_options(f):
+    """How the post-training modes adapt (trm posttrain, trm solve, trm study)."""
+    return apply([
+        click.option("--freeze-fraction", type=float, default=None,
+                     help=f"embeddings-then-full: share of steps with the trunk frozen {RECIPE}."),
+        click.option("--lora-rank", type=int, default=TrainConfig.lora_rank, show_default=True),
+        click.option("--lora-alpha", type=float, default=TrainConfig.lora_alpha, show_default=True),
+        click.option("--init", type=click.Choice(["mean", "normal"]), default=StudyConfig.init,
+                     show_default=True, help="Initial embedding rows of the new tasks."),
+    ], f)
 
 
 PRETRAIN_OR_RECIPE = ("[default: pretrain, TrainConfig's (the reference's pre-training values); posttrain and "
-                      "solve, the post-training recipe's for the planned steps, see README]")
+                      "solve, the post-training recipe's for the planned steps, see docs/posttraining.md]")
 
 
 def spend_options(f):
-    """How trm posttrain and trm solve spend their steps across tasks (README: how the budget is spent)."""
+    """How trm posttrain and trm solve spend their steps across tasks (docs/posttraining.md: per-task spending)."""
     return apply([
         click.option("--spend", type=click.Choice(["uniform", "per-task"]), default="uniform", show_default=True,
                      help="uniform: every task drawn alike; per-task: every task's demonstration pairs are checked "
@@ -57,7 +55,7 @@ def fit_schedule(opts: dict, steps: int):
     spend, every, patience = opts.pop("spend"), opts.pop("fit_every"), opts.pop("fit_patience")
     if spend == "uniform":
         return None
-    from trm_core.checkpoint_recipe import fit_every
+    from trm_core.config import fit_every
     from trm_core.fit import FitSchedule
 
     return FitSchedule(every=every or fit_every(steps), patience=patience)
@@ -73,7 +71,7 @@ def train_options(f):
         click.option("--lr", type=float, default=None, help=f"Trunk learning rate {PRETRAIN_OR_RECIPE}."),
         click.option("--puzzle-emb-lr", type=float, default=None,
                      help=f"Puzzle-embedding learning rate {PRETRAIN_OR_RECIPE}."),
-        click.option("--weight-decay", type=float, default=Default(train_config, "weight_decay"), show_default=True),
+        click.option("--weight-decay", type=float, default=TrainConfig.weight_decay, show_default=True),
         click.option("--warmup", type=int, default=None, help=f"Warm-up steps {PRETRAIN_OR_RECIPE}."),
         click.option("--lr-min-ratio", type=float, default=None,
                      help=f"1 = constant after warm-up {PRETRAIN_OR_RECIPE}."),
@@ -84,10 +82,10 @@ def train_options(f):
                      help="Keep an EMA of the trained weights [default: the checkpoint's recipe; on when it "
                           "records none, or for pretrain]."),
         click.option("--ema-rate", type=float, default=None, help=f"EMA rate {PRETRAIN_OR_RECIPE}."),
-        click.option("--variants", "num_variants", type=int, default=Default(data_config, "num_variants"),
+        click.option("--variants", "num_variants", type=int, default=DataConfig.num_variants,
                      show_default=True, help="Augmented variants per task (one embedding row each)."),
-        click.option("--translate/--no-translate", default=Default(data_config, "translate"), show_default=True),
-        click.option("--seed", type=int, default=Default(train_config, "seed"), show_default=True),
+        click.option("--translate/--no-translate", default=DataConfig.translate, show_default=True),
+        click.option("--seed", type=int, default=TrainConfig.seed, show_default=True),
         click.option("--device", default=None, help="cpu, cuda (default: cuda when available)."),
         click.option("--micro-batch", "micro_batch", type=click.IntRange(min=0), default=None,
                      help="Rows per forward/backward on each process; gradients accumulate to the global batch "
@@ -96,12 +94,12 @@ def train_options(f):
                      help="torch.compile the recursion, falling back to eager if compiling fails "
                           "[default: on CUDA only]."),
         click.option("--compile-limit", "compile_limit_s", type=click.FloatRange(min=0),
-                     default=Default(train_config, "compile_limit_s"), show_default=True,
+                     default=TrainConfig.compile_limit_s, show_default=True,
                      help="Seconds the first compiled step may take before it is redone eagerly (0: no limit)."),
         click.option("--checkpoint-activations", is_flag=True,
                      help="Recompute the gradient-carrying cycle in backward: less memory, about 30% more compute."),
-        click.option("--log-every", type=int, default=Default(train_config, "log_every"), show_default=True),
-        click.option("--checkpoint-every", type=int, default=Default(train_config, "checkpoint_every"),
+        click.option("--log-every", type=int, default=TrainConfig.log_every, show_default=True),
+        click.option("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every,
                      show_default=True, help="Steps between resumable checkpoints (0: at the end or on stop only)."),
         click.option("--max-minutes", type=float, default=None, help="Stop training cleanly after this long."),
     ], f))
@@ -123,14 +121,14 @@ def training_configs(tasks, mode: str, opts: dict, canvas: int, include_test_pai
     """The TrainConfig and DataConfig the options describe (--epochs converted to steps).
 
     pretrain: an option not given takes TrainConfig's default. A post-training mode: the
-    post-training recipe for the planned steps (trm_core.train.post_config, the variant and EMA
+    post-training recipe for the planned steps (trm_core.config.post_config, the variant and EMA
     `chosen` from the checkpoint), the options given win."""
     from dataclasses import fields
 
     from trm_core.batches import TrainSampler
-    from trm_core.checkpoint_recipe import POST_BATCH
-    from trm_core.recipes import DataConfig
-    from trm_core.train import TrainConfig, post_config
+    from trm_core.config import POST_BATCH
+    from trm_core.config import DataConfig
+    from trm_core.config import TrainConfig, post_config
     from trm_core.variants import Variants
 
     data = DataConfig(num_variants=opts["num_variants"], variant_seed=opts["seed"], sampler_seed=opts["seed"],
@@ -190,7 +188,7 @@ def _run_training(recipe, tasks, mode: str, opts: dict, canvas: int, include_tes
     import time
     from dataclasses import asdict
 
-    from trm_core.checkpoint_recipe import describe_settings
+    from trm_core.config import describe_settings
     from trm_core.distributed import process_group
     from trm_core.train import ResumeError
 
@@ -242,7 +240,7 @@ def pretrain_cmd(data: str, solutions: str | None, split: str | None, preset: st
                  **opts) -> None:
     """Pre-train a fresh TRM or HRM (by --preset) on public tasks.
 
-    Multi-GPU: torchrun --nproc-per-node 4 -m trm_core.cli pretrain ... (each process takes its
+    Multi-GPU: torchrun --nproc-per-node 4 -m trm_cli pretrain ... (each process takes its
     slice of every global batch).
     """
     from trm_core import checkpoint
@@ -268,7 +266,7 @@ def pretrain_cmd(data: str, solutions: str | None, split: str | None, preset: st
 
 def _excluded(tasks, paths: tuple[str, ...]) -> set[str]:
     """Ids of `tasks` that one of the task files in `paths` names, or that share a pair with one of them."""
-    from trm_core.tasksets import task_pairs
+    from trm_core.tasks import task_pairs
 
     ids: set[str] = set()
     keys: set[bytes] = set()
@@ -307,7 +305,7 @@ def mode_option(f):
 @checkpoint_options
 @data_options
 @mode_option
-@adapt_options(train_config)
+@adapt_options
 @train_options
 @spend_options
 @run_folder_option
@@ -327,21 +325,21 @@ def posttrain_cmd(ckpt_path: str, config: str | None, data: str, solutions: str 
 
 def _study_options(f):
     return apply([
-        click.option("--arms", default=Default(study_config, "arms", form=",".join), show_default=True,
+        click.option("--arms", default=",".join(StudyConfig.arms), show_default=True,
                      help="Comma-separated arms: none, full, embeddings, embeddings-then-full, lora, scratch."),
-        click.option("--steps", type=click.IntRange(1), default=Default(study_config, "steps"), show_default=True,
+        click.option("--steps", type=click.IntRange(1), default=STUDY.steps, show_default=True,
                      help="Optimiser steps per trained arm."),
-        click.option("--eval-every", type=click.IntRange(1), default=Default(study_config, "eval_every"),
+        click.option("--eval-every", type=click.IntRange(1), default=StudyConfig.eval_every,
                      show_default=True, help="Steps between evaluations (the last step is always evaluated)."),
-        click.option("--views", type=click.IntRange(1), default=Default(study_config, "views"), show_default=True,
+        click.option("--views", type=click.IntRange(1), default=StudyConfig.views, show_default=True,
                      help="K: views per test input, the original included (at most --variants + 1)."),
-        click.option("--batch-size", type=click.IntRange(1), default=Default(study_config, "batch_size"),
+        click.option("--batch-size", type=click.IntRange(1), default=STUDY.batch_size,
                      show_default=True, help="Global training batch."),
-        click.option("--variants", "num_variants", type=click.IntRange(0), default=Default(study_config, "num_variants"),
+        click.option("--variants", "num_variants", type=click.IntRange(0), default=StudyConfig.num_variants,
                      show_default=True, help="Augmented variants per task (one embedding row each)."),
         click.option("--lr", type=float, default=None, help=f"Trunk learning rate, scratch's too {RECIPE}."),
         click.option("--puzzle-emb-lr", type=float, default=None, help=f"Embedding-row learning rate {RECIPE}."),
-        click.option("--weight-decay", type=float, default=Default(study_config, "weight_decay"), show_default=True),
+        click.option("--weight-decay", type=float, default=STUDY.train.weight_decay, show_default=True),
         click.option("--warmup", type=click.IntRange(0), default=None, help=f"Warm-up steps {RECIPE}."),
         click.option("--lr-min-ratio", type=float, default=None, help=f"1 = constant after warm-up {RECIPE}."),
         click.option("--ema/--no-ema", default=None,
@@ -349,17 +347,17 @@ def _study_options(f):
         click.option("--optimizer", type=click.Choice(["original", "lucidrains"]), default=None,
                      help="AdamATan2 variant [default: the checkpoint's recipe; 'original' when it records none]."),
         click.option("--ema-rate", type=float, default=None, help=f"EMA rate {RECIPE}."),
-        adapt_options(study_config),
-        click.option("--translate/--no-translate", default=Default(study_config, "translate"), show_default=True),
+        adapt_options,
+        click.option("--translate/--no-translate", default=StudyConfig.translate, show_default=True),
         click.option("--rule", type=click.Choice(["reference", "count", "q-weighted"]),
-                     default=Default(study_config, "rule"), show_default=True, help="Ranking rule of the vote."),
-        click.option("--seed", type=int, default=Default(study_config, "seed"), show_default=True),
-        click.option("--spend", type=click.Choice(["uniform", "per-task"]), default=Default(study_config, "spend"),
+                     default=StudyConfig.rule, show_default=True, help="Ranking rule of the vote."),
+        click.option("--seed", type=int, default=STUDY.seed, show_default=True),
+        click.option("--spend", type=click.Choice(["uniform", "per-task"]), default=StudyConfig.spend,
                      show_default=True, help="uniform: every task drawn alike; per-task: a task whose demonstration "
-                                             "pairs are fitted leaves the batches (README: how the budget is spent)."),
-        click.option("--fit-every", type=click.IntRange(1), default=Default(study_config, "fit_every"),
+                                             "pairs are fitted leaves the batches (docs/posttraining.md: per-task spending)."),
+        click.option("--fit-every", type=click.IntRange(1), default=StudyConfig.fit_every,
                      show_default=True, help="per-task: steps between fit checks."),
-        click.option("--fit-patience", type=click.IntRange(1), default=Default(study_config, "fit_patience"),
+        click.option("--fit-patience", type=click.IntRange(1), default=StudyConfig.fit_patience,
                      show_default=True, help="per-task: consecutive fitted checks before a task leaves the batches."),
         click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
                      help="Arms trained at once, in separate processes (CPU threads are split among them)."),
@@ -379,8 +377,9 @@ def study_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | No
               log_to: tuple[str, ...], wandb_project: str, wandb_mode: str, arms: str, jobs: int,
               device: str | None, out_dir: str, **settings) -> None:
     """Post-train a checkpoint on held-out tasks under several arms and follow fit and pass@2 against steps."""
+    from trm_core.config import post_config
     from trm_core.distributed import default_device
-    from trm_core.study import StudyConfig, render_table, run_study
+    from trm_lab.study import render_table, run_study
 
     path, config, _ = locate_checkpoint(ckpt_path, config)
     ckpt = load_checkpoint(ckpt_path, config)  # fail early on a bad checkpoint
@@ -388,15 +387,16 @@ def study_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | No
     report_skipped(tasks)
     settings["warmup_steps"] = settings.pop("warmup")
     # the checkpoint's recipe (its variant, EMA and recorded rates) is read here, where a registry
-    # name is still known, and handed to the study as settings (its arms load the weights by path)
-    chosen = recipe_settings(ckpt, settings["optimizer"], settings["ema"])
-    settings.update(optimizer=chosen.optimizer, ema=chosen.ema)
-    for rate in ("lr", "puzzle_emb_lr"):
-        if settings[rate] is None and chosen.recipe is not None:
-            settings[rate] = getattr(chosen.recipe, rate)
+    # name is still known, and becomes the arms' shared TrainConfig (they load the weights by path)
+    chosen = recipe_settings(ckpt, settings.pop("optimizer"), settings.pop("ema"))
+    steps, batch = settings.pop("steps"), settings.pop("batch_size")
+    given = {k: settings.pop(k) for k in _RECIPE_OPTIONS.values() if k in settings}
+    given = {k: v for k, v in given.items() if v is not None}
+    given.update({k: settings.pop(k) for k in ("weight_decay", "lora_rank", "lora_alpha", "seed")})
     ckpt_path = str(path)
     try:
-        cfg = StudyConfig(arms=tuple(a.strip() for a in arms.split(",") if a.strip()), **settings)
+        train = post_config(steps, batch, POST_MODE, chosen, **given)
+        cfg = StudyConfig(train=train, arms=tuple(a.strip() for a in arms.split(",") if a.strip()), **settings)
         metrics_to = logger_spec(log_to, wandb_project, wandb_mode)
         metrics_to.check()
         study = run_study(ckpt_path, tasks, cfg, out_dir, config=config, source=data,

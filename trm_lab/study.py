@@ -10,7 +10,7 @@ Outputs, in `out_dir`:
   study.json         every figure, the configuration, seeds, versions, machine, wall time per arm
   study.md           arm x step -> pass@2, oracle, demonstration-pair exact accuracy
   study.png          pass@2 and demonstration-pair exact accuracy against steps (needs matplotlib)
-  report.html        the same curves and the final table in the HTML report (trm_core/report.py)
+  report.html        the same curves and the final table in the HTML report (trm_lab/report.py)
 
 Spending (`spend`): "uniform" draws every task alike (the reference); "per-task" runs the trained
 arms with a FitSchedule (trm_core/fit.py): every `fit_every` steps each task's demonstration pairs
@@ -54,7 +54,6 @@ import torch
 from trm_core import __version__
 from trm_core import checkpoint as ckpt_io
 from trm_core.checkpoint import Checkpoint
-from trm_core.checkpoint_recipe import Recipe, choose
 from trm_core.batches import TrainSampler
 from trm_core.variants import Variants
 from trm_core.encoding import encode_grid, to_labels
@@ -63,96 +62,21 @@ from trm_core.fit import FitSchedule, check_fit
 from trm_core.loggers import LoggerSpec
 from trm_core.loss import stablemax_cross_entropy
 from trm_core.model import TRM
-from trm_core.predict import PredictConfig, predict, predict_batch
+from trm_core.config import POSTTRAIN_ARMS, PredictConfig, StudyConfig
+from trm_core.predict import predict
 from trm_core.recipes import prepare_posttrain
 from trm_core.tasks import TaskSet
-from trm_core.train import STATE_FILE, TrainConfig, post_config, train
+from trm_core.train import train
 from trm_core.vote import vote
 
-POSTTRAIN_ARMS = ("full", "embeddings", "embeddings-then-full", "lora")
-ARMS = ("none", *POSTTRAIN_ARMS, "scratch")
-SPENDING = ("uniform", "per-task")
 CURVE_FILE = "curve.jsonl"
 
 
-@dataclass(frozen=True)
-class StudyConfig:
-    """One study: which arms, how long, how often to evaluate, and the training settings they share."""
-
-    arms: tuple[str, ...] = ARMS
-    steps: int = 600  # optimiser steps per trained arm
-    eval_every: int = 100  # steps between evaluations (the last step is always evaluated)
-    views: int = 8  # K: views per test input, the original included (<= variants + 1)
-    batch_size: int = 32  # global training batch
-    num_variants: int = 8  # augmented variants per task besides the original (one embedding row each)
-    # the training settings: None = the post-training recipe's for `steps` (trm_core.train.post_config,
-    # with the checkpoint's variant and EMA); a value set here wins, for every trained arm alike
-    lr: float | None = None  # trunk learning rate (AdamATan2); scratch uses it too
-    puzzle_emb_lr: float | None = None  # embedding-row learning rate (SignSGD)
-    weight_decay: float = 0.1
-    puzzle_emb_weight_decay: float = 0.1
-    warmup_steps: int | None = None
-    lr_min_ratio: float | None = None  # 1 = constant after warm-up; < 1 = cosine down to this ratio
-    ema: bool | None = None  # train (and evaluate) the EMA of the trained weights
-    ema_rate: float | None = None
-    freeze_fraction: float | None = None  # embeddings-then-full: share of the steps with the trunk frozen
-    lora_rank: int = 1
-    lora_alpha: float = 16.0
-    init: str = "mean"  # new embedding rows: "mean" (reference) or "normal"
-    translate: bool = True  # random placement of the demonstration pairs on the canvas
-    optimizer: str | None = None  # AdamATan2 variant; None = the checkpoint's recipe
-    seed: int = 0  # variants, batches, exploration, fresh weights of `scratch`
-    rule: str = "reference"  # vote ranking rule
-    predict_batch: int = 256  # rows per prediction forward
-    log_every: int = 50
-    spend: str = "uniform"  # "uniform": every task alike; "per-task": fitted tasks leave the batches (fit.py)
-    fit_every: int = 50  # per-task: steps between fit checks
-    fit_patience: int = 2  # per-task: consecutive fitted checks before a task leaves the batches
-
-    def __post_init__(self) -> None:
-        unknown = [a for a in self.arms if a not in ARMS]
-        if unknown or not self.arms:
-            raise ValueError(f"StudyConfig.arms: unknown arm(s) {unknown}; choose from {ARMS}")
-        if len(set(self.arms)) != len(self.arms):
-            raise ValueError(f"StudyConfig.arms: {self.arms} names an arm twice")
-        if self.steps < 1 or self.eval_every < 1:
-            raise ValueError("StudyConfig: steps and eval_every must be >= 1")
-        if not 1 <= self.views <= self.num_variants + 1:
-            raise ValueError(f"StudyConfig.views ({self.views}) must be between 1 and num_variants + 1 "
-                             f"({self.num_variants + 1}): every view uses a trained embedding row")
-        if self.init not in ("mean", "normal"):
-            raise ValueError(f"StudyConfig.init must be 'mean' or 'normal', got {self.init!r}")
-        if self.spend not in SPENDING:
-            raise ValueError(f"StudyConfig.spend must be one of {SPENDING}, got {self.spend!r}")
-        if self.fit_every < 1 or self.fit_patience < 1:
-            raise ValueError(f"StudyConfig: fit_every ({self.fit_every}) and fit_patience ({self.fit_patience}) "
-                             "must be >= 1")
-
-    @property
-    def fit_schedule(self) -> FitSchedule | None:
-        """The trained arms' per-task spending (None: uniform)."""
-        if self.spend == "uniform":
-            return None
-        return FitSchedule(every=self.fit_every, patience=self.fit_patience, views=self.views,
-                           batch_size=self.predict_batch)
-
-    @property
-    def eval_steps(self) -> list[int]:
-        """The steps after which every trained arm is evaluated."""
-        steps = list(range(self.eval_every, self.steps + 1, self.eval_every))
-        return steps if steps and steps[-1] == self.steps else steps + [self.steps]
-
-    def train_config(self, arm: str, recipe: Recipe | None = None) -> TrainConfig:
-        """The arm's TrainConfig: the post-training recipe for `steps` (its variant and EMA from
-        the checkpoint's `recipe`), with the settings this study sets; `scratch` trains the same
-        schedule from fresh weights (mode pretrain)."""
-        chosen = choose(recipe, self.optimizer, self.ema)
-        mode = "pretrain" if arm == "scratch" else arm
-        named = ("lr", "puzzle_emb_lr", "warmup_steps", "lr_min_ratio", "ema_rate", "freeze_fraction")
-        given = {k: getattr(self, k) for k in named if getattr(self, k) is not None}
-        return post_config(self.steps, self.batch_size, mode, chosen, **given, weight_decay=self.weight_decay,
-                           puzzle_emb_weight_decay=self.puzzle_emb_weight_decay, lora_rank=self.lora_rank,
-                           lora_alpha=self.lora_alpha, seed=self.seed, log_every=self.log_every)
+def fit_schedule(cfg: StudyConfig) -> FitSchedule | None:
+    """The trained arms' per-task spending (None: uniform)."""
+    if cfg.spend == "uniform":
+        return None
+    return FitSchedule(every=cfg.fit_every, patience=cfg.fit_patience, views=cfg.views, batch_size=cfg.predict_batch)
 
 
 @dataclass
@@ -221,7 +145,7 @@ def _start_model(arm: str, ckpt: Checkpoint, tasks: TaskSet, variants: Variants,
     if arm == "scratch":
         config = ckpt.config.with_(num_puzzle_identifiers=variants.num_identifiers)
         return TRM(config, generator=torch.Generator().manual_seed(cfg.seed))
-    from trm_core.recipes import DataConfig
+    from trm_core.config import DataConfig
 
     data = DataConfig(num_variants=cfg.num_variants, variant_seed=cfg.seed, sampler_seed=cfg.seed,
                       translate=cfg.translate)
@@ -273,7 +197,7 @@ def run_arm(arm: str, ckpt: Checkpoint, tasks: TaskSet, cfg: StudyConfig, arm_di
         return result
 
     run_dir = arm_dir / "run"
-    train_cfg = cfg.train_config(arm, ckpt_io.manifest_recipe(ckpt.manifest, "the checkpoint's manifest"))
+    train_cfg = cfg.train_config(arm)
     model = start
     pending = [b for b in cfg.eval_steps if b not in done]
     logger = (metrics_to or LoggerSpec()).open(arm_dir, {"arm": arm, **asdict(cfg)}, name=arm) if pending else None
@@ -285,7 +209,7 @@ def run_arm(arm: str, ckpt: Checkpoint, tasks: TaskSet, cfg: StudyConfig, arm_di
                                    translate=cfg.translate)
             t0 = time.perf_counter()
             train(model, sampler, train_cfg, device=device, out_dir=run_dir, stop=lambda s, b=boundary: s >= b,
-                  manifest={"study_arm": arm}, logger=logger, fit=cfg.fit_schedule,
+                  manifest={"study_arm": arm}, logger=logger, fit=fit_schedule(cfg),
                   log=lambda line: log(f"[{arm}] {line}") if "resumed" not in line else None)
             train_s = time.perf_counter() - t0
             row_steps = sampler.rows_by_task()
@@ -371,6 +295,10 @@ def run_study(ckpt_path: str | os.PathLike, tasks: TaskSet, cfg: StudyConfig, ou
     out.mkdir(parents=True, exist_ok=True)
     ckpt = ckpt_io.load(ckpt_path, config)
     _check_same_study(out, cfg, str(ckpt_path), source)
+    recipe = ckpt_io.manifest_recipe(ckpt.manifest, "the checkpoint's manifest")
+    if recipe is not None and recipe.optimizer != cfg.train.optimizer:
+        log(f"WARNING: the arms post-train with AdamATan2 {cfg.train.optimizer}; the checkpoint was trained with "
+            f"{recipe.optimizer} ({recipe.source}): build StudyConfig.train with config.study_train(recipe=...)")
     t0 = time.perf_counter()
     n_inputs = sum(len(t.test_inputs) for t in tasks)
     log(f"study: {len(cfg.arms)} arms x {cfg.steps} steps of {cfg.batch_size} on {len(tasks)} tasks "
@@ -387,10 +315,9 @@ def run_study(ckpt_path: str | os.PathLike, tasks: TaskSet, cfg: StudyConfig, ou
                                         str(out / "arms" / arm), str(device), threads, metrics_to)
                        for arm in cfg.arms}
             results = {arm: f.result() for arm, f in futures.items()}
-    recipe = ckpt_io.manifest_recipe(ckpt.manifest, "the checkpoint's manifest")
     first = next((a for a in cfg.arms if a != "none"), POSTTRAIN_ARMS[0])  # the trained arms share all but the mode
     study = {
-        "config": asdict(cfg), "train": asdict(cfg.train_config(first, recipe)), "checkpoint": str(ckpt_path),
+        "config": asdict(cfg), "train": asdict(cfg.train_config(first)), "checkpoint": str(ckpt_path),
         "checkpoint_provenance": ckpt.manifest.get("provenance", {}),
         "data": source, "tasks": len(tasks), "test_inputs": n_inputs, "task_ids": list(tasks.tasks),
         "seeds": {"variants": cfg.seed, "sampler": cfg.seed, "exploration": cfg.seed, "scratch_init": cfg.seed},
@@ -402,7 +329,7 @@ def run_study(ckpt_path: str | os.PathLike, tasks: TaskSet, cfg: StudyConfig, ou
     log(f"study written to {out}: study.json, study.md" + (", study.png" if (out / "study.png").exists() else
                                                           " (no study.png: matplotlib is not installed)"))
     try:
-        from trm_core.report import write_report
+        from trm_lab.report import write_report
 
         log(f"report: {write_report(out, title=f'trm-kit study: {out.resolve().name}')}")
     except Exception as e:  # noqa: BLE001 - the page is a view of study.json, never worth the study
@@ -413,9 +340,9 @@ def run_study(ckpt_path: str | os.PathLike, tasks: TaskSet, cfg: StudyConfig, ou
 def _check_same_study(out: Path, cfg: StudyConfig, ckpt_path: str, source: str) -> None:
     """Refuse to resume arms that were trained under other settings."""
     marker = out / "study-config.json"
-    mine = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("arms", "log_every")},
-            "checkpoint": ckpt_path, "data": source}
+    mine = {"config": {k: v for k, v in asdict(cfg).items() if k != "arms"}, "checkpoint": ckpt_path, "data": source}
     mine["config"]["arms"] = None
+    mine["config"]["train"].pop("log_every")  # how often it logs is no setting of the arms
     if marker.is_file():
         theirs = json.loads(marker.read_text())
         if theirs != json.loads(json.dumps(mine)):
@@ -434,16 +361,25 @@ def _ema(train: dict[str, Any]) -> str:
         ("on" if train.get("ema") else "off")
 
 
+def _train_of(study: dict[str, Any]) -> dict[str, Any]:
+    """The settings the arms trained with: study.json's `train`, with the steps, batch and seed that
+    a study written before StudyConfig held a TrainConfig kept in its `config`."""
+    cfg, train = study["config"], dict(study.get("train") or study["config"])
+    for key, old in (("steps", "steps"), ("global_batch_size", "batch_size"), ("seed", "seed")):
+        train.setdefault(key, cfg.get(old))
+    return train
+
+
 def render_table(study: dict[str, Any]) -> str:
     """study.md: the arm x step table and the final row of every arm."""
     cfg = study["config"]
-    train = study.get("train") or cfg  # the settings the arms trained with (a study from before recorded them in config)
+    train = _train_of(study)
     n = study["test_inputs"]
     lines = [f"# Adaptation study", "",
              f"{study['tasks']} tasks, {n} test inputs ({study['data'] or 'tasks given'}); checkpoint "
-             f"`{study['checkpoint']}`; {cfg['steps']} steps of {cfg['batch_size']} rows, lr {train['lr']:g}, "
+             f"`{study['checkpoint']}`; {train['steps']} steps of {train['global_batch_size']} rows, lr {train['lr']:g}, "
              f"embedding lr {train['puzzle_emb_lr']:g}, warm-up {train.get('warmup_steps')}, {cfg['num_variants']} "
-             f"variants per task, K = {cfg['views']} views, EMA {_ema(train)}, seed {cfg['seed']}. pass@2 and oracle are counted per "
+             f"variants per task, K = {cfg['views']} views, EMA {_ema(train)}, seed {train['seed']}. pass@2 and oracle are counted per "
              "test input (the Kaggle way); demo exact is the share of demonstration pairs reproduced exactly; "
              f"fitted counts the tasks whose every demonstration pair the vote of K views answers (spending: "
              f"{cfg.get('spend', 'uniform')}).", "",
@@ -477,7 +413,7 @@ def plot(study: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    steps = study["config"]["steps"]
+    steps = _train_of(study)["steps"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), constrained_layout=True)
     for ax, key, title in ((axes[0], "pass@2", "test pass@2 (per test input)"),
                            (axes[1], "demo_exact_accuracy", "demonstration pairs solved exactly"),
