@@ -153,7 +153,7 @@ def test_bad_run_configuration_is_refused_before_any_work(tmp_path, args, fragme
 
 
 def test_run_option_keys_match_the_runner_flags():
-    # every spelling the README shows resolves to the same field
+    # every spelling docs/bundle.md shows resolves to the same field
     for key in ("views_target", "views-target", "--views-target"):
         assert run_config([f"{key}=128"]).to_json()["options"] == {"views_target": 128}
     assert run_config(["provisional-every=30"]).runner_args() == ["--provisional-every=30.0"]

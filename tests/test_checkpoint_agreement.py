@@ -50,7 +50,7 @@ def _saved_config(kit: Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-# ---- the demo and the README's example ---------------------------------------------------------
+# ---- the demo and the example of docs/checkpoints.md -------------------------------------------
 
 
 def test_the_demo_carries_its_config_and_the_same_weights() -> None:

@@ -17,7 +17,7 @@ draws no random numbers, so the training streams are those of a run without it.
 
 The gate (`FitSchedule.gate`, on by default): a full check predicts every demonstration input
 under every view, which on a CPU costs about as much as 50 training steps on 45 tasks (measured in
-the README). Training already knows which tasks are close: a row that halted with every label right.
+docs/posttraining.md). Training already knows which tasks are close: a row that halted with every label right.
 So a check predicts only the tasks with at least one such row since the last check, those out of
 the batches (to see them unfit) and those fitted at the last check; every other task counts as no
 pair exact (a vote whose views were never exactly right in training is not expected to be).
