@@ -75,7 +75,7 @@ def _convert(src: Path, config: Any, out_dir: Path, source_name: str, recipe: Re
                           "directory (manifest.json + model.safetensors) instead") from None
     try:
         if isinstance(config, dict):  # a registry entry's {"preset": ..., overrides}
-            from trm_core.registry import entry_config
+            from trm_core.hub import entry_config
 
             config = entry_config(source_name, {"config": config})
         return Path(convert(src, config, out_dir, source_name=source_name, recipe=recipe))

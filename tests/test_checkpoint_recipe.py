@@ -72,7 +72,7 @@ def offline_hub(tmp_path, monkeypatch, micro_checkpoint):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)  # read at import: the client may be loaded already
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(cache))
-    from trm_core import registry as registry_mod
+    from trm_core import hub as registry_mod
 
     monkeypatch.setattr(registry_mod, "DEFAULT_PATH", registry)
     _micro_kit(micro_checkpoint, tmp_path / "no-recipe", None)  # a kit checkpoint that records no recipe

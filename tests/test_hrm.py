@@ -23,7 +23,7 @@ from trm_core.batches import TrainSampler
 from trm_core.variants import Variants
 from trm_core.loss import act_loss
 from trm_core.model import TRM, TRMConfig, count_parameters, flops_per_sample
-from trm_core.registry import load_registry
+from trm_core.hub import load_registry
 from trm_core.submission_file import validate
 from trm_core.config import TrainConfig
 from trm_core.train import train

@@ -22,7 +22,7 @@ PLACEHOLDER = REPO / "submission" / "placeholder" / "arc-agi_test_challenges.jso
 @pytest.fixture
 def registry(tmp_path, monkeypatch):
     """Point the registry at a file the test writes."""
-    from trm_core import registry as registry_mod
+    from trm_core import hub as registry_mod
 
     path = tmp_path / "registry.json"
     monkeypatch.setattr(registry_mod, "DEFAULT_PATH", path)

@@ -62,7 +62,7 @@ def locate_checkpoint(spec: str, config: str | None):
     does). A registry name brings its arch config (unless --config is given) and its recipe."""
     from trm_core.config import RecipeError, of_registry
     from trm_core.hub import SourceError, locate, registry_path
-    from trm_core.registry import entry_config
+    from trm_core.hub import entry_config
 
     try:
         found = locate(spec)

@@ -173,7 +173,7 @@ REFERENCE_REQUIRED = ("hidden_size", "num_heads", "expansion", "H_cycles", "L_cy
 def _named_config(name: str) -> TRMConfig:
     """A preset name ("paper", "trelis-emb1", "tiny") or a registry name ("trelis-arc-agi-2")."""
     from trm_core.config import PRESETS
-    from trm_core.registry import load_registry
+    from trm_core.hub import load_registry
 
     if name in PRESETS:
         return TRMConfig.from_name(name)

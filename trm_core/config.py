@@ -100,7 +100,7 @@ def _rate(value: Any) -> bool:
 def of_registry(name: str, entry: dict[str, Any], puzzle_emb_len: int | None = None,
                 registry: str = "pretrained/registry.json") -> Recipe | None:
     """The recipe a registry entry records (optimizer; ema, false when absent, as
-    trm_core.registry reads it); puzzle_emb_len from its config when written there, else the
+    trm_core.hub reads it); puzzle_emb_len from its config when written there, else the
     caller's (the converted config's). None when the entry names no optimizer: unknown."""
     if "optimizer" not in entry:
         return None
