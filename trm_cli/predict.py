@@ -16,8 +16,7 @@ import click
 from trm_cli.common import (apply, data_options, echo_err, load_checkpoint, load_task_set, raw_challenges_of,
                             recipe_settings, report_skipped)
 from trm_core.config import PredictConfig
-from trm_cli.train import adapt_options, checkpoint_options, fit_schedule, mode_option, open_logger, \
-    spend_options, train_options, training_configs
+from trm_cli.train import fit_schedule, open_logger, posttrain_options, training_configs
 
 RULES = ["reference", "count", "q-weighted"]
 
@@ -286,12 +285,7 @@ def _evaluation_folder(out_dir: str, tasks, preds, voted, report, fill: str):
 
 
 @click.command("solve")
-@checkpoint_options
-@data_options
-@mode_option
-@adapt_options
-@train_options
-@spend_options
+@posttrain_options
 @_view_options("--predict-batch")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder: submission.json, predictions.npz, posttrain/ (checkpoint/, metrics.jsonl).")

@@ -301,13 +301,14 @@ def mode_option(f):
                         default=POST_MODE, show_default=True, help="Post-training mode.")(f)
 
 
+def posttrain_options(f):
+    """What a post-training run is given: the checkpoint, the tasks, the mode and how it adapts, the
+    optimiser and run options, how the steps are spent (trm posttrain and trm solve alike)."""
+    return apply([checkpoint_options, data_options, mode_option, adapt_options, train_options, spend_options], f)
+
+
 @click.command("posttrain")
-@checkpoint_options
-@data_options
-@mode_option
-@adapt_options
-@train_options
-@spend_options
+@posttrain_options
 @run_folder_option
 def posttrain_cmd(ckpt_path: str, config: str | None, data: str, solutions: str | None, split: str | None,
                   mode: str, freeze_fraction: float, lora_rank: int, lora_alpha: float, init: str, **opts) -> None:
