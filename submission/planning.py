@@ -17,7 +17,8 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from submission.dispatch import LINGER_S, Dispatcher
+from submission.clock import LINGER_S, Deadlines
+from submission.dispatch import Dispatcher
 from submission.jobs import CalibrateJob
 from submission.options import RunnerOptions
 from submission.retry import RetryPolicy, Try
@@ -32,7 +33,7 @@ EMA_OPTION = {None: None, "on": True, "off": False}  # the runner's --ema
 FIT_VIEWS = 8
 
 # calibration beats at every step and batch, but one unit may hold a cold start or a compilation:
-# its heartbeat may pause 10 x this (or min_stall, if longer) before the job counts as hung
+# its heartbeat may pause 10 x this (or the run's stall_s, if longer) before the job counts as hung
 CALIBRATION_UNIT_S = 3.0
 
 
@@ -62,16 +63,18 @@ class Planner:
         """Views per test input when nothing was planned (or calibration is measuring)."""
         return self.opts.smoke_views if self.mode == "smoke" else self.opts.views_min
 
-    def calibrate(self, dispatch: Dispatcher, retry: RetryPolicy, limit_s: float, kill_limit: float,
+    def calibrate(self, dispatch: Dispatcher, retry: RetryPolicy, times: Deadlines,
                   log: Callable[[str], None], problem: Callable[[str], None]) -> tuple[Calibration | None, list]:
         """Measure the unit times with calibration jobs, retried by the policy; (calibration or
-        None, each attempt's summary). An attempt runs limit_s at most, and never past kill_limit."""
+        None, each attempt's summary). An attempt runs times.calibration_limit_s (as the phase
+        starts) at most, and never past the kill limit."""
+        limit_s = times.calibration_limit_s(self.clock())
         train_b, pred_b = self.batches()
         views = self.opts.smoke_views if self.mode == "smoke" else self.opts.views_target
         attempts = []
         t: Try | None = Try("calibrate", train_batch=train_b // self.world, predict_batch=pred_b // self.world)
         while t is not None:
-            kill_at = min(self.clock() + limit_s, kill_limit)
+            kill_at = times.kill_after(self.clock(), limit_s)
             if kill_at - self.clock() < 1.0:
                 break
             name = f"calibrate-a{t.index}"

@@ -37,17 +37,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from submission.clock import RUNNER_MARGIN_S, TIME_LIMIT_S
 from trm_core.checkpoint_recipe import POST_BATCH
-
-HOUR = 3600.0
 
 
 @dataclass(frozen=True)
 class Budget:
     """Limits and assumptions of a plan. Defaults: a Kaggle ARC Prize rerun on GPUs."""
 
-    time_limit_s: float = 12 * HOUR  # Kaggle's limit for a code-competition notebook run
-    margin_s: float = 30 * 60  # kept free before the limit (container start, mounting, the final cell)
+    time_limit_s: float = float(TIME_LIMIT_S)  # Kaggle's limit for a code-competition notebook run
+    margin_s: float = float(RUNNER_MARGIN_S)  # kept free before the limit (container start, mounting, the final cell)
     views_min: int = 64  # K_min: fewer views than this only when nothing else fits
     views_target: int = 256  # K_target: the paper found 256 views about as good as 512
     views_max: int = 512  # K_max: used only when training is capped and time is left

@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from submission.dispatch import LINGER_S, Dispatcher, Outcome
+from submission.clock import Deadlines
+from submission.dispatch import Dispatcher, Outcome
 from submission.jobs import TrainJob
 from submission.planning import Planner
 from submission.retry import RetryPolicy, Try
@@ -32,9 +33,7 @@ class Training:
     scratch: Path
     log: Callable[[str], None]
     problem: Callable[[str], None]
-    left: Callable[[], float]  # seconds to the run's deadline
-    kill_limit: float  # no job runs past this (Unix time)
-    grace: float  # past its planned deadline, a job is killed this much later
+    times: Deadlines  # the run's, as the phase starts: each attempt's stop is its plan's, its kill from these
     seed: int = 0
 
     def run(self, tasks: Any, cal: Calibration, p: Plan, world: int) -> tuple[Path | None, str, Plan, dict[str, Any],
@@ -82,7 +81,7 @@ class Training:
 
     def once(self, t: Try, p: Plan, out_dir: Path, resume_at: int, views: int, cal: Calibration) -> Outcome:
         """One training attempt along plan `p`, as a torchrun group of t.world processes."""
-        kill_at = min(p.train_deadline + self.grace + 2 * cal.save_s + LINGER_S, self.kill_limit)
+        kill_at = self.times.train_kill(p.train_deadline, cal.save_s)
         name = f"train-a{t.index}"
         train = self.planner.train_config(p, t.micro_batch)
         self.log(f"{name}: {p.steps - resume_at} steps of {t.train_batch} on {t.world} x {self.dispatch.device}"
@@ -91,7 +90,7 @@ class Training:
         if fit:
             self.log(f"{name}: per-task spending, a fit check every {fit['every']} steps")
         job = self.dispatch.job(TrainJob, name, "train", plan=p.to_json(), train=train, fit=fit,
-                                pg_timeout_s=group_timeout(self.left()),
+                                pg_timeout_s=group_timeout(self.times.left_s(self.dispatch.clock())),
                                 data={"num_variants": max(0, views - 1), "variant_seed": self.seed,
                                       "sampler_seed": self.seed},
                                 out_dir=str(out_dir), deadline=p.train_deadline, attempt=t.index,

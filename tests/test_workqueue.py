@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from submission.assemble import merge_shards
+from submission.clock import Deadlines
 from submission.dispatch import Dispatcher
 from submission.jobs import read_job
 from submission.predicting import Prediction, saved_views
@@ -145,7 +146,7 @@ class FakeLauncher:
 
 def _prediction(tmp_path: Path, launcher: FakeLauncher, tasks: dict[str, int], world: int = 2,
                 attempts: int = 3) -> Prediction:
-    dispatch = Dispatcher(launcher, tmp_path / "scratch", time.time, min_stall=60.0)
+    dispatch = Dispatcher(launcher, tmp_path / "scratch", time.time, Deadlines.at_start(0.0, 600.0))  # stall_s 60
     dispatch.common = {"challenges": "c.json", "task_ids": list(tasks), "canvas": 12, "checkpoint": "ckpt"}
     lines: list[str] = []
     return Prediction(dispatch, RetryPolicy(attempts), answers=None, log=lines.append, problem=lines.append,
