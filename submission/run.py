@@ -44,8 +44,9 @@ the run is calibrated, planned and measured.
 The parts: submission/options.py (RunnerOptions and the command line built from it),
 stopping.py (signals), fallback.py, bundle_check.py, record.py (run.json), clock.py (the deadlines), jobs.py (the
 typed job files), dispatch.py
-(launching and outcomes), retry.py, planning.py (calibration, the plan, the post-training config),
-training.py and predicting.py (their attempts), assemble.py (votes over the fallback, the final
+(launching and outcomes), retry.py, attempts.py (calibration, training and prediction attempts, side by
+side), planning.py (the plan, the post-training config: arithmetic), training.py and predicting.py (what
+their phases leave), assemble.py (votes over the fallback, the final
 repair); this file runs them as a short sequence of phases (`Runner._run`).
 """
 from __future__ import annotations
@@ -66,17 +67,17 @@ from submission import faults as faults_mod
 from submission import keep as keep_mod
 from submission import lifeline
 from submission.assemble import SOURCE_OF_TAG, Answers, dedupe, shard_files
+from submission.attempts import CALIBRATION_UNIT_S, Calibrating, Prediction, Training
 from submission.bundle_check import checkpoint_tampering, verify_bundle
 from submission.clock import STOPPED_KEEP_S, Deadlines
 from submission.dispatch import Dispatcher, Outcome
 from submission.fallback import fallback_submission
 from submission.launch import SubprocessLauncher
 from submission.options import OptionsError, RunnerOptions, folders_from_args, options_from_args, parser
-from submission.planning import CALIBRATION_UNIT_S, Planner
-from submission.predicting import Prediction
+from submission.planning import Planner
 from submission.record import RunLog, printable, save_json, show_id
 from submission.retry import RetryPolicy
-from submission.training import Training, group_timeout as _group_timeout
+from submission.training import group_timeout as _group_timeout
 from submission.scheduler import Calibration, Plan
 from submission.stopping import Stopped, StopSwitch, TrackedLauncher, on_signals
 from trm_core import jsonio
@@ -415,10 +416,11 @@ class Runner:
 
     def calibrate(self) -> Calibration | None:
         t0 = self.clock()
-        cal, attempts = self.planner.calibrate(self.dispatch, self.retry, self.deadlines(), self.log, self.problem)
+        calibrating = Calibrating(self.dispatch, self.retry, self.deadlines(), self.log, self.problem, self.planner)
+        cal, status, attempts = calibrating.run()
         self.record["calibration"] = cal.to_json() if cal else None
         self.calibration = cal
-        self._phase("calibrate", None, t0, "ok" if cal else "failed", attempts=attempts)
+        self._phase("calibrate", None, t0, status, attempts=attempts)
         if cal:
             self._learn(self.times.calibrated(cal.launch_s, cal.train_warmup_s + cal.predict_warmup_s))
             self.log(f"calibrated on {cal.device}: {cal.train_step_s:.4g} s/step of {cal.train_batch}, "
@@ -460,8 +462,8 @@ class Runner:
         if p is None or p.steps <= 0:
             self._phase("train", 0.0, t0, "skipped", reason=p.reason if p else "no plan")
             return None
-        training = Training(self.dispatch, self.retry, self.planner, self.scratch, self.log, self.problem,
-                            self.deadlines(), seed=self.opts.seed)
+        training = Training(self.dispatch, self.retry, self.deadlines(), self.log, self.problem, self.planner,
+                            self.scratch, seed=self.opts.seed)
         ckpt, status, self.plan, self.record["train"], attempts = training.run(self.tasks, cal, p, self.world)
         self._learn(self.times.replanned(self.plan))
         planned = p.phases["train_launch"] + p.phases["train"] + p.phases["save"]
@@ -536,14 +538,13 @@ class Runner:
         t0 = self.clock()
         times = self.deadlines()
         stop = times.last_stop if last else times.prediction_stop()
-        prediction = Prediction(self.dispatch, self.retry, self.answers, self.log, self.problem,
+        prediction = Prediction(self.dispatch, self.retry, times, self.log, self.problem, self.answers,
                                 self.scratch / "predictions", self.world, self.opts.save_every_s,
                                 self.opts.provisional_every_s, self.test_inputs(), self.opts.settle(),
                                 self.opts.predict_queue,
                                 {t.id: len(t.test_inputs) for t in self.tasks} if self.tasks is not None else {})
         files, status, attempts = prediction.run(
             ckpt, tag, phase or ("baseline" if tag == "baseline" else "predict"), views, batch, stop,
-            kill_at=times.predict_kill(stop),
             batch_s=self.plan.predict_batch_s if self.plan else None, provisional=provisional)
         self.predictions[tag] = files
         queue = {"queue": prediction.record} if prediction.record else {}
