@@ -130,3 +130,20 @@ def test_unset_learning_rates_are_the_post_training_recipes(tmp_path: Path) -> N
     set_ = Planner(RunnerOptions(input_dir=tmp_path, working_dir=tmp_path, lr=3e-4), "full", "cpu", 1, 1.0,
                    lambda: 0.0, 100.0).train_config(plan)
     assert set_["lr"] == 3e-4
+
+
+def test_help_shows_every_default_and_what_none_falls_back_to() -> None:
+    from dataclasses import fields
+
+    from submission import clock
+    from submission.options import RunnerOptions, help_text, parser
+    from trm_core.checkpoint_recipe import POST_EMB_LR, POST_LR
+
+    shown = {f.name: help_text(f) for f in fields(RunnerOptions)}
+    for f in fields(RunnerOptions):  # a None default says what it falls back to, any other is shown
+        assert "default:" in shown[f.name] or f.type == "bool" or f.name == "max_steps", f.name
+    assert f"else {POST_LR:g})" in shown["lr"] and f"else {POST_EMB_LR:g})" in shown["puzzle_emb_lr"]
+    assert f"(default: {clock.TIME_LIMIT_S})" in shown["time_limit_s"]
+    assert f"(default: {clock.RUNNER_MARGIN_S})" in shown["margin_s"]
+    page = parser().format_help()  # what `python -m submission.run --help` prints
+    assert f"{POST_LR:g})" in page and f"{POST_EMB_LR:g})" in page and f"{clock.TIME_LIMIT_S})" in page
