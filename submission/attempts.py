@@ -21,7 +21,7 @@ predicting.py (saved views, the progress line).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,7 @@ class Training:
         ckpt = adapted or partial
         status = "ok" if adapted else ("partial" if partial else "failed")
         record = train_record(p, result, watch, ckpt)
-        record["settings"] = self.planner.train_config(p)  # the recipe's choices for the plan it ended on
+        record["settings"] = asdict(self.planner.train_config(p))  # the recipe's choices for the plan it ended on
         record["spend"] = self.planner.fit_schedule(p, cal) or "uniform"
         record["per_task"] = per_task(p, len(tasks), ckpt.parent if ckpt else None)
         return ckpt, status, p, record, attempts
@@ -152,7 +152,7 @@ class Training:
         name = f"train-a{t.index}"
         train = self.planner.train_config(p, t.micro_batch)
         self.log(f"{name}: {p.steps - resume_at} steps of {t.train_batch} on {t.world} x {self.dispatch.device}"
-                 + (f", resuming at step {resume_at}" if resume_at else "") + f"; recipe: {describe_settings(train)}")
+                 + (f", resuming at step {resume_at}" if resume_at else "") + f"; recipe: {describe_settings(asdict(train))}")
         fit = self.planner.fit_schedule(p, cal)
         if fit:
             self.log(f"{name}: per-task spending, a fit check every {fit['every']} steps")

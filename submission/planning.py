@@ -4,8 +4,8 @@ Nothing here launches a job (that is submission/attempts.py).
 
 Input: the runner's options, the run mode (full | smoke), the device and process count, the
 measured write time, the checkpoint's recipe, the tasks and a calibration. Output: scheduler
-`Plan`s and TrainConfig fields (a dict: the worker builds the TrainConfig, so torch is not
-imported here). `read_calibration` takes a previous run's measured calibration back from its
+`Plan`s and the TrainConfig a plan implies (trm_core.train.post_config: the one post-training
+recipe). `read_calibration` takes a previous run's measured calibration back from its
 output (run.json or plan.json), for `trm dry-run --calibration`.
 """
 
@@ -16,12 +16,15 @@ import os
 from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from submission.clock import LINGER_S
 from submission.options import RunnerOptions
 from submission.scheduler import Budget, Calibration, Plan, Workload, plan as make_plan, tasks_that_fit
-from trm_core.checkpoint_recipe import POST_BATCH, Chosen, Recipe, choose, fit_every, post_settings
+from trm_core.checkpoint_recipe import POST_BATCH, Chosen, Recipe, choose, fit_every
+
+if TYPE_CHECKING:
+    from trm_core.train import TrainConfig
 
 EMA_OPTION = {None: None, "on": True, "off": False}  # the runner's --ema
 
@@ -111,16 +114,17 @@ class Planner:
                            train_batch=probe.train_batch, predict_batch=probe.predict_batch)
         return order[:max(0, n)]
 
-    def train_config(self, p: Plan, micro: int = 0) -> dict[str, Any]:
-        """TrainConfig fields for post-training along plan `p`: the post-training recipe
-        (checkpoint_recipe.post_settings) for the planned steps, up to the plan's ceiling, with the
-        rates the runner's options set."""
-        settings = post_settings(p.steps, p.train_batch, self.opts.train_mode, self.post, ceiling=p.steps_ceiling)
+    def train_config(self, p: Plan, micro: int = 0) -> TrainConfig:
+        """The TrainConfig of post-training along plan `p`: the post-training recipe (post_config)
+        for the planned steps, up to the plan's ceiling, with the rates the runner's options set."""
+        # imports torch, which the runner's hardware detection has mostly imported already
+        from trm_core.train import post_config
+
         rates = {k: v for k, v in (("lr", self.opts.lr), ("puzzle_emb_lr", self.opts.puzzle_emb_lr)) if v is not None}
         steps = p.steps - p.steps_done
-        return {**settings, **rates, "micro_batch_size": micro,
-                "checkpoint_every": max(1, math.ceil(max(steps, 1) / 4)),
-                "log_every": max(1, p.steps // 20), "seed": self.opts.seed}
+        return post_config(p.steps, p.train_batch, self.opts.train_mode, self.post, ceiling=p.steps_ceiling,
+                           **rates, micro_batch_size=micro, checkpoint_every=max(1, math.ceil(max(steps, 1) / 4)),
+                           log_every=max(1, p.steps // 20), seed=self.opts.seed)
 
 
 # where a run's calibration is recorded, in the order looked for: the runner's own (run.json's

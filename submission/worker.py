@@ -151,7 +151,6 @@ class _Job:
         from trm_core.distributed import process_group
         from trm_core.fit import FitSchedule
         from trm_core.recipes import DataConfig, posttrain
-        from trm_core.train import TrainConfig
 
         job = self.job
         assert isinstance(job, TrainJob)
@@ -172,7 +171,7 @@ class _Job:
                     _write_json(watch_path, dog.to_json())
                 return decision
 
-            cfg = TrainConfig.from_dict(job.train)
+            cfg = job.train  # read through TrainConfig.from_dict (submission/jobs.py)
             data = DataConfig(**job.data)
             self.part = "train"
             fit = FitSchedule(**job.fit) if job.fit else None

@@ -122,14 +122,16 @@ def test_unset_learning_rates_are_the_post_training_recipes(tmp_path: Path) -> N
     assert plan.steps > 0
     planner = Planner(RunnerOptions(input_dir=tmp_path, working_dir=tmp_path), "full", "cpu", 1, 1.0,
                       lambda: 0.0, 100.0)
-    cfg = TrainConfig.from_dict(planner.train_config(plan))
+    cfg = planner.train_config(plan)
+    assert isinstance(cfg, TrainConfig)
     assert (cfg.lr, cfg.puzzle_emb_lr, cfg.steps, cfg.global_batch_size) == \
         (POST_LR, POST_EMB_LR, plan.steps_ceiling, 8)
     planner.read_recipe(Recipe("original", True, 1, "train record", lr=1e-3, puzzle_emb_lr=0.1))
-    assert {k: planner.train_config(plan)[k] for k in ("lr", "puzzle_emb_lr")} == {"lr": 1e-3, "puzzle_emb_lr": 0.1}
+    again = planner.train_config(plan)
+    assert (again.lr, again.puzzle_emb_lr) == (1e-3, 0.1)
     set_ = Planner(RunnerOptions(input_dir=tmp_path, working_dir=tmp_path, lr=3e-4), "full", "cpu", 1, 1.0,
                    lambda: 0.0, 100.0).train_config(plan)
-    assert set_["lr"] == 3e-4
+    assert set_.lr == 3e-4
 
 
 def test_help_shows_every_default_and_what_none_falls_back_to() -> None:
@@ -147,3 +149,21 @@ def test_help_shows_every_default_and_what_none_falls_back_to() -> None:
     assert f"(default: {clock.RUNNER_MARGIN_S})" in shown["margin_s"]
     page = parser().format_help()  # what `python -m submission.run --help` prints
     assert f"{POST_LR:g})" in page and f"{POST_EMB_LR:g})" in page and f"{clock.TIME_LIMIT_S})" in page
+
+
+def test_a_training_job_carries_a_typed_config_as_a_plain_object(tmp_path: Path) -> None:
+    import json
+
+    from trm_core.train import TrainConfig
+
+    cfg = TrainConfig(steps=7, mode="full", lr=3e-4)
+    job = TrainJob(name="tr", job_dir=str(tmp_path), plan={"steps": 7}, train=cfg, data={}, out_dir="out",
+                   deadline=1e9, **COMMON)
+    on_disk = json.loads(job.write().read_text())["train"]
+    assert isinstance(on_disk, dict) and on_disk["lr"] == 3e-4 and on_disk["steps"] == 7
+    back = read_job(tmp_path / "job.json")
+    assert isinstance(back.train, TrainConfig) and back.train == cfg
+    on_disk["learning_rate"] = 1e-3  # a misspelt setting is named, never trained with the default
+    (tmp_path / "job.json").write_text(json.dumps({**job.to_json(), "train": on_disk}))
+    with pytest.raises(ValueError, match=r"job.json.*train.*unknown field.*learning_rate"):
+        read_job(tmp_path / "job.json")
