@@ -145,10 +145,9 @@ class Training:
 
     def once(self, t: Try, p: Plan, out_dir: Path, resume_at: int, views: int, cal: Calibration) -> Outcome:
         """One training attempt along plan `p`, as a torchrun group of t.world processes. It stops by
-        the plan's train stop (its watchdog may move it, from the plan in the job file), never past
-        the job's deadline (the same instant), and is killed at times.train_kill."""
-        stop = p.train_deadline
-        kill_at = self.times.train_kill(stop, cal.save_s)
+        the plan's train stop (read by the worker from the plan in its job file; its watchdog may
+        move it sooner) and is killed at times.train_kill."""
+        kill_at = self.times.train_kill(p.train_deadline, cal.save_s)
         name = f"train-a{t.index}"
         train = self.planner.train_config(p, t.micro_batch)
         self.log(f"{name}: {p.steps - resume_at} steps of {t.train_batch} on {t.world} x {self.dispatch.device}"
@@ -160,7 +159,7 @@ class Training:
                                 pg_timeout_s=group_timeout(self.times.left_s(self.dispatch.clock())),
                                 data={"num_variants": max(0, views - 1), "variant_seed": self.seed,
                                       "sampler_seed": self.seed},
-                                out_dir=str(out_dir), deadline=stop, attempt=t.index,
+                                out_dir=str(out_dir), attempt=t.index,
                                 heartbeat=self.dispatch.heartbeat(name))
         out = self.dispatch.run_one(job, kill_at, nprocs=t.world, unit_s=p.step_s)
         if not out.ok:

@@ -76,11 +76,10 @@ class TrainJob(Job):
     """Post-train under torchrun (one process per GPU), stopped by the scheduler's Watchdog."""
 
     kind: ClassVar[str] = "train"
-    plan: dict[str, Any]  # scheduler.Plan JSON
+    plan: dict[str, Any]  # scheduler.Plan JSON: training stops by its train_deadline (the watchdog may move it sooner)
     train: TrainConfig  # how to train (a dict given is read through TrainConfig.from_dict)
     data: dict[str, Any]  # DataConfig fields
     out_dir: str  # the run folder; the post-trained checkpoint goes to <out_dir>/checkpoint/
-    deadline: float  # Unix time training must have stopped by
     init: str = "mean"  # how new tasks' embedding rows start
     pg_timeout_s: float | None = None  # the process group's timeout
     fit: dict[str, Any] | None = None  # FitSchedule fields: per-task spending (None: every task drawn alike)

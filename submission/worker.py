@@ -176,7 +176,7 @@ class _Job:
             self.part = "train"
             fit = FitSchedule(**job.fit) if job.fit else None
             res = posttrain(ckpt, tasks, cfg, data, job.out_dir, device=device, init=job.init,
-                            stop=stop, deadline=job.deadline, source=job.challenges,
+                            stop=stop, deadline=dog.initial.train_deadline, source=job.challenges,
                             log=self.log if rank == 0 else (lambda line: None), fit=fit)
             if dog.stop_reason is None:  # train() ran its last step without asking the watchdog again
                 dog.stop_reason = f"all {res.steps_done} steps of the run done"

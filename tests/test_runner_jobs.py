@@ -18,7 +18,7 @@ def test_each_kind_survives_its_job_file(tmp_path: Path) -> None:
     jobs = [CalibrateJob(name="cal", job_dir=str(tmp_path / "c"), train_batch=4, predict_batch=8, views=2,
                          **{**COMMON, "phase": "calibrate"}),
             TrainJob(name="tr", job_dir=str(tmp_path / "t"), plan={"steps": 5}, train={"steps": 5}, data={},
-                     out_dir="out", deadline=1e9, pg_timeout_s=60.0, heartbeat="hb", **COMMON),
+                     out_dir="out", pg_timeout_s=60.0, heartbeat="hb", **COMMON),
             PredictJob(name="pr", job_dir=str(tmp_path / "p"), shards=[[0, 2], [1, 2]], views=4, predict_batch=16,
                        deadline=1e9, prefix="pre", **{**COMMON, "phase": "baseline"})]
     for job in jobs:
@@ -158,7 +158,7 @@ def test_a_training_job_carries_a_typed_config_as_a_plain_object(tmp_path: Path)
 
     cfg = TrainConfig(steps=7, mode="full", lr=3e-4)
     job = TrainJob(name="tr", job_dir=str(tmp_path), plan={"steps": 7}, train=cfg, data={}, out_dir="out",
-                   deadline=1e9, **COMMON)
+                   **COMMON)
     on_disk = json.loads(job.write().read_text())["train"]
     assert isinstance(on_disk, dict) and on_disk["lr"] == 3e-4 and on_disk["steps"] == 7
     back = read_job(tmp_path / "job.json")
