@@ -451,6 +451,7 @@ class Runner:
         if not self.plan.fallback_only:
             self._learn(self.times.planned(self.plan))
             self.initial_plan = self.plan
+        self.record["deadlines"] = self.deadlines().to_json()  # as planned; each later phase takes its own
         return self.plan
 
     # ---- phase: post-training ---------------------------------------------------------------------
