@@ -38,6 +38,11 @@ FIRST_BEAT_S = 60.0  # how long a job may take to its first heartbeat (past stal
 CALIBRATION_MIN_S, CALIBRATION_MAX_S = 60.0, 1200.0
 
 
+def session_deadline(start: float, time_limit_s: float = TIME_LIMIT_S, margin_s: float = RUNNER_MARGIN_S) -> float:
+    """The runner's deadline in a session that started at `start`: start + limit - margin."""
+    return start + time_limit_s - margin_s
+
+
 def _share(span: float, share: float, low: float, high: float) -> float:
     return max(low, min(high, share * span))
 
@@ -60,8 +65,12 @@ class Deadlines:
     predict_stop: float | None = None  # the plan's predict_deadline: the adapted prediction stops by this
 
     @classmethod
-    def at_start(cls, start: float, deadline: float) -> Deadlines:
-        """The deadlines of a run from `start` to `deadline`, before anything is measured or planned."""
+    def at_start(cls, start: float, deadline: float | None = None, *, time_limit_s: float = TIME_LIMIT_S,
+                 margin_s: float = RUNNER_MARGIN_S) -> Deadlines:
+        """The deadlines of a run from `start` to `deadline` (None: start + limit - margin), before
+        anything is measured or planned."""
+        if deadline is None:
+            deadline = session_deadline(start, time_limit_s, margin_s)
         span = deadline - start
         return cls(start=start, deadline=deadline, run_deadline=deadline,
                    reserve_floor_s=_share(span, 0.02, 1.0, 60.0), grace_s=_share(span, 0.02, 0.5, 120.0),

@@ -120,8 +120,9 @@ class Runner:
         clock = self.clock = self.stop.clock  # raises Stopped once after a stop signal (see stopping.py)
         self.environ = dict(os.environ if environ is None else environ)
         self.start = opts.start_time if opts.start_time is not None else clock()
-        deadline = opts.deadline if opts.deadline is not None else self.start + opts.time_limit_s - opts.margin_s
-        self.times = Deadlines.at_start(self.start, deadline)  # replaced as the run learns (see deadlines())
+        self.times = Deadlines.at_start(self.start, opts.deadline, time_limit_s=opts.time_limit_s,
+                                        margin_s=opts.margin_s)  # replaced as the run learns (see deadlines())
+        deadline = self.times.deadline
         out = echo or (lambda line: print(line, flush=True))
 
         def say(line: str) -> None:  # every line printed: a task id or a worker's output may hold anything

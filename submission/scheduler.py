@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from submission.clock import RUNNER_MARGIN_S, TIME_LIMIT_S
+from submission.clock import RUNNER_MARGIN_S, TIME_LIMIT_S, session_deadline
 from trm_core.checkpoint_recipe import POST_BATCH
 
 
@@ -82,8 +82,8 @@ class Budget:
             raise ValueError("Budget: min_train_steps >= 1 and step_headroom, reserve_* >= 0 are required")
 
     def deadline(self, start: float) -> float:
-        """The runner's deadline for a run that started at `start`: start + limit - margin."""
-        return start + self.time_limit_s - self.margin_s
+        """The runner's deadline for a run that started at `start` (clock.session_deadline)."""
+        return session_deadline(start, self.time_limit_s, self.margin_s)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
