@@ -2,7 +2,8 @@
 
 Inputs: the Kaggle session limit and the margins below (the one source of these numbers: the
 scheduler's Budget, the runner's options and the generated notebook's cells are filled from
-them), then, for one run, its start and deadline, its plan and its calibration. Output:
+them; `session_deadline` = start + limit - margin), then, for one run, its start and deadline,
+its plan and its calibration. Output:
 `Deadlines`, a frozen value made once at the start (`Deadlines.at_start`) and replaced, never
 changed, as the run learns more: the smoke run's end (`smoke`), the measured cost of the final
 steps (`measured`), the calibration (`calibrated`), the plan (`planned`, `replanned`). Each job's
@@ -17,12 +18,13 @@ The order (each <= the next):
 A planned stop may fall past the last stop (the plan keeps its own reserve): its job is then killed
 at the kill limit. The final reserve, kept between the last kill and the run deadline, is the most
 of a floor (2% of the run, 1..60 s), the plan's vote and write with half its reserve, and STOP_S
-plus the measured cost of the final steps. Standard library only: the runner reads this before anything heavy loads.
+plus the measured cost of the final steps. Standard library only: the runner reads this before
+anything heavy loads.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 TIME_LIMIT_S = 12 * 3600  # Kaggle's limit for a code-competition notebook run
@@ -158,6 +160,6 @@ class Deadlines:
 
     def to_json(self) -> dict[str, Any]:
         """Every field, and the derived instants, for run.json."""
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d.update(final_reserve_s=self.final_reserve_s, kill_limit=self.kill_limit, last_stop=self.last_stop)
         return d
