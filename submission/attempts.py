@@ -30,7 +30,7 @@ from submission.clock import Deadlines
 from submission.dispatch import Dispatcher, Outcome
 from submission.jobs import CalibrateJob, PredictJob, TrainJob
 from submission.planning import Planner
-from submission.predicting import QUEUES, saved_views, ticker
+from submission.predicting import QUEUES, ticker
 from submission.retry import RetryPolicy, Try
 from submission.scheduler import Calibration, Plan
 from submission.training import group_timeout, per_task, read_json, saved_step, train_record

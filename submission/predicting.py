@@ -1,20 +1,20 @@
-"""What a prediction leaves while it runs: the views its shards saved, and the progress line.
+"""What a prediction leaves while it runs: the views its shards saved, the progress line, and
+the tick that prints it and rewrites the provisional submission.
 
 The prediction's attempts (submission/attempts.py `Prediction`) run one of two ways (QUEUES, the
-runner's --predict-queue):
-static, one independent shard process per GPU (or CPU process), each retried on its own by the one
-policy, so a failing shard loses only its own views; dynamic, one long-lived worker per GPU taking
-work items (groups of whole tasks, largest first: submission/workqueue.py) as it frees up, so one
-slow worker cannot hold the phase, and the retry policy applies per item.
+runner's --predict-queue): static, one independent shard process per GPU (or CPU process), each
+retried on its own by the one policy, so a failing shard loses only its own views; dynamic, one
+long-lived worker per GPU taking work items (groups of whole tasks, largest first:
+submission/workqueue.py) as it frees up, so one slow worker cannot hold the phase, and the retry
+policy applies per item. Their shard files, `<folder>/<tag>-a<attempt>-r<rank>of<world>.npz`
+(dynamic: `<folder>/<tag>-a<attempt>-q<item>-r<rank>of<world>.npz`), are saved as they go, so a
+killed shard keeps what it did.
 
-Input: a checkpoint, the views and global batch, the deadline, and the runner's dispatcher,
-retry policy and answers. Output: the shard files `<folder>/<tag>-a<attempt>-r<rank>of<world>.npz`
-(dynamic: `<folder>/<tag>-a<attempt>-q<item>-r<rank>of<world>.npz`, and the queue's record of who
-took which item)
-(saved as they go, so a killed shard keeps what it did), the phase's status and its attempts;
-while it runs, a provisional submission.json from the shards saved so far, and every
-PROGRESS_EVERY_S a progress line (`Progress`: views saved of those planned, per shard, the rate
-and the ETA), so an hour of prediction is never silent.
+Input: the shard folder and the prediction's tag. Output: `saved_views` (views saved per shard,
+read from the files' record columns), `Progress` (views saved of those planned, per shard, the rate
+and the ETA, as one line) and `ticker` (while the workers work: that line every PROGRESS_EVERY_S,
+so an hour of prediction is never silent, and a provisional submission.json from the shards saved
+so far).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from submission.assemble import Answers
 
