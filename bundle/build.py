@@ -43,6 +43,7 @@ from bundle.notebook import NOTEBOOK_NAME, NotebookSettings, write_notebook
 from bundle.publish import find_credentials
 from bundle.run_config import RunConfig, run_config
 from bundle.wheels import WheelDecision, build_own_wheel, fetch_wheels, plan_wheels, project_requirements
+from submission.clock import RUNNER_MARGIN_S, TIME_LIMIT_S
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PLACEHOLDER_OWNER = "your-username"
@@ -62,8 +63,8 @@ class BundleOptions:
     kernel_slug: str | None = None  # notebook slug; default "<slug>-submit"
     competition: str = DEFAULT_COMPETITION
     licence: str = DEFAULT_LICENCE
-    time_limit_s: int = 12 * 3600  # notebook session limit the runner's deadline derives from
-    runner_margin_s: int = 1800
+    time_limit_s: int = TIME_LIMIT_S  # notebook session limit the runner's deadline derives from
+    runner_margin_s: int = RUNNER_MARGIN_S
     repo_root: Path = REPO_ROOT
     run_options: tuple[str, ...] = ()  # `--run-option KEY=VALUE`s: runner options the notebook passes
     accelerator: str = DEFAULT_ACCELERATOR  # a bundle.metadata.ACCELERATORS name: kernel-metadata's machine

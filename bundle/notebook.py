@@ -29,6 +29,7 @@ from typing import Any
 from bundle.manifest import MARKER_NAME
 from bundle.metadata import DEFAULT_COMPETITION
 from bundle.run_config import RunConfig
+from submission.clock import RUNNER_KILL_GRACE_S, RUNNER_MARGIN_S, TIME_LIMIT_S
 from trm_core import safe_io
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
@@ -45,9 +46,9 @@ class NotebookSettings:
 
     bundle_id: str  # the manifest's bundle_id: the setup cell prefers that bundle among the inputs
     trm_version: str  # trm-kit version to install from the bundle's wheels
-    time_limit_s: int = 12 * 3600  # Kaggle's session limit for a code-competition run
-    runner_margin_s: int = 1800  # runner deadline = start + limit - margin
-    kill_grace_s: int = 900  # runner killed this long after its deadline
+    time_limit_s: int = TIME_LIMIT_S  # Kaggle's session limit for a code-competition run
+    runner_margin_s: int = RUNNER_MARGIN_S  # runner deadline = start + limit - margin
+    kill_grace_s: int = RUNNER_KILL_GRACE_S  # runner killed this long after its deadline
     runner_module: str = "submission.run"
     # the competition whose folder (<input>/competitions/<slug>/ or <input>/<slug>/) holds the
     # challenges the run and final cells answer; "" searches the inputs and refuses several files

@@ -1,6 +1,7 @@
 """Launching the runner's jobs and reading how they ended.
 
-Input: a typed job (submission/jobs.py) and when it must be killed. `Dispatcher` writes the job
+Input: a typed job (submission/jobs.py), when it must be killed, and the run's `Deadlines` (how
+long a heartbeat may pause, how long a finished worker may linger). `Dispatcher` writes the job
 file, starts it through a launcher (subprocesses or torchrun on Kaggle, threads in the tests),
 waits with submission.launch.wait (results written, time limit, heartbeat stall), and returns an
 `Outcome`: the exit status, how it ended and each rank's result.rank<r>.json.
@@ -15,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from submission.clock import Deadlines
 from submission.jobs import Job
 from submission.launch import Handle, wait
-
-LINGER_S = 2.0  # a worker that wrote its result but has not exited after this long is stopped
 
 
 @dataclass
@@ -85,11 +85,10 @@ class Outcome:
 class Dispatcher:
     """Writes, starts and waits for the jobs of one run."""
 
-    def __init__(self, launcher: Any, scratch: Path, clock: Callable[[], float], min_stall: float) -> None:
-        self.launcher, self.scratch, self.clock, self.min_stall = launcher, scratch, clock, min_stall
+    def __init__(self, launcher: Any, scratch: Path, clock: Callable[[], float], times: Deadlines) -> None:
+        self.launcher, self.scratch, self.clock, self.times = launcher, scratch, clock, times
         self.device = "cpu"
         self.common: dict[str, Any] = {}  # the fields every job shares (tasks, checkpoint, seed, fault)
-        self.first_beat_s = 60.0  # how long a job may take to its first heartbeat, past min_stall / 3
 
     def job(self, cls: type[Job], name: str, phase: str, **fields: Any) -> Job:
         """A job of kind `cls` in a fresh folder, its file written."""
@@ -127,12 +126,13 @@ class Dispatcher:
 
     def stall(self, job: Job, launched: float, unit_s: float | None) -> Callable[[], bool]:
         """True once the job's heartbeat (a file touched every step or batch) is older than allowed:
-        10 steps/batches and at least min_stall; before the first beat, also launch and warm-up."""
+        10 steps/batches and at least the run's stall_s; before the first beat, also launch and
+        warm-up (first_beat_s, three times)."""
         if job.heartbeat is None:
             return lambda: False
         beat = Path(job.heartbeat)
-        limit = max(self.min_stall, 10 * (unit_s or 0.0))  # no unit time known (calibration): min_stall
-        first = limit + 3 * self.first_beat_s
+        limit = max(self.times.stall_s, 10 * (unit_s or 0.0))  # no unit time known (calibration): stall_s
+        first = limit + 3 * self.times.first_beat_s
 
         def stalled() -> bool:
             try:
@@ -145,7 +145,7 @@ class Dispatcher:
         """Start one job (a torchrun group when nprocs > 1) and wait for it to end."""
         handle, launched = self.start(job, nprocs, distributed=nprocs > 1)
         ended = wait([handle], [kill_at], clock=self.clock, finished=[self.finished(job, nprocs)],
-                     linger_s=LINGER_S, stalled=[self.stall(job, time.time(), unit_s)])[0]
+                     linger_s=self.times.linger_s, stalled=[self.stall(job, time.time(), unit_s)])[0]
         return self.outcome(job, handle.poll(), ended, launched, nprocs)
 
     def run_many(self, jobs: list[Job], kill_at: float, unit_s: float | None, tick: Callable[[], None] | None,
@@ -153,6 +153,7 @@ class Dispatcher:
         """Start independent one-process jobs together (one per GPU) and wait for all of them."""
         started = [self.start(job, gpu=gpu) for job, gpu in zip(jobs, gpus)]
         ended = wait([h for h, _ in started], [kill_at] * len(jobs), clock=self.clock, tick=tick,
-                     tick_every=tick_every, finished=[self.finished(job) for job in jobs], linger_s=LINGER_S,
+                     tick_every=tick_every, finished=[self.finished(job) for job in jobs],
+                     linger_s=self.times.linger_s,
                      stalled=[self.stall(job, launched, unit_s) for (_, launched), job in zip(started, jobs)])
         return [self.outcome(job, h.poll(), how, launched) for (h, launched), how, job in zip(started, ended, jobs)]

@@ -4,7 +4,9 @@ Input/output: `<job_dir>/job.json`, a JSON object {"kind": ..., field: value, ..
 what every job needs (which tasks, which checkpoint, where to report); `CalibrateJob`, `TrainJob`
 and `PredictJob` add their own fields. `read_job(path)` / `job_from_json(obj)` check the kind and
 the fields (a missing or unknown field is named), so a worker never starts on a malformed file.
-Standard library only: the runner writes jobs before torch is imported.
+A training job carries a typed TrainConfig, a plain object of its fields on disk, read back
+through TrainConfig.from_dict (which refuses an unknown field by name). Standard library only but
+for that config, imported only where a training job is made or read.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from trm_core.config import TrainConfig
 from trm_core.safe_io import write_atomic
 
 PHASES = ("calibrate", "train", "predict", "baseline")  # what fault injection names a job's phase
@@ -71,14 +74,21 @@ class TrainJob(Job):
     """Post-train under torchrun (one process per GPU), stopped by the scheduler's Watchdog."""
 
     kind: ClassVar[str] = "train"
-    plan: dict[str, Any]  # scheduler.Plan JSON
-    train: dict[str, Any]  # TrainConfig fields (those left out take TrainConfig's defaults)
+    plan: dict[str, Any]  # scheduler.Plan JSON: training stops by its train_deadline (the watchdog may move it sooner)
+    train: TrainConfig  # how to train (a dict given is read through TrainConfig.from_dict)
     data: dict[str, Any]  # DataConfig fields
     out_dir: str  # the run folder; the post-trained checkpoint goes to <out_dir>/checkpoint/
-    deadline: float  # Unix time training must have stopped by
     init: str = "mean"  # how new tasks' embedding rows start
     pg_timeout_s: float | None = None  # the process group's timeout
     fit: dict[str, Any] | None = None  # FitSchedule fields: per-task spending (None: every task drawn alike)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.train, dict):  # read from a job file: typed here, an unknown field refused by name
+            try:
+                object.__setattr__(self, "train", TrainConfig.from_dict(self.train))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"job {self.name}: train: {e}") from None
 
 
 @dataclass(frozen=True, kw_only=True)

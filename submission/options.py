@@ -1,10 +1,13 @@
 """What the runner is told: `RunnerOptions`, and the command line built from its fields.
 
 Each field carries its help text (and, where it differs from the field's name, its flag) in its
-metadata, so `parser()` never re-declares an option. Defaults that belong to the scheduler's
-Budget are read from it; the post-training rates default to None, which leaves them to the
-post-training recipe (trm_core.config.post_settings; torch is not imported here: the
-runner writes its fallback before anything heavy loads).
+metadata, so `parser()` never re-declares an option; `--help` shows every default. Defaults that
+belong to the scheduler's Budget are read from it (its time limit and margin from
+submission/clock.py). None is a default only where the real one depends on the checkpoint, the
+device or the run, and the help says what it falls back to: the post-training rates are the
+checkpoint's recorded ones, else trm_core.config's POST_LR / POST_EMB_LR (the
+post-training recipe, post_settings; torch is not imported here: the runner writes its fallback
+before anything heavy loads).
 
 Every option is checked when RunnerOptions is made (`__post_init__`), before anything expensive
 starts: a value out of its range raises OptionsError naming the flag and the range allowed. The
@@ -23,7 +26,7 @@ from typing import Any
 from submission.scheduler import Budget
 from trm_core.config import OPTIMIZERS, POST_BATCH, POST_EMB_LR, POST_LR, POST_MODE
 
-POSTTRAIN_MODES = ("full", "embeddings", "embeddings-then-full", "lora")  # trm_core.config.MODES bar pretrain
+POSTTRAIN_MODES = ("full", "embeddings", "embeddings-then-full", "lora")  # trm_core.train.MODES bar pretrain
 BIG = 1 << 20  # the most rows per batch, views per test input or smoke tasks anyone could mean
 SEED_MAX = (1 << 32) - 1  # numpy's and torch's generators both take 0..2**32-1
 UNIX_MAX = 1e11  # a Unix time past the year 5000 is a typo (or milliseconds)
@@ -209,8 +212,18 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument(flag_of(f), dest=f.name, action="store_true", help=meta["help"])
             continue
         p.add_argument(flag_of(f), dest=f.name, type=_TYPES[f.type], default=default, choices=meta["choices"],
-                       help=meta["help"])
+                       help=help_text(f))
     return p
+
+
+def help_text(f: Any) -> str:
+    """A field's help with its default shown; a None default is explained by the help itself
+    ("default: ..."), since what it falls back to depends on the checkpoint, the device or the run."""
+    default = f.default if f.metadata["cli_default"] is MISSING else f.metadata["cli_default"]
+    text = f.metadata["help"]
+    if default is not None and default is not MISSING and f.type != "bool" and "default:" not in text:
+        text += f" (default: {default:g})" if isinstance(default, float) else f" (default: {default})"
+    return text.replace("%", "%%")  # argparse formats help with %
 
 
 def options_from_args(argv: list[str] | None = None) -> RunnerOptions:

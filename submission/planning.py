@@ -1,10 +1,11 @@
-"""The run's plan: batches, the scheduler's budget for this run, the plan from a calibration,
-the tasks that fit when not all do, and the post-training config a plan implies.
+"""The run's plan, arithmetic only: batches, the scheduler's budget for this run, the plan from a
+calibration, the tasks that fit when not all do, and the post-training config a plan implies.
+Nothing here launches a job (that is submission/attempts.py).
 
 Input: the runner's options, the run mode (full | smoke), the device and process count, the
-measured write time, the checkpoint's recipe, the tasks and calibration jobs' measurements. Output: a `Calibration`,
-scheduler `Plan`s and TrainConfig fields (a dict: the worker builds the TrainConfig, so torch is
-not imported here). `read_calibration` takes a previous run's measured calibration back from its
+measured write time, the checkpoint's recipe, the tasks and a calibration. Output: scheduler
+`Plan`s and the TrainConfig a plan implies (trm_core.train.post_config: the one post-training
+recipe). `read_calibration` takes a previous run's measured calibration back from its
 output (run.json or plan.json), for `trm dry-run --calibration`.
 """
 
@@ -17,12 +18,10 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from submission.dispatch import LINGER_S, Dispatcher
-from submission.jobs import CalibrateJob
+from submission.clock import LINGER_S
 from submission.options import RunnerOptions
-from submission.retry import RetryPolicy, Try
 from submission.scheduler import Budget, Calibration, Plan, Workload, plan as make_plan, tasks_that_fit
-from trm_core.config import POST_BATCH, Chosen, Recipe, choose, fit_every, post_settings
+from trm_core.config import POST_BATCH, Chosen, Recipe, TrainConfig, choose, fit_every, post_config
 
 EMA_OPTION = {None: None, "on": True, "off": False}  # the runner's --ema
 
@@ -30,10 +29,6 @@ EMA_OPTION = {None: None, "on": True, "off": False}  # the runner's --ema
 # per-task spending (--spend per-task): each fit check predicts every demonstration input under
 # FIT_VIEWS views (trm_core/fit.py); how often: config.fit_every
 FIT_VIEWS = 8
-
-# calibration beats at every step and batch, but one unit may hold a cold start or a compilation:
-# its heartbeat may pause 10 x this (or min_stall, if longer) before the job counts as hung
-CALIBRATION_UNIT_S = 3.0
 
 
 class Planner:
@@ -61,36 +56,6 @@ class Planner:
     def views(self) -> int:
         """Views per test input when nothing was planned (or calibration is measuring)."""
         return self.opts.smoke_views if self.mode == "smoke" else self.opts.views_min
-
-    def calibrate(self, dispatch: Dispatcher, retry: RetryPolicy, limit_s: float, kill_limit: float,
-                  log: Callable[[str], None], problem: Callable[[str], None]) -> tuple[Calibration | None, list]:
-        """Measure the unit times with calibration jobs, retried by the policy; (calibration or
-        None, each attempt's summary). An attempt runs limit_s at most, and never past kill_limit."""
-        train_b, pred_b = self.batches()
-        views = self.opts.smoke_views if self.mode == "smoke" else self.opts.views_target
-        attempts = []
-        t: Try | None = Try("calibrate", train_batch=train_b // self.world, predict_batch=pred_b // self.world)
-        while t is not None:
-            kill_at = min(self.clock() + limit_s, kill_limit)
-            if kill_at - self.clock() < 1.0:
-                break
-            name = f"calibrate-a{t.index}"
-            job = dispatch.job(CalibrateJob, name, "calibrate", train_batch=t.train_batch,
-                               predict_batch=t.predict_batch, views=views, attempt=t.index,
-                               heartbeat=dispatch.heartbeat(name))
-            out = dispatch.run_one(job, kill_at, unit_s=CALIBRATION_UNIT_S)
-            attempts.append(out.summary())
-            if out.ok:
-                c = out.results[0]["calibration"]
-                ready = out.ready_at or out.launched_at
-                # a launch costs start-up (imports, loading) plus tear-down (exit), both measured here
-                return Calibration.from_json({**c, "launch_s": max(0.0, ready - out.launched_at) + out.teardown_s}), \
-                    attempts
-            problem(out.describe())
-            t = retry.next(out.error, out.part, t)
-            if t is not None:
-                log(t.why)
-        return None, attempts
 
     def make_budget(self, train_batch: int, predict_batch: int, vote_s_per_view: float = 0.0) -> Budget:
         o = self.opts
@@ -146,16 +111,14 @@ class Planner:
                            train_batch=probe.train_batch, predict_batch=probe.predict_batch)
         return order[:max(0, n)]
 
-    def train_config(self, p: Plan, micro: int = 0) -> dict[str, Any]:
-        """TrainConfig fields for post-training along plan `p`: the post-training recipe
-        (config.post_settings) for the planned steps, up to the plan's ceiling, with the
-        rates the runner's options set."""
-        settings = post_settings(p.steps, p.train_batch, self.opts.train_mode, self.post, ceiling=p.steps_ceiling)
+    def train_config(self, p: Plan, micro: int = 0) -> TrainConfig:
+        """The TrainConfig of post-training along plan `p`: the post-training recipe (post_config)
+        for the planned steps, up to the plan's ceiling, with the rates the runner's options set."""
         rates = {k: v for k, v in (("lr", self.opts.lr), ("puzzle_emb_lr", self.opts.puzzle_emb_lr)) if v is not None}
         steps = p.steps - p.steps_done
-        return {**settings, **rates, "micro_batch_size": micro,
-                "checkpoint_every": max(1, math.ceil(max(steps, 1) / 4)),
-                "log_every": max(1, p.steps // 20), "seed": self.opts.seed}
+        return post_config(p.steps, p.train_batch, self.opts.train_mode, self.post, ceiling=p.steps_ceiling,
+                           **rates, micro_batch_size=micro, checkpoint_every=max(1, math.ceil(max(steps, 1) / 4)),
+                           log_every=max(1, p.steps // 20), seed=self.opts.seed)
 
 
 # where a run's calibration is recorded, in the order looked for: the runner's own (run.json's

@@ -37,12 +37,16 @@ PARENT_GRACE_S whatever it is doing (submission/lifeline.py).
 The deadline holds with a margin the runner measures: the final reserve (kept between the last
 job's kill time and the deadline) is at least twice the measured cost of what follows a kill (the
 final vote and write, the final check, run.json's saves), rehearsed once right after loading so
-that imports and compilation happen then, plus STOP_S for the jobs to go.
+that imports and compilation happen then, plus STOP_S for the jobs to go. Every stop and kill
+instant comes from one value, `Deadlines` (submission/clock.py), made at the start and replaced as
+the run is calibrated, planned and measured.
 
 The parts: submission/options.py (RunnerOptions and the command line built from it),
-stopping.py (signals), fallback.py, bundle_check.py, record.py (run.json), jobs.py (the typed job files), dispatch.py
-(launching and outcomes), retry.py, planning.py (calibration, the plan, the post-training config),
-training.py and predicting.py (their attempts), assemble.py (votes over the fallback, the final
+stopping.py (signals), fallback.py, bundle_check.py, record.py (run.json), clock.py (the deadlines), jobs.py (the
+typed job files), dispatch.py
+(launching and outcomes), retry.py, attempts.py (calibration, training and prediction attempts, side by
+side), planning.py (the plan, the post-training config: arithmetic), training.py and predicting.py (what
+their phases leave), assemble.py (votes over the fallback, the final
 repair); this file runs them as a short sequence of phases (`Runner._run`).
 """
 from __future__ import annotations
@@ -63,31 +67,30 @@ from submission import faults as faults_mod
 from submission import keep as keep_mod
 from submission import lifeline
 from submission.assemble import SOURCE_OF_TAG, Answers, dedupe, shard_files
+from submission.attempts import CALIBRATION_UNIT_S, Calibrating, Prediction, Training
 from submission.bundle_check import checkpoint_tampering, verify_bundle
+from submission.clock import STOPPED_KEEP_S, Deadlines
 from submission.dispatch import Dispatcher, Outcome
 from submission.fallback import fallback_submission
 from submission.launch import SubprocessLauncher
 from submission.options import OptionsError, RunnerOptions, folders_from_args, options_from_args, parser
-from submission.planning import CALIBRATION_UNIT_S, Planner
-from submission.predicting import Prediction
+from submission.planning import Planner
 from submission.record import RunLog, printable, save_json, show_id
 from submission.retry import RetryPolicy
-from submission.training import Training, group_timeout as _group_timeout
+from submission.training import group_timeout as _group_timeout
 from submission.scheduler import Calibration, Plan
 from submission.stopping import Stopped, StopSwitch, TrackedLauncher, on_signals
 from trm_core import jsonio
 from trm_core.config import RecipeError, of_manifest
 from trm_core.safe_io import MAX_SIDE
 
-__all__ = ["CALIBRATION_UNIT_S", "Outcome", "Runner", "RunnerOptions", "_group_timeout", "dedupe",
+__all__ = ["CALIBRATION_UNIT_S", "STOPPED_KEEP_S", "Outcome", "Runner", "RunnerOptions", "_group_timeout", "dedupe",
            "fallback_submission", "main", "options_from_args", "parser"]
 
 RUN_DIR = "trm-run"
-STOP_S = 1.0  # from a job's kill time to its process gone: the 0.1 s poll, SIGTERM, the exit
 FINAL_SAFETY = 2.0  # the final reserve holds this many times the measured cost of the final steps
 BAD_OPTIONS_STATUS = 2
 ALREADY_RUNNING_STATUS = 3  # another runner holds the working folder (submission/lifeline.py)
-STOPPED_KEEP_S = 12.0  # after a stop signal, the files kept for `trm report` are written within this
 
 
 def manifest_canvas(manifest: Any, where: str | os.PathLike) -> int:
@@ -117,26 +120,22 @@ class Runner:
         clock = self.clock = self.stop.clock  # raises Stopped once after a stop signal (see stopping.py)
         self.environ = dict(os.environ if environ is None else environ)
         self.start = opts.start_time if opts.start_time is not None else clock()
-        self.deadline = opts.deadline if opts.deadline is not None else \
-            self.start + opts.time_limit_s - opts.margin_s
-        self.run_deadline = self.deadline  # a smoke run ends sooner
+        self.times = Deadlines.at_start(self.start, opts.deadline, time_limit_s=opts.time_limit_s,
+                                        margin_s=opts.margin_s)  # replaced as the run learns (see deadlines())
+        deadline = self.times.deadline
         out = echo or (lambda line: print(line, flush=True))
 
         def say(line: str) -> None:  # every line printed: a task id or a worker's output may hold anything
             out(printable(line))
 
-        span = self.deadline - self.start
-        self.reserve_floor = max(1.0, min(60.0, 0.02 * span))
-        self.plan_reserve = 0.0  # the plan's vote and write, and half its reserve (see make_plan)
         self.final_check_s = 0.0  # the final check of the file on disk, measured (Answers.rehearse)
-        self.grace = max(0.5, min(120.0, 0.02 * span))
         self.run_dir = opts.working_dir / RUN_DIR
         self.scratch = opts.scratch_dir or Path(self.environ.get("TRM_SCRATCH") or tempfile.gettempdir()) / \
             f"trm-run-{int(self.start)}"
         self.launcher = TrackedLauncher(launcher or SubprocessLauncher(echo=say))
         # a job whose heartbeat stops for this long (or 10 of its steps) is killed and retried
-        self.dispatch = Dispatcher(self.launcher, self.scratch, clock, min_stall=max(2.0, min(600.0, 0.1 * span)))
-        self.rec = RunLog(self.run_dir / "run.json", self.start, self.deadline, clock, say, lambda: self.answers.writes)
+        self.dispatch = Dispatcher(self.launcher, self.scratch, clock, self.times)
+        self.rec = RunLog(self.run_dir / "run.json", self.start, deadline, clock, say, lambda: self.answers.writes)
         self.log, self.problem = self.rec.log, self.rec.problem
         self.record = self.rec.data  # what run.json holds besides phases and problems
         self.answers = Answers(opts.working_dir / "submission.json", self.log, self.problem)
@@ -144,7 +143,7 @@ class Runner:
         self.fault_spec = ""  # what every job injects: $TRM_FAULT once checked (see check_faults)
         self.challenges_path: Path | None = None
         self.kind, self.mode, self.device, self.world = "local", "full", "cpu", 1
-        self.planner = Planner(opts, self.mode, self.device, self.world, 1.0, clock, self.deadline)
+        self.planner = Planner(opts, self.mode, self.device, self.world, 1.0, clock, deadline)
         self.checkpoint: Path | None = None
         self.canvas = 30
         self.tasks: Any = None  # TaskSet of the tasks to predict
@@ -169,9 +168,6 @@ class Runner:
         self.record["answers"] = self.answers.who_answered()
         return self.rec.phase(name, planned, started, status, **detail)
 
-    def left(self) -> float:
-        return self.run_deadline - self.clock()
-
     @property
     def final_steps_s(self) -> float:
         """FINAL_SAFETY x the measured cost of the steps after the last prediction: the slowest
@@ -180,12 +176,14 @@ class Runner:
         a = self.answers
         return FINAL_SAFETY * (max(a.assemble_s, a.write_s) + self.final_check_s + 3 * self.rec.save_s)
 
-    @property
-    def final_reserve(self) -> float:
-        """Seconds kept between the last job's kill time and the deadline: the floor (2% of the
-        run, 1..60 s), the plan's vote and write with half its reserve, or STOP_S + final_steps_s,
-        whichever is most."""
-        return max(self.reserve_floor, self.plan_reserve, STOP_S + self.final_steps_s)
+    def deadlines(self) -> Deadlines:
+        """The run's deadlines with the final steps' cost as measured now (it grows as writes and
+        saves are timed): each phase takes its stop and kill instants from this."""
+        return self.times.measured(self.final_steps_s)
+
+    def _learn(self, times: Deadlines) -> None:
+        """The run's deadlines from now on (the dispatcher's heartbeat limits come from them too)."""
+        self.times = self.dispatch.times = times
 
     # ---- the whole run -------------------------------------------------------------------------
 
@@ -217,7 +215,7 @@ class Runner:
 
     def _run(self) -> None:
         """The phases, in order; each one that fails leaves the submission as it was."""
-        self.log(f"deadline in {self.deadline - self.clock():.0f} s")
+        self.log(f"deadline in {self.times.deadline - self.clock():.0f} s")
         self.write_fallback()
         self.check_faults()
         if not self.answers.fallback:
@@ -301,7 +299,7 @@ class Runner:
             mode = "full" if self.kind in ("rerun", "local") else "smoke"
         self.mode = mode
         if mode == "smoke":
-            self.run_deadline = min(self.deadline, self.start + self.opts.smoke_time_s)
+            self._learn(self.times.smoke(self.start + self.opts.smoke_time_s))
         hw = environment.hardware
         want = self.opts.device or ("cuda" if hw.gpu_count else "cpu")
         if want == "cuda" and not hw.gpu_count:
@@ -320,7 +318,7 @@ class Runner:
         self.world = min(self.opts.gpus or hw.gpu_count, hw.gpu_count) if want == "cuda" else self.opts.cpu_procs
         self.world = max(1, self.world)
         self.planner = Planner(self.opts, mode, want, self.world, self.planner.write_s, self.clock,
-                               self.run_deadline)
+                               self.times.run_deadline)
         self.record.update(environment=environment.to_json(), run_mode=mode, device=want, world=self.world,
                            versions=env_mod.versions(), seeds={"seed": self.opts.seed},
                            options={k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.opts).items()})
@@ -360,7 +358,7 @@ class Runner:
         check_s = self.answers.rehearse(self.tasks, self.run_dir / "rehearsal.json")
         self.final_check_s = max(self.final_check_s, check_s)
         self.planner.write_s = self.final_steps_s
-        self._phase("load", None, t0, "ok", final_reserve_s=self.final_reserve,
+        self._phase("load", None, t0, "ok", final_reserve_s=self.deadlines().final_reserve_s,
                     vote_compile_s=self.answers.vote_compile_s)
 
     def _checkpoint(self) -> tuple[Path | None, Any]:
@@ -419,15 +417,13 @@ class Runner:
 
     def calibrate(self) -> Calibration | None:
         t0 = self.clock()
-        # a cold start (imports, numba compilation) on a loaded CPU can take most of a minute
-        limit = max(min(60.0, 0.5 * self.left()), min(0.15 * self.left(), 1200.0))
-        cal, attempts = self.planner.calibrate(self.dispatch, self.retry, limit, self.run_deadline - self.final_reserve,
-                                               self.log, self.problem)
+        calibrating = Calibrating(self.dispatch, self.retry, self.deadlines(), self.log, self.problem, self.planner)
+        cal, status, attempts = calibrating.run()
         self.record["calibration"] = cal.to_json() if cal else None
         self.calibration = cal
-        self._phase("calibrate", None, t0, "ok" if cal else "failed", attempts=attempts)
+        self._phase("calibrate", None, t0, status, attempts=attempts)
         if cal:
-            self.dispatch.first_beat_s = cal.launch_s + cal.train_warmup_s + cal.predict_warmup_s
+            self._learn(self.times.calibrated(cal.launch_s, cal.train_warmup_s + cal.predict_warmup_s))
             self.log(f"calibrated on {cal.device}: {cal.train_step_s:.4g} s/step of {cal.train_batch}, "
                      f"{cal.predict_batch_s:.4g} s/batch of {cal.predict_batch}, launch {cal.launch_s:.1f} s, "
                      f"warm-up {cal.train_warmup_s:.1f}/{cal.predict_warmup_s:.1f} s")
@@ -454,8 +450,9 @@ class Runner:
         self.record["planned_total_s"] = self.plan.end - self.start
         self.log(self.plan.render())
         if not self.plan.fallback_only:
-            self.plan_reserve = self.plan.phases["vote_write"] + 0.5 * self.plan.reserve_s
+            self._learn(self.times.planned(self.plan))
             self.initial_plan = self.plan
+        self.record["deadlines"] = self.deadlines().to_json()  # as planned; each later phase takes its own
         return self.plan
 
     # ---- phase: post-training ---------------------------------------------------------------------
@@ -467,9 +464,10 @@ class Runner:
         if p is None or p.steps <= 0:
             self._phase("train", 0.0, t0, "skipped", reason=p.reason if p else "no plan")
             return None
-        training = Training(self.dispatch, self.retry, self.planner, self.scratch, self.log, self.problem, self.left,
-                            kill_limit=self.run_deadline - self.final_reserve, grace=self.grace, seed=self.opts.seed)
+        training = Training(self.dispatch, self.retry, self.deadlines(), self.log, self.problem, self.planner,
+                            self.scratch, seed=self.opts.seed)
         ckpt, status, self.plan, self.record["train"], attempts = training.run(self.tasks, cal, p, self.world)
+        self._learn(self.times.replanned(self.plan))
         planned = p.phases["train_launch"] + p.phases["train"] + p.phases["save"]
         self._phase("train", planned, t0, status, attempts=attempts)
         return ckpt
@@ -479,16 +477,15 @@ class Runner:
     def predict_final(self, adapted: Path | None) -> dict[str, Any]:
         """Predict with the post-trained checkpoint (the raw one without it), vote, write."""
         if self.initial_plan is not None:
-            p = self.plan
-            views, batch, deadline = p.views, p.predict_batch, p.predict_deadline
+            views, batch = self.plan.views, self.plan.predict_batch
             planned = self.initial_plan.phases["predict_launch"] + self.initial_plan.phases["predict"]
-        else:  # no calibration: predict with the raw checkpoint until the deadline, no training
+        else:  # no calibration: predict with the raw checkpoint until the last stop, no training
             views, batch = self.planner.views(), self.planner.batches()[1]
-            deadline, planned = self.run_deadline - self.final_reserve - self.grace, None
+            planned = None
         tag = "adapted" if adapted else "raw"
         source = SOURCE_OF_TAG[tag]
         self.on_stop = lambda: self.answers.assemble(self._saved(tag), "final, stopped", source=source)
-        files = self.predict(adapted or self.checkpoint, tag, views, batch, deadline, planned, provisional=True)
+        files = self.predict(adapted or self.checkpoint, tag, views, batch, planned, provisional=True)
         t0 = self.clock()
         summary = self.answers.assemble(files, "final", source=source) if files else {"records": 0, "from_model": 0}
         self.on_stop = None
@@ -506,7 +503,6 @@ class Runner:
         """The un-adapted checkpoint: as a baseline when asked, else to answer what the adapted
         model left unanswered (its views are voted apart)."""
         views, batch = final["views"], final["batch"]
-        deadline = self.run_deadline - self.final_reserve - self.grace
         raw_files: list[str] = []
         source = final["source"]
         if final["from_model"] < self.test_inputs():
@@ -515,13 +511,14 @@ class Runner:
                                                          source=source)
         if self.opts.baseline and self.plan is not None:
             planned = self.initial_plan.phases["baseline_launch"] + self.initial_plan.phases["baseline"]
-            raw_files = self.predict(self.checkpoint, "baseline", views, batch, deadline, planned, provisional=False)
+            raw_files = self.predict(self.checkpoint, "baseline", views, batch, planned, provisional=False,
+                                     last=True)
             self.record["baseline"] = {"views": views, "files": self.predictions.get("baseline", [])}
         elif final["from_model"] < self.test_inputs() and self._room_for_a_launch():
             self.log("adapted prediction left test inputs unanswered: predicting them with the un-adapted checkpoint")
             raw_files = self.predict(self.checkpoint, "unadapted", self.opts.smoke_views if self.mode == "smoke" else
-                                     min(views, self.opts.views_min), batch, deadline, None, provisional=False,
-                                     phase="baseline")
+                                     min(views, self.opts.views_min), batch, None, provisional=False,
+                                     phase="baseline", last=True)
         if raw_files and final["from_model"] < self.test_inputs():
             t0 = self.clock()
             best = self.answers.assemble(final["files"], "final, un-adapted where the adapted model has no answer",
@@ -534,19 +531,22 @@ class Runner:
         """The shard files of prediction `tag` saved so far."""
         return shard_files(self.scratch / "predictions", tag)
 
-    def predict(self, ckpt: Path, tag: str, views: int, batch: int, deadline: float, planned: float | None,
-                provisional: bool, phase: str | None = None) -> list[str]:
-        """Shard processes over the GPUs (or CPU processes); returns the prediction files. phase
-        (for fault injection): predict, or baseline for the un-adapted checkpoint after training."""
+    def predict(self, ckpt: Path, tag: str, views: int, batch: int, planned: float | None, provisional: bool,
+                phase: str | None = None, last: bool = False) -> list[str]:
+        """Shard processes over the GPUs (or CPU processes); returns the prediction files. It stops
+        at the plan's predict stop, or the last stop (`last`: the un-adapted prediction after the
+        final one, or nothing planned). phase (for fault injection): predict, or baseline for the
+        un-adapted checkpoint after training."""
         t0 = self.clock()
-        prediction = Prediction(self.dispatch, self.retry, self.answers, self.log, self.problem,
+        times = self.deadlines()
+        stop = times.last_stop if last else times.prediction_stop()
+        prediction = Prediction(self.dispatch, self.retry, times, self.log, self.problem, self.answers,
                                 self.scratch / "predictions", self.world, self.opts.save_every_s,
                                 self.opts.provisional_every_s, self.test_inputs(), self.opts.settle(),
                                 self.opts.predict_queue,
                                 {t.id: len(t.test_inputs) for t in self.tasks} if self.tasks is not None else {})
         files, status, attempts = prediction.run(
-            ckpt, tag, phase or ("baseline" if tag == "baseline" else "predict"), views, batch, deadline,
-            kill_at=min(deadline + self.grace, self.run_deadline - self.final_reserve),
+            ckpt, tag, phase or ("baseline" if tag == "baseline" else "predict"), views, batch, stop,
             batch_s=self.plan.predict_batch_s if self.plan else None, provisional=provisional)
         self.predictions[tag] = files
         queue = {"queue": prediction.record} if prediction.record else {}
@@ -558,7 +558,7 @@ class Runner:
         """Time for one more prediction launch to give something (start-up, warm-up, a batch, twice)."""
         cal, p = self.calibration, self.plan
         need = 2 * (cal.launch_s + cal.predict_warmup_s + (p.predict_batch_s if p else 0.0)) if cal else 10.0
-        return self.run_deadline - self.final_reserve - self.grace - self.clock() > need
+        return self.deadlines().room_s(self.clock()) > need
 
     def test_inputs(self) -> int:
         return sum(len(t.test_inputs) for t in self.tasks) if self.tasks is not None else 0
@@ -588,7 +588,7 @@ class Runner:
         timing = self.clock() + FINAL_SAFETY * 2 * self.rec.save_s <= until
         # the last save is part of the run: its cost is the slowest save measured so far
         end = self.clock() + self.rec.save_s * (2 if timing else 1)
-        self.record["finished_before_deadline"] = end <= self.deadline
+        self.record["finished_before_deadline"] = end <= self.times.deadline
         self._phase("finalize", None, t0, "ok")
         if timing:  # of run.json as saved just now: every phase, the final one included
             kept = keep_mod.write_timing(self.run_dir, self.rec.data)
@@ -597,16 +597,14 @@ class Runner:
         else:
             self.log(f"timing report not kept: {until - self.clock():.1f} s left ({keep_mod.TIMING_JSON} "
                      "is drawn from run.json by `trm report`)")
-        self.log(f"done in {end - self.start:.1f} s, {self.deadline - end:.1f} s before the deadline; "
+        self.log(f"done in {end - self.start:.1f} s, {self.times.deadline - end:.1f} s before the deadline; "
                  f"{len(self.problems)} problem(s)")
 
     def keep_until(self) -> float:
-        """When keeping files must be over: the deadline; after a stop signal, STOPPED_KEEP_S past
-        the signal at most (the notebook's SIGKILL follows its SIGTERM by 30 s, whatever the deadline)."""
+        """When keeping files must be over (Deadlines.keep_until)."""
         if not self.stop.signal:
-            return self.deadline
-        at = self.stop.at if self.stop.at is not None else self.clock()
-        return at + STOPPED_KEEP_S if at >= self.deadline else min(self.deadline, at + STOPPED_KEEP_S)
+            return self.times.keep_until(None)
+        return self.times.keep_until(self.stop.at if self.stop.at is not None else self.clock())
 
     def keep_output(self, until: float) -> None:
         """The files `trm report` needs, into trm-run/ (submission/keep.py), what fits before `until`."""

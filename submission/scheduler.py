@@ -37,17 +37,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from submission.clock import RUNNER_MARGIN_S, TIME_LIMIT_S, session_deadline
 from trm_core.config import POST_BATCH
-
-HOUR = 3600.0
 
 
 @dataclass(frozen=True)
 class Budget:
     """Limits and assumptions of a plan. Defaults: a Kaggle ARC Prize rerun on GPUs."""
 
-    time_limit_s: float = 12 * HOUR  # Kaggle's limit for a code-competition notebook run
-    margin_s: float = 30 * 60  # kept free before the limit (container start, mounting, the final cell)
+    time_limit_s: float = float(TIME_LIMIT_S)  # Kaggle's limit for a code-competition notebook run
+    margin_s: float = float(RUNNER_MARGIN_S)  # kept free before the limit (container start, mounting, the final cell)
     views_min: int = 64  # K_min: fewer views than this only when nothing else fits
     views_target: int = 256  # K_target: the paper found 256 views about as good as 512
     views_max: int = 512  # K_max: used only when training is capped and time is left
@@ -83,8 +82,8 @@ class Budget:
             raise ValueError("Budget: min_train_steps >= 1 and step_headroom, reserve_* >= 0 are required")
 
     def deadline(self, start: float) -> float:
-        """The runner's deadline for a run that started at `start`: start + limit - margin."""
-        return start + self.time_limit_s - self.margin_s
+        """The runner's deadline for a run that started at `start` (clock.session_deadline)."""
+        return session_deadline(start, self.time_limit_s, self.margin_s)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

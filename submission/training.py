@@ -1,105 +1,16 @@
-"""Post-training as the runner runs it: a torchrun group per attempt, retried by the one policy.
+"""What post-training leaves: run.json's "train" entry (planned vs done, the watchdog's re-plans,
+per-task rows), the step a run folder's checkpoint reached, and a process group's timeout.
 
-Input: the plan, the calibration, the tasks, and the runner's dispatcher, retry policy and
-planner. Output: the checkpoint to predict with (the finished run's, or the last one a failed
-attempt saved), the phase's status, the plan as it ended (re-plans after a retry and the
-watchdog's view count) and run.json's "train" entry. Out of memory resumes the same run folder
-with smaller micro-batches; a run folder is named by its world size and global batch, so a run
-with another batch starts fresh.
+The training attempts themselves are submission/attempts.py `Training`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from submission.dispatch import LINGER_S, Dispatcher, Outcome
-from submission.jobs import TrainJob
-from submission.planning import Planner
-from submission.retry import RetryPolicy, Try
-from submission.scheduler import Calibration, Plan
-from trm_core.config import describe_settings
-
-
-@dataclass
-class Training:
-    dispatch: Dispatcher
-    retry: RetryPolicy
-    planner: Planner
-    scratch: Path
-    log: Callable[[str], None]
-    problem: Callable[[str], None]
-    left: Callable[[], float]  # seconds to the run's deadline
-    kill_limit: float  # no job runs past this (Unix time)
-    grace: float  # past its planned deadline, a job is killed this much later
-    seed: int = 0
-
-    def run(self, tasks: Any, cal: Calibration, p: Plan, world: int) -> tuple[Path | None, str, Plan, dict[str, Any],
-                                                                             list[dict[str, Any]]]:
-        """(checkpoint or None, status ok | partial | failed, the final plan, record, attempts)."""
-        attempts: list[dict[str, Any]] = []
-        adapted = partial = None
-        watch: dict[str, Any] = {}
-        result: dict[str, Any] = {}
-        trained_views: dict[Path, int] = {}  # a resumed run keeps its variants (its sampler checks them)
-        t: Try | None = Try("train", world=world, train_batch=p.train_batch, micro_batch=cal.train_micro_batch)
-        while t is not None:
-            out_dir = self.scratch / f"train-w{t.world}-b{t.train_batch}"
-            resume_at = saved_step(out_dir)
-            if t.index:
-                again = self.planner.plan(tasks, cal, world=t.world, train_batch=t.train_batch, steps_done=resume_at)
-                if again.steps <= resume_at:
-                    self.log("no time left for another training attempt")
-                    break
-                p = again
-                if resume_at and out_dir in trained_views:
-                    p = replace(p, views=min(p.views, trained_views[out_dir]))
-            out = self.once(t, p, out_dir, resume_at, trained_views.setdefault(out_dir, p.views), cal)
-            attempts.append({**out.summary(), "world": t.world, "train_batch": t.train_batch,
-                             "micro_batch": t.micro_batch, "resume_at": resume_at})
-            watch = _read_json(self.scratch / "jobs" / out.name / "watchdog.json") or watch
-            if out.ok:
-                result = out.results[0] if out.results else {}
-                adapted = Path(result["checkpoint"]) if result.get("checkpoint") else None
-                break
-            if (out_dir / "checkpoint" / "manifest.json").is_file():
-                partial = out_dir / "checkpoint"
-            t = self.retry.next(out.error, out.part, t)
-            if t is not None:
-                self.log(t.why)
-        if watch.get("final_plan"):
-            p = replace(p, views=min(p.views, Plan.from_json(watch["final_plan"]).views))
-        ckpt = adapted or partial
-        status = "ok" if adapted else ("partial" if partial else "failed")
-        record = train_record(p, result, watch, ckpt)
-        record["settings"] = self.planner.train_config(p)  # the recipe's choices for the plan it ended on
-        record["spend"] = self.planner.fit_schedule(p, cal) or "uniform"
-        record["per_task"] = per_task(p, len(tasks), ckpt.parent if ckpt else None)
-        return ckpt, status, p, record, attempts
-
-    def once(self, t: Try, p: Plan, out_dir: Path, resume_at: int, views: int, cal: Calibration) -> Outcome:
-        """One training attempt along plan `p`, as a torchrun group of t.world processes."""
-        kill_at = min(p.train_deadline + self.grace + 2 * cal.save_s + LINGER_S, self.kill_limit)
-        name = f"train-a{t.index}"
-        train = self.planner.train_config(p, t.micro_batch)
-        self.log(f"{name}: {p.steps - resume_at} steps of {t.train_batch} on {t.world} x {self.dispatch.device}"
-                 + (f", resuming at step {resume_at}" if resume_at else "") + f"; recipe: {describe_settings(train)}")
-        fit = self.planner.fit_schedule(p, cal)
-        if fit:
-            self.log(f"{name}: per-task spending, a fit check every {fit['every']} steps")
-        job = self.dispatch.job(TrainJob, name, "train", plan=p.to_json(), train=train, fit=fit,
-                                pg_timeout_s=group_timeout(self.left()),
-                                data={"num_variants": max(0, views - 1), "variant_seed": self.seed,
-                                      "sampler_seed": self.seed},
-                                out_dir=str(out_dir), deadline=p.train_deadline, attempt=t.index,
-                                heartbeat=self.dispatch.heartbeat(name))
-        out = self.dispatch.run_one(job, kill_at, nprocs=t.world, unit_s=p.step_s)
-        if not out.ok:
-            self.problem(out.describe())
-        return out
+from submission.scheduler import Plan
 
 
 def train_record(plan: Plan, result: dict[str, Any], watch: dict[str, Any], ckpt: Path | None) -> dict[str, Any]:
@@ -155,7 +66,7 @@ def saved_step(out_dir: Path | None) -> int:
         return 0
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

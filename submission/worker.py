@@ -152,7 +152,6 @@ class _Job:
         from trm_core.fit import FitSchedule
         from trm_core.config import DataConfig
         from trm_core.recipes import posttrain
-        from trm_core.config import TrainConfig
 
         job = self.job
         assert isinstance(job, TrainJob)
@@ -173,12 +172,12 @@ class _Job:
                     _write_json(watch_path, dog.to_json())
                 return decision
 
-            cfg = TrainConfig.from_dict(job.train)
+            cfg = job.train  # read through TrainConfig.from_dict (submission/jobs.py)
             data = DataConfig(**job.data)
             self.part = "train"
             fit = FitSchedule(**job.fit) if job.fit else None
             res = posttrain(ckpt, tasks, cfg, data, job.out_dir, device=device, init=job.init,
-                            stop=stop, deadline=job.deadline, source=job.challenges,
+                            stop=stop, deadline=dog.initial.train_deadline, source=job.challenges,
                             log=self.log if rank == 0 else (lambda line: None), fit=fit)
             if dog.stop_reason is None:  # train() ran its last step without asking the watchdog again
                 dog.stop_reason = f"all {res.steps_done} steps of the run done"

@@ -52,6 +52,23 @@ def test_notebook_structure():
     nbformat.validate(nbformat.from_dict(nb))
 
 
+def test_run_cell_timing_comes_from_the_clock_module():
+    """The run cell cannot import the kit: its limit, margin and kill grace are filled from
+    submission/clock.py when the notebook is generated, and the template's own defaults (what the
+    cell holds before filling) are the same numbers."""
+    from bundle import cell_run
+    from submission import clock
+    from submission.scheduler import Budget
+
+    namespace: dict = {}
+    exec(compile(code_cells(build_notebook(settings()))[1], "<run cell>", "exec"), namespace)
+    wanted = {"TIME_LIMIT_S": clock.TIME_LIMIT_S, "RUNNER_MARGIN_S": clock.RUNNER_MARGIN_S,
+              "KILL_GRACE_S": clock.RUNNER_KILL_GRACE_S}
+    assert {k: namespace[k] for k in wanted} == wanted
+    assert {k: getattr(cell_run, k) for k in wanted} == wanted
+    assert (Budget().time_limit_s, Budget().margin_s) == (clock.TIME_LIMIT_S, clock.RUNNER_MARGIN_S)
+
+
 def test_repair_cell_imports_only_the_standard_library():
     src = code_cells(build_notebook(settings()))[2]
     imported = set(re.findall(r"^import (\w+)|^from (\w+)", src, re.M))

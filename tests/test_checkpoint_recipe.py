@@ -259,13 +259,13 @@ def test_the_planner_post_trains_with_the_recipe_unless_told_otherwise(tmp_path)
 
     p = planner()
     p.read_recipe(trelis)
-    cfg = TrainConfig.from_dict(p.train_config(_plan()))
-    assert (cfg.optimizer, cfg.ema) == ("lucidrains", True)
+    cfg = p.train_config(_plan())
+    assert isinstance(cfg, TrainConfig) and (cfg.optimizer, cfg.ema) == ("lucidrains", True)
     p = planner(optimizer="original", ema="off")
     p.read_recipe(trelis)
-    assert {k: p.train_config(_plan())[k] for k in ("optimizer", "ema")} == {"optimizer": "original", "ema": False}
+    assert (p.train_config(_plan()).optimizer, p.train_config(_plan()).ema) == ("original", False)
     p = planner()
-    assert p.read_recipe(None).warning and p.train_config(_plan())["optimizer"] == "original"
+    assert p.read_recipe(None).warning and p.train_config(_plan()).optimizer == "original"
     assert options_from_args(["--optimizer", "lucidrains", "--ema", "off"]).optimizer == "lucidrains"
     with pytest.raises(OptionsError, match="--optimizer"):
         options_from_args(["--optimizer", "adam"])

@@ -16,11 +16,18 @@ from trm_core.config import (POST_MODE, DataConfig, PredictConfig, StudyConfig, 
 
 
 def test_the_settings_and_the_command_line_load_without_torch() -> None:
-    code = ("import sys, trm_core.config, trm_cli, submission.options\n"
+    code = ("import sys, trm_core.config, trm_cli, submission.options, submission.planning\n"
             "heavy = sorted(m for m in ('torch', 'numpy', 'numba') if m in sys.modules)\n"
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"importing the settings or the CLI loaded {out}"
+
+
+def test_a_job_file_carries_typed_settings_without_torch() -> None:
+    code = ("import sys\nfrom submission.jobs import TrainJob\n"
+            "print(','.join(m for m in ('torch', 'numba') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"reading a job file loaded {out}"
 
 
 @pytest.mark.parametrize("cls", [TrainConfig, DataConfig, PredictConfig, StudyConfig])

@@ -85,7 +85,7 @@ def test_a_hung_calibration_or_raw_prediction_is_killed_at_its_heartbeat_limit(t
 
     from submission.jobs import job_from_json
 
-    runner = _stall_runner(tmp_path, 400.0)  # min_stall: 10% of the budget = 40 s
+    runner = _stall_runner(tmp_path, 400.0)  # stall_s: 10% of the budget = 40 s
     beat = tmp_path / "heartbeat"
     beat.touch()
     hang = {"kind": "calibrate", "phase": "calibrate", "name": "cal", "job_dir": str(tmp_path), "fault":
@@ -94,7 +94,7 @@ def test_a_hung_calibration_or_raw_prediction_is_killed_at_its_heartbeat_limit(t
     job = job_from_json(hang)
     calibration = runner.dispatch.stall(job, time.time(), CALIBRATION_UNIT_S)
     raw_predict = runner.dispatch.stall(job, time.time(), None)  # no plan, no unit time: it used to have no stall check
-    limit = max(runner.dispatch.min_stall, 10 * CALIBRATION_UNIT_S)
+    limit = max(runner.dispatch.times.stall_s, 10 * CALIBRATION_UNIT_S)
     assert limit == 40.0
     for stalled in (calibration, raw_predict):
         os.utime(beat, (time.time() - limit + 2,) * 2)

@@ -29,6 +29,7 @@ import pytest
 from click.testing import CliRunner
 
 from submission.cli import report_cmd
+from submission.clock import RUNNER_MARGIN_S
 from trm_core import __version__
 from trm_core.submission_file import validate
 
@@ -43,7 +44,7 @@ except ImportError as e:
 REPO = Path(__file__).resolve().parent.parent
 PLACEHOLDER = REPO / "submission" / "placeholder" / "arc-agi_test_challenges.json"
 COMPETITION, OWNER, SLUG = "arc-prize-2026-arc-agi-2", "alice", "trm-kit-bundle"
-MARGIN_S = 1800  # the bundle's default runner margin: TRM_TIME_LIMIT_S = margin + the runner's time
+MARGIN_S = RUNNER_MARGIN_S  # the bundle's default runner margin: TRM_TIME_LIMIT_S = margin + the runner's time
 BUDGET_S = 300  # the runner's deadline after the notebook starts; a smoke run needs about 90 s on 2 cores
 SMOKE_TASKS = 4  # a smoke run predicts the first 4 tasks (RunnerOptions.smoke_tasks)
 CLOSED = "http://127.0.0.1:9"  # a proxy nobody listens on: any download attempt fails at once

@@ -135,6 +135,9 @@ def test_in_process_run_improves_on_the_fallback_and_records_everything(tmp_path
     # the training stayed within the plan's training deadline (plus the save)
     train = phases["train"]
     assert train["start"] + train["actual_s"] <= record["plan"]["train_deadline"] - record["start_time"] + 5
+    times = record["deadlines"]  # the run's one clock, as planned: the plan's stops, inside the run
+    assert times["train_stop"] == record["plan"]["train_deadline"] <= times["predict_stop"] <= times["run_deadline"]
+    assert times["last_stop"] < times["kill_limit"] <= times["run_deadline"] == times["deadline"] == opts.deadline
 
 
 def test_commit_run_is_a_smoke_run_with_a_complete_file(tmp_path: Path, micro_checkpoint: Path) -> None:

@@ -18,7 +18,7 @@ def test_each_kind_survives_its_job_file(tmp_path: Path) -> None:
     jobs = [CalibrateJob(name="cal", job_dir=str(tmp_path / "c"), train_batch=4, predict_batch=8, views=2,
                          **{**COMMON, "phase": "calibrate"}),
             TrainJob(name="tr", job_dir=str(tmp_path / "t"), plan={"steps": 5}, train={"steps": 5}, data={},
-                     out_dir="out", deadline=1e9, pg_timeout_s=60.0, heartbeat="hb", **COMMON),
+                     out_dir="out", pg_timeout_s=60.0, heartbeat="hb", **COMMON),
             PredictJob(name="pr", job_dir=str(tmp_path / "p"), shards=[[0, 2], [1, 2]], views=4, predict_batch=16,
                        deadline=1e9, prefix="pre", **{**COMMON, "phase": "baseline"})]
     for job in jobs:
@@ -122,11 +122,48 @@ def test_unset_learning_rates_are_the_post_training_recipes(tmp_path: Path) -> N
     assert plan.steps > 0
     planner = Planner(RunnerOptions(input_dir=tmp_path, working_dir=tmp_path), "full", "cpu", 1, 1.0,
                       lambda: 0.0, 100.0)
-    cfg = TrainConfig.from_dict(planner.train_config(plan))
+    cfg = planner.train_config(plan)
+    assert isinstance(cfg, TrainConfig)
     assert (cfg.lr, cfg.puzzle_emb_lr, cfg.steps, cfg.global_batch_size) == \
         (POST_LR, POST_EMB_LR, plan.steps_ceiling, 8)
     planner.read_recipe(Recipe("original", True, 1, "train record", lr=1e-3, puzzle_emb_lr=0.1))
-    assert {k: planner.train_config(plan)[k] for k in ("lr", "puzzle_emb_lr")} == {"lr": 1e-3, "puzzle_emb_lr": 0.1}
+    again = planner.train_config(plan)
+    assert (again.lr, again.puzzle_emb_lr) == (1e-3, 0.1)
     set_ = Planner(RunnerOptions(input_dir=tmp_path, working_dir=tmp_path, lr=3e-4), "full", "cpu", 1, 1.0,
                    lambda: 0.0, 100.0).train_config(plan)
-    assert set_["lr"] == 3e-4
+    assert set_.lr == 3e-4
+
+
+def test_help_shows_every_default_and_what_none_falls_back_to() -> None:
+    from dataclasses import fields
+
+    from submission import clock
+    from submission.options import RunnerOptions, help_text, parser
+    from trm_core.config import POST_EMB_LR, POST_LR
+
+    shown = {f.name: help_text(f) for f in fields(RunnerOptions)}
+    for f in fields(RunnerOptions):  # a None default says what it falls back to, any other is shown
+        assert "default:" in shown[f.name] or f.type == "bool" or f.name == "max_steps", f.name
+    assert f"else {POST_LR:g})" in shown["lr"] and f"else {POST_EMB_LR:g})" in shown["puzzle_emb_lr"]
+    assert f"(default: {clock.TIME_LIMIT_S})" in shown["time_limit_s"]
+    assert f"(default: {clock.RUNNER_MARGIN_S})" in shown["margin_s"]
+    page = parser().format_help()  # what `python -m submission.run --help` prints
+    assert f"{POST_LR:g})" in page and f"{POST_EMB_LR:g})" in page and f"{clock.TIME_LIMIT_S})" in page
+
+
+def test_a_training_job_carries_a_typed_config_as_a_plain_object(tmp_path: Path) -> None:
+    import json
+
+    from trm_core.config import TrainConfig
+
+    cfg = TrainConfig(steps=7, mode="full", lr=3e-4)
+    job = TrainJob(name="tr", job_dir=str(tmp_path), plan={"steps": 7}, train=cfg, data={}, out_dir="out",
+                   **COMMON)
+    on_disk = json.loads(job.write().read_text())["train"]
+    assert isinstance(on_disk, dict) and on_disk["lr"] == 3e-4 and on_disk["steps"] == 7
+    back = read_job(tmp_path / "job.json")
+    assert isinstance(back.train, TrainConfig) and back.train == cfg
+    on_disk["learning_rate"] = 1e-3  # a misspelt setting is named, never trained with the default
+    (tmp_path / "job.json").write_text(json.dumps({**job.to_json(), "train": on_disk}))
+    with pytest.raises(ValueError, match=r"job.json.*train.*unknown field.*learning_rate"):
+        read_job(tmp_path / "job.json")

@@ -365,3 +365,53 @@ def test_the_rehearsal_times_the_voters_first_call_apart(tmp_path: Path, monkeyp
     answers.rehearse(list(tasks), tmp_path / "rehearsal.json")
     assert len(calls) == 2 and answers.vote_compile_s >= 0.6
     assert answers.assemble_s < 0.6  # the compile is not a cost of every vote
+
+
+# ---- the run's deadlines (submission/clock.py) -----------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(step=st.floats(1e-3, 20), batch=st.floats(1e-3, 50), launch=st.floats(0, 60), save=st.floats(0, 30),
+       span=st.floats(60, 50_000), late=st.floats(0, 0.5), final=st.floats(0, 30), smoke=st.floats(0.1, 2.0))
+def test_deadlines_keep_every_kill_inside_the_run(step, batch, launch, save, span, late, final, smoke) -> None:
+    from submission.clock import STOP_S, Deadlines
+
+    clock = FakeClock(1000.0)
+    times = Deadlines.at_start(clock(), clock() + span).smoke(clock() + smoke * span).measured(final)
+    clock.t += late * span  # the plan is made after the fallback, detection, loading and calibration
+    p = plan(BUDGET, WORK, _cal(step, batch, launch, 3.0, save), clock(), times.run_deadline)
+    if not p.fallback_only:
+        times = times.planned(p)
+        assert times.train_stop <= times.predict_stop == times.prediction_stop() <= times.run_deadline
+    assert times.final_reserve_s >= max(times.reserve_floor_s, STOP_S + final)
+    assert times.last_stop == times.kill_limit - times.grace_s < times.kill_limit
+    assert times.kill_limit <= times.run_deadline <= times.deadline
+    for stop in (times.train_stop, times.predict_stop, times.last_stop, clock()):
+        if stop is not None:
+            assert times.train_kill(stop, save) <= times.kill_limit and times.predict_kill(stop) <= times.kill_limit
+    assert clock() <= times.kill_after(clock(), times.calibration_limit_s(clock())) <= times.kill_limit or \
+        times.kill_limit < clock()
+
+
+def test_deadlines_follow_a_replan_and_keep_their_reserve() -> None:
+    from submission.clock import Deadlines
+
+    p = plan(BUDGET, WORK, _cal(step=1.0), 0.0, 2000.0)
+    times = Deadlines.at_start(0.0, 2000.0).measured(1.5).planned(p)
+    clock = FakeClock(p.phases["train_launch"])
+    dog, _, t_stop = _simulate(p, lambda s: 1.0 if s < 300 else 3.0, clock)
+    again = times.replanned(dog.plan)
+    assert dog.replans and again.final_reserve_s == times.final_reserve_s  # a re-plan moves stops, not the reserve
+    assert again.train_stop < times.train_stop and again.train_stop <= again.predict_stop
+    assert t_stop <= again.train_stop + 1e-9 and again.train_kill(again.train_stop, 1.0) <= again.kill_limit
+    assert times.to_json()["kill_limit"] == times.kill_limit
+
+
+def test_a_late_start_leaves_only_the_fallback() -> None:
+    from submission.clock import Deadlines
+
+    times = Deadlines.at_start(0.0, 600.0).measured(2.0)
+    clock = FakeClock(595.0)  # five seconds before the deadline: calibration would already be past its kill
+    assert plan(BUDGET, WORK, _cal(), clock(), times.run_deadline).fallback_only
+    assert times.room_s(clock()) < 0 and times.kill_after(clock(), times.calibration_limit_s(clock())) < clock()
+    assert Deadlines.at_start(0.0, 600.0).smoke(10_000.0).run_deadline == 600.0  # a smoke run never ends later

@@ -9,15 +9,18 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from submission.assemble import merge_shards
+from submission.clock import Deadlines
 from submission.dispatch import Dispatcher
 from submission.jobs import read_job
-from submission.predicting import Prediction, saved_views
+from submission.attempts import Prediction
+from submission.predicting import saved_views
 from submission.retry import RetryPolicy, Try
 from submission.workqueue import Item, Queue, cut, even_batch
 from trm_core.submission_file import validate
@@ -145,17 +148,19 @@ class FakeLauncher:
 
 def _prediction(tmp_path: Path, launcher: FakeLauncher, tasks: dict[str, int], world: int = 2,
                 attempts: int = 3) -> Prediction:
-    dispatch = Dispatcher(launcher, tmp_path / "scratch", time.time, min_stall=60.0)
+    now = time.time()
+    times = replace(Deadlines.at_start(now, now + 600.0), grace_s=5.0)  # stall_s 60; killed 5 s past a stop
+    dispatch = Dispatcher(launcher, tmp_path / "scratch", time.time, times)
     dispatch.common = {"challenges": "c.json", "task_ids": list(tasks), "canvas": 12, "checkpoint": "ckpt"}
     lines: list[str] = []
-    return Prediction(dispatch, RetryPolicy(attempts), answers=None, log=lines.append, problem=lines.append,
+    return Prediction(dispatch, RetryPolicy(attempts), times, answers=None, log=lines.append, problem=lines.append,
                       folder=tmp_path / "predictions", world=world, test_inputs=sum(tasks.values()),
                       queue="dynamic", tasks=tasks)
 
 
 def _go(p: Prediction, views: int = 4) -> tuple[list[str], str, list[dict]]:
     now = time.time()
-    return p.run(Path("ckpt"), "adapted", "predict", views, 4, now + 30, now + 35, None, provisional=False)
+    return p.run(Path("ckpt"), "adapted", "predict", views, 4, now + 30, None, provisional=False)
 
 
 def test_a_free_worker_takes_more_items_than_a_slow_one(tmp_path: Path) -> None:

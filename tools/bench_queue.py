@@ -25,14 +25,16 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from submission.clock import Deadlines  # noqa: E402
 from submission.dispatch import Dispatcher  # noqa: E402
+from submission.attempts import Prediction  # noqa: E402
 from submission.launch import SubprocessLauncher  # noqa: E402
-from submission.predicting import Prediction  # noqa: E402
 from submission.retry import RetryPolicy  # noqa: E402
 
 
@@ -73,17 +75,20 @@ def _run(mode: str, args, folder: Path, challenges: Path, ids: list[str], fault:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     launcher = SubprocessLauncher(echo=lambda line: None, env=env)
     scratch = folder / mode
-    dispatch = _SlowOne(launcher, scratch, time.time, min_stall=600.0, slot=1, fault=fault)
+    t0 = time.time()
+    # an hour to predict, killed 100 s past it; a heartbeat may pause 600 s
+    times = replace(Deadlines.at_start(t0, t0 + 7200.0), grace_s=100.0)
+    dispatch = _SlowOne(launcher, scratch, time.time, times, slot=1, fault=fault)
     dispatch.common = {"challenges": str(challenges), "task_ids": ids, "canvas": 12,
                        "checkpoint": str(args.checkpoint), "seed": 0, "fault": ""}
     tests = json.loads(challenges.read_text())
     per_task = {t: len(tests[t]["test"]) for t in ids}
     lines: list[str] = []
-    p = Prediction(dispatch, RetryPolicy(1), None, lines.append, lines.append, scratch / "predictions", args.workers,
-                   save_every_s=600.0, test_inputs=sum(per_task.values()), queue=mode, tasks=per_task)
+    p = Prediction(dispatch, RetryPolicy(1), times, lines.append, lines.append, None, scratch / "predictions",
+                   args.workers, save_every_s=600.0, test_inputs=sum(per_task.values()), queue=mode, tasks=per_task)
     t0 = time.time()
     files, status, attempts = p.run(Path(args.checkpoint), "adapted", "predict", args.views, args.batch, t0 + 3600,
-                                    t0 + 3700, None, provisional=False)
+                                    None, provisional=False)
     phase = time.time() - t0
     shards = []
     for job in sorted((scratch / "jobs").iterdir()):
