@@ -5,8 +5,8 @@ what every job needs (which tasks, which checkpoint, where to report); `Calibrat
 and `PredictJob` add their own fields. `read_job(path)` / `job_from_json(obj)` check the kind and
 the fields (a missing or unknown field is named), so a worker never starts on a malformed file.
 A training job carries a typed TrainConfig, a plain object of its fields on disk, read back
-through TrainConfig.from_dict (which refuses an unknown field by name). Standard library only but
-for that config, imported only where a training job is made or read.
+through TrainConfig.from_dict (which refuses an unknown field by name). Standard library only
+(trm_core.config is too): the runner writes jobs before torch is imported.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Nothing here launches a job (that is submission/attempts.py).
 
 Input: the runner's options, the run mode (full | smoke), the device and process count, the
 measured write time, the checkpoint's recipe, the tasks and a calibration. Output: scheduler
-`Plan`s and the TrainConfig a plan implies (trm_core.train.post_config: the one post-training
+`Plan`s and the TrainConfig a plan implies (trm_core.config.post_config: the one post-training
 recipe). `read_calibration` takes a previous run's measured calibration back from its
 output (run.json or plan.json), for `trm dry-run --calibration`.
 """
