@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from submission.scheduler import Budget
-from trm_core.config import OPTIMIZERS, POST_BATCH, POST_EMB_LR, POST_LR, POST_MODE
+from trm_core.config import OPTIMIZERS, POST_BATCH, POST_EMB_LR, POST_LR, POST_MODE, POSTTRAIN_MODES, SPENDING
 
-POSTTRAIN_MODES = ("full", "embeddings", "embeddings-then-full", "lora")  # trm_core.train.MODES bar pretrain
 BIG = 1 << 20  # the most rows per batch, views per test input or smoke tasks anyone could mean
 SEED_MAX = (1 << 32) - 1  # numpy's and torch's generators both take 0..2**32-1
 UNIX_MAX = 1e11  # a Unix time past the year 5000 is a typo (or milliseconds)
@@ -126,7 +125,7 @@ class RunnerOptions:
     spend: str = _opt("uniform", "post-training steps: uniform (every task drawn alike, the reference) or per-task "
                                  "(every task's demonstrations checked through its views; fitted tasks leave the "
                                  "batches, their share goes to the others: trm_core/fit.py)",
-                      choices=("uniform", "per-task"))
+                      choices=SPENDING)
     fit_every: int = _opt(0, "with --spend per-task: steps between fit checks (0: the planned steps / 20, at least "
                              "25)", low=0, high=BIG)
     predict_queue: str = _opt("dynamic", "static: a fixed shard of the views per GPU (CPU process); dynamic: work "

@@ -15,10 +15,9 @@ import click
 
 from trm_cli.common import (apply, data_options, echo_err, load_checkpoint, load_task_set, raw_challenges_of,
                             recipe_settings, report_skipped)
-from trm_core.config import PredictConfig
+from trm_core.config import RULES, PredictConfig
 from trm_cli.train import fit_schedule, open_logger, posttrain_options, training_configs
 
-RULES = ["reference", "count", "q-weighted"]
 
 
 def _view_options(batch_flag: str):

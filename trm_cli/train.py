@@ -13,7 +13,8 @@ import click
 
 from trm_cli.common import (apply, data_options, echo_err, load_checkpoint, load_task_set, locate_checkpoint,
                             log_options, logger_spec, recipe_settings, report_skipped)
-from trm_core.config import POST_MODE, DataConfig, StudyConfig, TrainConfig
+from trm_core.config import (INITS, OPTIMIZERS, POST_MODE, POSTTRAIN_MODES, RULES, SPENDING, DataConfig,
+                             StudyConfig, TrainConfig)
 
 STUDY = StudyConfig()  # a study's defaults (its `train` is the recipe's for the default steps and batch)
 
@@ -28,7 +29,7 @@ def adapt_options(f):
                      help=f"embeddings-then-full: share of steps with the trunk frozen {RECIPE}."),
         click.option("--lora-rank", type=int, default=TrainConfig.lora_rank, show_default=True),
         click.option("--lora-alpha", type=float, default=TrainConfig.lora_alpha, show_default=True),
-        click.option("--init", type=click.Choice(["mean", "normal"]), default=StudyConfig.init,
+        click.option("--init", type=click.Choice(INITS), default=StudyConfig.init,
                      show_default=True, help="Initial embedding rows of the new tasks."),
     ], f)
 
@@ -40,7 +41,7 @@ PRETRAIN_OR_RECIPE = ("[default: pretrain, TrainConfig's (the reference's pre-tr
 def spend_options(f):
     """How trm posttrain and trm solve spend their steps across tasks (docs/posttraining.md: per-task spending)."""
     return apply([
-        click.option("--spend", type=click.Choice(["uniform", "per-task"]), default="uniform", show_default=True,
+        click.option("--spend", type=click.Choice(SPENDING), default="uniform", show_default=True,
                      help="uniform: every task drawn alike; per-task: every task's demonstration pairs are checked "
                           "through its views and a fitted task leaves the batches, its share going to the others."),
         click.option("--fit-every", type=click.IntRange(1), default=None,
@@ -75,7 +76,7 @@ def train_options(f):
         click.option("--warmup", type=int, default=None, help=f"Warm-up steps {PRETRAIN_OR_RECIPE}."),
         click.option("--lr-min-ratio", type=float, default=None,
                      help=f"1 = constant after warm-up {PRETRAIN_OR_RECIPE}."),
-        click.option("--optimizer", type=click.Choice(["original", "lucidrains"]), default=None,
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None,
                      help="AdamATan2 variant [default: the checkpoint's recipe (the one it was trained with); "
                           "'original' when it records none, or for pretrain]."),
         click.option("--ema/--no-ema", default=None,
@@ -297,7 +298,7 @@ def checkpoint_options(f):
 
 
 def mode_option(f):
-    return click.option("--mode", type=click.Choice(["full", "embeddings", "embeddings-then-full", "lora"]),
+    return click.option("--mode", type=click.Choice(POSTTRAIN_MODES),
                         default=POST_MODE, show_default=True, help="Post-training mode.")(f)
 
 
@@ -345,15 +346,15 @@ def _study_options(f):
         click.option("--lr-min-ratio", type=float, default=None, help=f"1 = constant after warm-up {RECIPE}."),
         click.option("--ema/--no-ema", default=None,
                      help="Train and evaluate the EMA of the trained weights [default: the checkpoint's recipe]."),
-        click.option("--optimizer", type=click.Choice(["original", "lucidrains"]), default=None,
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None,
                      help="AdamATan2 variant [default: the checkpoint's recipe; 'original' when it records none]."),
         click.option("--ema-rate", type=float, default=None, help=f"EMA rate {RECIPE}."),
         adapt_options,
         click.option("--translate/--no-translate", default=StudyConfig.translate, show_default=True),
-        click.option("--rule", type=click.Choice(["reference", "count", "q-weighted"]),
+        click.option("--rule", type=click.Choice(RULES),
                      default=StudyConfig.rule, show_default=True, help="Ranking rule of the vote."),
         click.option("--seed", type=int, default=STUDY.seed, show_default=True),
-        click.option("--spend", type=click.Choice(["uniform", "per-task"]), default=StudyConfig.spend,
+        click.option("--spend", type=click.Choice(SPENDING), default=StudyConfig.spend,
                      show_default=True, help="uniform: every task drawn alike; per-task: a task whose demonstration "
                                              "pairs are fitted leaves the batches (docs/posttraining.md: per-task spending)."),
         click.option("--fit-every", type=click.IntRange(1), default=StudyConfig.fit_every,

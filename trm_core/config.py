@@ -238,6 +238,8 @@ def describe_settings(settings: dict[str, Any]) -> str:
 # ---- the settings: how to train, how tasks become rows, how to predict ------------------------
 
 MODES = ("pretrain", "full", "embeddings", "embeddings-then-full", "lora")
+POSTTRAIN_MODES = MODES[1:]  # every mode but pre-training
+INITS = ("mean", "normal")  # how the new tasks' embedding rows start: their mean (reference) or normal draws
 EXIT_RULES = ("fixed", "q-halt", "stable")
 RULES = ("reference", "count", "q-weighted")  # trm_core.vote's ranking rules
 
@@ -301,7 +303,7 @@ class TrainConfig:
                              f"({self.global_batch_size}) must be >= 1")
         if not 0.0 <= self.freeze_fraction <= 1.0:
             raise ValueError(f"TrainConfig.freeze_fraction must be in [0, 1], got {self.freeze_fraction}")
-        if self.optimizer not in ("original", "lucidrains"):
+        if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer must be 'original' or 'lucidrains', got {self.optimizer!r}")
         if self.lora_rank < 1:
             raise ValueError("TrainConfig.lora_rank must be >= 1")
@@ -392,8 +394,7 @@ class PredictConfig:
 
 # ---- the adaptation study (trm_lab/study.py) ------------------------------------------------------
 
-POSTTRAIN_ARMS = ("full", "embeddings", "embeddings-then-full", "lora")
-ARMS = ("none", *POSTTRAIN_ARMS, "scratch")
+ARMS = ("none", *POSTTRAIN_MODES, "scratch")
 SPENDING = ("uniform", "per-task")
 STUDY_STEPS, STUDY_BATCH = 600, 32  # a study's length and batch when none is asked for (a CPU-sized study)
 
@@ -438,8 +439,8 @@ class StudyConfig:
         if not 1 <= self.views <= self.num_variants + 1:
             raise ValueError(f"StudyConfig.views ({self.views}) must be between 1 and num_variants + 1 "
                              f"({self.num_variants + 1}): every view uses a trained embedding row")
-        if self.init not in ("mean", "normal"):
-            raise ValueError(f"StudyConfig.init must be 'mean' or 'normal', got {self.init!r}")
+        if self.init not in INITS:
+            raise ValueError(f"StudyConfig.init must be one of {INITS}, got {self.init!r}")
         if self.rule not in RULES:
             raise ValueError(f"StudyConfig.rule must be one of {RULES}, got {self.rule!r}")
         if self.spend not in SPENDING:

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-VARIANTS = ("original", "lucidrains")
+from trm_core.config import OPTIMIZERS as VARIANTS  # the two AdamATan2 variants, named where the settings are
 
 
 class AdamAtan2(torch.optim.Optimizer):

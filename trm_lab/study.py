@@ -62,7 +62,7 @@ from trm_core.fit import FitSchedule, check_fit
 from trm_core.loggers import LoggerSpec
 from trm_core.loss import stablemax_cross_entropy
 from trm_core.model import TRM
-from trm_core.config import POSTTRAIN_ARMS, PredictConfig, StudyConfig
+from trm_core.config import POSTTRAIN_MODES, PredictConfig, StudyConfig
 from trm_core.predict import predict
 from trm_core.recipes import prepare_posttrain
 from trm_core.tasks import TaskSet
@@ -315,7 +315,7 @@ def run_study(ckpt_path: str | os.PathLike, tasks: TaskSet, cfg: StudyConfig, ou
                                         str(out / "arms" / arm), str(device), threads, metrics_to)
                        for arm in cfg.arms}
             results = {arm: f.result() for arm, f in futures.items()}
-    first = next((a for a in cfg.arms if a != "none"), POSTTRAIN_ARMS[0])  # the trained arms share all but the mode
+    first = next((a for a in cfg.arms if a != "none"), POSTTRAIN_MODES[0])  # the trained arms share all but the mode
     study = {
         "config": asdict(cfg), "train": asdict(cfg.train_config(first)), "checkpoint": str(ckpt_path),
         "checkpoint_provenance": ckpt.manifest.get("provenance", {}),
